@@ -1,0 +1,71 @@
+//! One error enum per actor. Each variant is something a client can act on; the front end maps
+//! them to HTTP statuses and wire codes in one place.
+
+use crate::token::TokenError;
+
+/// Why a room refused a join, a signal, an ack or a fetch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// The named recipient is not a device of this couple.
+    #[error("no such device in this couple")]
+    UnknownDevice,
+    /// A device cannot send a signal to itself.
+    #[error("a device cannot signal itself")]
+    SelfRecipient,
+    /// A recipient's mailbox is at its count or byte bound; nothing was accepted.
+    #[error("the recipient's mailbox is full; retry after it has caught up")]
+    MailboxFull,
+    /// The payload is over the configured size once serialized.
+    #[error("payload is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The bound, for the message.
+        limit: usize,
+    },
+    /// Persisting a signal for an offline device failed; it was not accepted.
+    #[error("storage is unavailable")]
+    StorageUnavailable,
+    /// The room is restarting or stopping; the client should retry (rejoin).
+    #[error("the room is unavailable; retry")]
+    Unavailable,
+}
+
+/// Why pairing or authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PairingError {
+    /// No pairing is open for this couple.
+    #[error("no pairing is open for this couple")]
+    NotFound,
+    /// The pairing token does not match (counts toward the attempt cap).
+    #[error("pairing token is invalid")]
+    WrongToken,
+    /// The pairing passed its TTL.
+    #[error("pairing has expired")]
+    Expired,
+    /// Too many wrong tokens were tried; the pairing can no longer be used.
+    #[error("pairing was burned after too many wrong tokens")]
+    Burned,
+    /// The token was already used by a successful confirm.
+    #[error("pairing token was already used")]
+    AlreadyUsed,
+    /// Another device of the couple already has this id.
+    #[error("deviceId is already taken in this couple")]
+    DeviceTaken,
+    /// The couple has its maximum number of devices.
+    #[error("couple already has the maximum of {max} devices")]
+    CoupleFull {
+        /// The configured maximum, for the message.
+        max: usize,
+    },
+    /// The device token is missing, malformed, forged or revoked.
+    #[error("device token is invalid")]
+    InvalidToken(#[from] TokenError),
+    /// The token is valid but speaks for another device than the request names.
+    #[error("the token does not belong to this device")]
+    WrongDevice,
+    /// The store failed; nothing was changed.
+    #[error("storage is unavailable")]
+    StorageUnavailable,
+    /// The pairing actor did not answer in time.
+    #[error("pairing service is unavailable")]
+    Unavailable,
+}

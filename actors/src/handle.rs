@@ -1,0 +1,383 @@
+//! Typed handles over the actors. The front end calls these methods and never builds an
+//! actor message or reply port itself; every wait is bounded by `Settings::call_timeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, MessagingErr, RpcReplyPort, SpawnErr};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::error::{PairingError, RoomError};
+use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
+use crate::mailbox::{Payload, Signal};
+use crate::pairing::{Confirmed, Initiated, PairingActor, PairingArgs, PairingMsg};
+use crate::room::{Accepted, ConnId, Connection, Origin, RoomMsg};
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::supervisor::{RoomSupervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
+use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError};
+
+/// How often expired signals and pairings are deleted from the store.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Calls an actor with a timeout, mapping "no answer" to `unavailable`.
+async fn call<M, T, E>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,
+    timeout: Duration,
+    unavailable: E,
+) -> Result<T, E>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(unavailable),
+    }
+}
+
+/// The running actor tree of one server: the room supervisor, the pairing actor and the
+/// store janitor.
+pub struct Domain {
+    /// Signaling rooms.
+    pub rooms: Rooms,
+    /// Pairing and authentication.
+    pub pairing: Pairing,
+    janitor: JoinHandle<()>,
+}
+
+impl Domain {
+    /// Spawns the tree. Rooms are not named in ractor's global registry, so several trees
+    /// (parallel tests) can live in one process.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        secret: SigningSecret,
+        settings: Settings,
+        clock: Clock,
+    ) -> Result<Self, SpawnErr> {
+        let (sup, _) = Actor::spawn(
+            None,
+            RoomSupervisor,
+            SupervisorArgs {
+                store: Arc::clone(&store),
+                settings: settings.clone(),
+                clock: clock.clone(),
+            },
+        )
+        .await?;
+        let (pairing, _) = Actor::spawn(
+            None,
+            PairingActor,
+            PairingArgs {
+                store: Arc::clone(&store),
+                secret: secret.clone(),
+                settings: settings.clone(),
+                clock: clock.clone(),
+                rooms: sup.clone(),
+            },
+        )
+        .await?;
+        let janitor = tokio::spawn(purge_forever(Arc::clone(&store), clock));
+        Ok(Self {
+            rooms: Rooms {
+                sup,
+                timeout: settings.call_timeout,
+            },
+            pairing: Pairing {
+                actor: pairing,
+                store,
+                secret,
+                timeout: settings.call_timeout,
+            },
+            janitor,
+        })
+    }
+
+    /// Stops every room (each writes what its connected devices have not acknowledged), then
+    /// the supervisor and the pairing actor, waiting at most `timeout` for each step.
+    pub async fn shutdown(self, timeout: Duration) {
+        self.janitor.abort();
+        let sup = self.rooms.sup.get_cell();
+        sup.stop_children_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await;
+        let _ = sup
+            .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await;
+        let _ = self
+            .pairing
+            .actor
+            .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await;
+    }
+}
+
+async fn purge_forever(store: Arc<dyn Store>, clock: Clock) {
+    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        every.tick().await;
+        match store.purge_expired(clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "purged expired records"),
+            Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
+        }
+    }
+}
+
+/// Handle to the room supervisor: find a couple's room and talk to it.
+#[derive(Clone)]
+pub struct Rooms {
+    sup: ActorRef<SupervisorMsg>,
+    timeout: Duration,
+}
+
+impl Rooms {
+    async fn room(&self, couple: &CoupleId) -> Result<ActorRef<RoomMsg>, RoomError> {
+        let couple = couple.clone();
+        call(
+            &self.sup,
+            |reply| SupervisorMsg::GetRoom { couple, reply },
+            self.timeout,
+            RoomError::Unavailable,
+        )
+        .await
+    }
+
+    /// Calls the couple's room; if it stopped in between (idle or failed), asks for a fresh
+    /// one once more.
+    async fn call_room<T: Send + 'static>(
+        &self,
+        couple: &CoupleId,
+        mut build: impl FnMut(RpcReplyPort<Result<T, RoomError>>) -> RoomMsg,
+    ) -> Result<T, RoomError> {
+        let mut last = RoomError::Unavailable;
+        for _ in 0..2 {
+            let room = self.room(couple).await?;
+            match call(&room, &mut build, self.timeout, RoomError::Unavailable).await {
+                Err(RoomError::Unavailable) => last = RoomError::Unavailable,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    /// Connects a socket of `device`. `connect` makes a fresh [`Connection`] per attempt.
+    /// On success the room has queued `joined` and the backlog on the socket.
+    pub async fn join(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        last_seq: Option<Seq>,
+        mut connect: impl FnMut() -> Connection,
+    ) -> Result<RoomLink, RoomError> {
+        for _ in 0..2 {
+            let room = self.room(couple).await?;
+            let conn = connect();
+            let conn_id = conn.id;
+            let result = call(
+                &room,
+                |reply| RoomMsg::Join {
+                    device: device.clone(),
+                    conn,
+                    last_seq,
+                    reply,
+                },
+                self.timeout,
+                RoomError::Unavailable,
+            )
+            .await;
+            match result {
+                Ok(()) => {
+                    return Ok(RoomLink {
+                        room,
+                        device: device.clone(),
+                        conn: conn_id,
+                    });
+                }
+                Err(RoomError::Unavailable) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RoomError::Unavailable)
+    }
+
+    /// REST send: relays live if the recipient is connected, else stores it; answers once the
+    /// signal is accepted (durably, for an offline recipient).
+    pub async fn send(
+        &self,
+        couple: &CoupleId,
+        from: &DeviceId,
+        to: &DeviceId,
+        payload: Payload,
+    ) -> Result<Accepted, RoomError> {
+        self.call_room(couple, |reply| RoomMsg::Send {
+            from: from.clone(),
+            to: Some(to.clone()),
+            payload: payload.clone(),
+            id: None,
+            origin: Origin::Rest(reply),
+        })
+        .await
+    }
+
+    /// REST poll: acknowledges up to `after`, returns what is still waiting for `device`.
+    pub async fn fetch(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        after: Option<Seq>,
+    ) -> Result<Vec<Arc<Signal>>, RoomError> {
+        self.call_room(couple, |reply| RoomMsg::Fetch {
+            device: device.clone(),
+            after,
+            reply,
+        })
+        .await
+    }
+
+    /// Rooms running and rooms failed, for `/health` and tests.
+    pub async fn stats(&self) -> Result<SupervisorStats, RoomError> {
+        match self
+            .sup
+            .call(SupervisorMsg::Stats, Some(self.timeout))
+            .await
+        {
+            Ok(CallResult::Success(s)) => Ok(s),
+            _ => Err(RoomError::Unavailable),
+        }
+    }
+
+    /// Test hook: makes the couple's room panic.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self, couple: &CoupleId) -> Result<(), RoomError> {
+        let room = self.room(couple).await?;
+        room.cast(RoomMsg::Panic)
+            .map_err(|_| RoomError::Unavailable)
+    }
+}
+
+/// A joined socket's line to its room: fire-and-forget messages whose answers come back as
+/// events on the socket.
+#[derive(Debug, Clone)]
+pub struct RoomLink {
+    room: ActorRef<RoomMsg>,
+    device: DeviceId,
+    conn: ConnId,
+}
+
+/// The room behind a [`RoomLink`] is gone (stopped or failed); the socket must rejoin.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the room is gone; rejoin")]
+pub struct RoomGone;
+
+impl<T> From<MessagingErr<T>> for RoomGone {
+    fn from(_: MessagingErr<T>) -> Self {
+        RoomGone
+    }
+}
+
+impl RoomLink {
+    /// Relays a signal; `accepted` or `error` arrives as an event.
+    pub fn send(
+        &self,
+        to: Option<DeviceId>,
+        payload: Payload,
+        id: Option<SignalId>,
+    ) -> Result<(), RoomGone> {
+        Ok(self.room.cast(RoomMsg::Send {
+            from: self.device.clone(),
+            to,
+            payload,
+            id,
+            origin: Origin::Socket(self.conn),
+        })?)
+    }
+
+    /// Cumulative acknowledgement.
+    pub fn ack(&self, up_to: Seq) -> Result<(), RoomGone> {
+        Ok(self.room.cast(RoomMsg::Ack {
+            device: self.device.clone(),
+            up_to,
+        })?)
+    }
+
+    /// Leaves the room (also called when the socket closes).
+    pub fn leave(&self) {
+        let _ = self.room.cast(RoomMsg::Leave {
+            device: self.device.clone(),
+            conn: self.conn,
+        });
+    }
+}
+
+/// Handle to pairing and authentication.
+#[derive(Clone)]
+pub struct Pairing {
+    actor: ActorRef<PairingMsg>,
+    store: Arc<dyn Store>,
+    secret: SigningSecret,
+    timeout: Duration,
+}
+
+impl Pairing {
+    /// Starts a pairing. With the bearer token of a paired device it adds a device to that
+    /// device's couple; without, it creates a couple.
+    pub async fn initiate(
+        &self,
+        device: DeviceId,
+        bearer: Option<&DeviceToken>,
+    ) -> Result<Initiated, PairingError> {
+        let by = match bearer {
+            Some(t) => Some(self.authenticate(t).await?),
+            None => None,
+        };
+        call(
+            &self.actor,
+            |reply| PairingMsg::Initiate { device, by, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Confirms a pairing with its one-time token.
+    pub async fn confirm(
+        &self,
+        couple: CoupleId,
+        token: PairingToken,
+        device: DeviceId,
+    ) -> Result<Confirmed, PairingError> {
+        call(
+            &self.actor,
+            |reply| PairingMsg::Confirm {
+                couple,
+                token,
+                device,
+                reply,
+            },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Verifies a device token: the signature (constant time) and that the device is still
+    /// registered with the same nonce. Read-only, so it does not queue behind pairing work.
+    pub async fn authenticate(&self, token: &DeviceToken) -> Result<TokenClaims, PairingError> {
+        let claims = self.secret.verify(token)?;
+        let device = self.store.device(&claims.couple, &claims.device).await?;
+        match device {
+            Some(d) if d.nonce == claims.nonce => Ok(claims),
+            _ => Err(PairingError::InvalidToken(TokenError::BadSignature)),
+        }
+    }
+
+    /// The storage backend's name, for `/health`.
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+}

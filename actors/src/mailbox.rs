@@ -1,0 +1,254 @@
+//! One device's ordered mailbox: signals wait here, by sequence number, until the device
+//! acknowledges them or they expire. Pure data; the room actor owns one per device.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::clock::Timestamp;
+use crate::ids::{DeviceId, Seq, SignalId};
+
+/// A signal's opaque payload: the JSON text the sender wrote, shared by every recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(Arc<str>);
+
+impl Payload {
+    /// Wraps payload text that the front end has already checked is one JSON value.
+    #[must_use]
+    pub fn new(json: impl Into<Arc<str>>) -> Self {
+        Self(json.into())
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Serialized size in bytes: what the payload and mailbox bounds count.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the payload text is empty (never true for valid JSON).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A signal as delivered: immutable and shared between the mailboxes of a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// Position in the recipient's mailbox.
+    pub seq: Seq,
+    /// The id the sender gave, or one the server chose.
+    pub id: SignalId,
+    /// The sending device.
+    pub from: DeviceId,
+    /// The opaque payload.
+    pub payload: Payload,
+    /// When the server accepted it.
+    pub created_at: Timestamp,
+    /// When it stops being deliverable.
+    pub expires_at: Timestamp,
+}
+
+/// A mailbox slot.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The signal.
+    pub signal: Arc<Signal>,
+    /// Whether a copy is (or is being) written to the store, so an ack must reach the store too.
+    pub on_disk: bool,
+}
+
+/// Bounds of one mailbox; a full mailbox refuses new signals and never drops accepted ones.
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxLimits {
+    /// Most signals waiting at once.
+    pub max_signals: usize,
+    /// Most payload bytes waiting at once.
+    pub max_bytes: usize,
+}
+
+/// What an acknowledgement removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Acked {
+    /// How many signals were removed.
+    pub removed: usize,
+    /// Whether any removed signal had a copy in the store.
+    pub touched_disk: bool,
+}
+
+/// An ordered queue of unacknowledged signals for one device.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Mailbox {
+    /// Whether a signal of `len` payload bytes fits.
+    #[must_use]
+    pub fn has_room(&self, len: usize, limits: MailboxLimits) -> bool {
+        self.entries.len() < limits.max_signals && self.bytes + len <= limits.max_bytes
+    }
+
+    /// Appends a signal. Callers check [`Mailbox::has_room`] first and push in seq order.
+    pub fn push(&mut self, entry: Entry) {
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|last| last.signal.seq < entry.signal.seq)
+        );
+        self.bytes += entry.signal.payload.len();
+        self.entries.push_back(entry);
+    }
+
+    /// Cumulative acknowledgement: drops every signal with `seq <= up_to`.
+    pub fn ack(&mut self, up_to: Seq) -> Acked {
+        let mut acked = Acked::default();
+        while let Some(front) = self.entries.front() {
+            if front.signal.seq > up_to {
+                break;
+            }
+            acked.removed += 1;
+            acked.touched_disk |= front.on_disk;
+            self.bytes -= front.signal.payload.len();
+            self.entries.pop_front();
+        }
+        acked
+    }
+
+    /// Drops signals whose TTL has passed; returns how many.
+    pub fn expire(&mut self, now: Timestamp) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|e| e.signal.expires_at > now);
+        self.bytes = self.entries.iter().map(|e| e.signal.payload.len()).sum();
+        before - self.entries.len()
+    }
+
+    /// Removes one signal (a write that failed); returns whether it was there.
+    pub fn remove(&mut self, seq: Seq) -> bool {
+        let Some(pos) = self.entries.iter().position(|e| e.signal.seq == seq) else {
+            return false;
+        };
+        if let Some(e) = self.entries.remove(pos) {
+            self.bytes -= e.signal.payload.len();
+        }
+        true
+    }
+
+    /// Notes that a signal is being written to the store.
+    pub fn mark_on_disk(&mut self, seq: Seq) {
+        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.signal.seq == seq) {
+            e.on_disk = true;
+        }
+    }
+
+    /// Every waiting signal, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    /// Signals with no copy in the store yet, marking them as written (the caller writes them).
+    pub fn take_unpersisted(&mut self) -> Vec<Arc<Signal>> {
+        self.entries
+            .iter_mut()
+            .filter(|e| !e.on_disk)
+            .map(|e| {
+                e.on_disk = true;
+                Arc::clone(&e.signal)
+            })
+            .collect()
+    }
+
+    /// Number of waiting signals.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is waiting.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: MailboxLimits = MailboxLimits {
+        max_signals: 3,
+        max_bytes: 10,
+    };
+
+    fn entry(seq: u64, payload: &str, expires: u64, on_disk: bool) -> Entry {
+        Entry {
+            signal: Arc::new(Signal {
+                seq: Seq(seq),
+                id: SignalId::parse(format!("s{seq}")).unwrap(),
+                from: DeviceId::parse("a").unwrap(),
+                payload: Payload::new(payload),
+                created_at: Timestamp(0),
+                expires_at: Timestamp(expires),
+            }),
+            on_disk,
+        }
+    }
+
+    #[test]
+    fn bounds_count_and_bytes() {
+        let mut m = Mailbox::default();
+        assert!(m.has_room(10, LIMITS));
+        assert!(!m.has_room(11, LIMITS));
+        m.push(entry(1, "1234", 100, false));
+        m.push(entry(2, "1234", 100, false));
+        assert!(!m.has_room(3, LIMITS), "byte bound");
+        assert!(m.has_room(2, LIMITS));
+        m.push(entry(3, "1", 100, false));
+        assert!(!m.has_room(0, LIMITS), "count bound");
+    }
+
+    #[test]
+    fn ack_is_cumulative_and_reports_disk_copies() {
+        let mut m = Mailbox::default();
+        m.push(entry(1, "1", 100, false));
+        m.push(entry(5, "2", 100, true));
+        m.push(entry(9, "3", 100, false));
+        assert_eq!(
+            m.ack(Seq(6)),
+            Acked {
+                removed: 2,
+                touched_disk: true
+            }
+        );
+        assert_eq!(m.iter().map(|e| e.signal.seq.0).collect::<Vec<_>>(), [9]);
+        assert_eq!(m.ack(Seq(6)), Acked::default(), "acks are idempotent");
+    }
+
+    #[test]
+    fn expiry_and_removal_keep_byte_count_right() {
+        let mut m = Mailbox::default();
+        m.push(entry(1, "12345", 10, false));
+        m.push(entry(2, "12345", 20, false));
+        assert_eq!(m.expire(Timestamp(10)), 1);
+        assert!(m.has_room(5, LIMITS));
+        assert!(m.remove(Seq(2)));
+        assert!(!m.remove(Seq(2)));
+        assert!(m.is_empty());
+        assert!(m.has_room(10, LIMITS));
+    }
+
+    #[test]
+    fn take_unpersisted_marks_once() {
+        let mut m = Mailbox::default();
+        m.push(entry(1, "1", 100, true));
+        m.push(entry(2, "1", 100, false));
+        assert_eq!(m.take_unpersisted().len(), 1);
+        assert!(m.take_unpersisted().is_empty());
+    }
+}

@@ -1,0 +1,241 @@
+//! The pairing actor: creates couples, opens pairings and lets a second device confirm one.
+//! All pairing state changes go through this one actor, so the attempt counter and the
+//! single-use rule cannot race.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::PairingError;
+use crate::ids::{CoupleId, DeviceId};
+use crate::room::RoomMsg;
+use crate::settings::Settings;
+use crate::store::{DeviceRecord, PairingRecord, Store, StoreError};
+use crate::supervisor::SupervisorMsg;
+use crate::token::{DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims};
+
+/// The answer to a successful initiate.
+#[derive(Debug, Clone)]
+pub struct Initiated {
+    /// The (new or existing) couple.
+    pub couple: CoupleId,
+    /// The one-time token to show as a QR code.
+    pub pairing_token: PairingToken,
+    /// The initiating device's credential.
+    pub device_token: DeviceToken,
+    /// When the pairing token stops working.
+    pub expires_at: Timestamp,
+}
+
+/// The answer to a successful confirm.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    /// The couple joined.
+    pub couple: CoupleId,
+    /// The new device's credential.
+    pub device_token: DeviceToken,
+}
+
+/// Requests to the pairing actor.
+#[derive(Debug)]
+pub enum PairingMsg {
+    /// Start a pairing: for a new couple, or (with `by`) for one more device of an existing one.
+    Initiate {
+        /// The initiating device.
+        device: DeviceId,
+        /// The verified token of an already paired device, if one was sent.
+        by: Option<TokenClaims>,
+        /// The result.
+        reply: RpcReplyPort<Result<Initiated, PairingError>>,
+    },
+    /// Join a couple with its pairing token.
+    Confirm {
+        /// The couple to join.
+        couple: CoupleId,
+        /// The token from the QR code.
+        token: PairingToken,
+        /// The joining device.
+        device: DeviceId,
+        /// The result.
+        reply: RpcReplyPort<Result<Confirmed, PairingError>>,
+    },
+}
+
+/// The pairing actor.
+pub struct PairingActor;
+
+/// What the pairing actor works with.
+pub struct PairingArgs {
+    /// Where couples, devices and pairings persist.
+    pub store: Arc<dyn Store>,
+    /// Signs device tokens.
+    pub secret: SigningSecret,
+    /// TTLs and caps.
+    pub settings: Settings,
+    /// Time source.
+    pub clock: Clock,
+    /// Told about new devices so a running room knows them.
+    pub rooms: ActorRef<SupervisorMsg>,
+}
+
+impl From<StoreError> for PairingError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(cause = %e, "pairing storage failed");
+        PairingError::StorageUnavailable
+    }
+}
+
+impl PairingArgs {
+    async fn initiate(
+        &self,
+        device: DeviceId,
+        by: Option<TokenClaims>,
+    ) -> Result<Initiated, PairingError> {
+        let now = self.clock.now();
+        let (couple, nonce) = match by {
+            Some(claims) => {
+                if claims.device != device {
+                    return Err(PairingError::WrongDevice);
+                }
+                let count = self.store.devices(&claims.couple).await?.len();
+                if count >= self.settings.max_devices_per_couple {
+                    return Err(PairingError::CoupleFull {
+                        max: self.settings.max_devices_per_couple,
+                    });
+                }
+                (claims.couple, claims.nonce)
+            }
+            None => {
+                let couple = CoupleId::generate();
+                let nonce = DeviceNonce::generate();
+                self.store
+                    .insert_device(&DeviceRecord {
+                        couple: couple.clone(),
+                        device: device.clone(),
+                        nonce: nonce.clone(),
+                        paired_at: now,
+                    })
+                    .await?;
+                (couple, nonce)
+            }
+        };
+        let pairing_token = PairingToken::generate();
+        let expires_at = now.plus(self.settings.pairing_ttl);
+        self.store
+            .put_pairing(&PairingRecord {
+                couple: couple.clone(),
+                token_hash: pairing_token.hash(),
+                expires_at,
+                failed_attempts: 0,
+                consumed: false,
+            })
+            .await?;
+        let device_token = self.secret.issue(&couple, &device, &nonce);
+        Ok(Initiated {
+            couple,
+            pairing_token,
+            device_token,
+            expires_at,
+        })
+    }
+
+    async fn confirm(
+        &self,
+        couple: CoupleId,
+        token: &PairingToken,
+        device: DeviceId,
+    ) -> Result<Confirmed, PairingError> {
+        let now = self.clock.now();
+        let mut pairing = self
+            .store
+            .pairing(&couple)
+            .await?
+            .ok_or(PairingError::NotFound)?;
+        if pairing.consumed {
+            return Err(PairingError::AlreadyUsed);
+        }
+        if pairing.failed_attempts >= self.settings.pairing_max_attempts {
+            return Err(PairingError::Burned);
+        }
+        if pairing.expires_at <= now {
+            return Err(PairingError::Expired);
+        }
+        if !pairing.token_hash.matches(&token.hash()) {
+            pairing.failed_attempts += 1;
+            self.store.put_pairing(&pairing).await?;
+            return Err(
+                if pairing.failed_attempts >= self.settings.pairing_max_attempts {
+                    PairingError::Burned
+                } else {
+                    PairingError::WrongToken
+                },
+            );
+        }
+        let devices = self.store.devices(&couple).await?;
+        if devices.iter().any(|d| d.device == device) {
+            return Err(PairingError::DeviceTaken);
+        }
+        if devices.len() >= self.settings.max_devices_per_couple {
+            return Err(PairingError::CoupleFull {
+                max: self.settings.max_devices_per_couple,
+            });
+        }
+        let nonce = DeviceNonce::generate();
+        self.store
+            .insert_device(&DeviceRecord {
+                couple: couple.clone(),
+                device: device.clone(),
+                nonce: nonce.clone(),
+                paired_at: now,
+            })
+            .await?;
+        pairing.consumed = true;
+        self.store.put_pairing(&pairing).await?;
+        let _ = self.rooms.cast(SupervisorMsg::Forward {
+            couple: couple.clone(),
+            msg: RoomMsg::DeviceAdded(device.clone()),
+        });
+        let device_token = self.secret.issue(&couple, &device, &nonce);
+        Ok(Confirmed {
+            couple,
+            device_token,
+        })
+    }
+}
+
+impl Actor for PairingActor {
+    type Msg = PairingMsg;
+    type State = PairingArgs;
+    type Arguments = PairingArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<PairingMsg>,
+        args: PairingArgs,
+    ) -> Result<PairingArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<PairingMsg>,
+        msg: PairingMsg,
+        st: &mut PairingArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PairingMsg::Initiate { device, by, reply } => {
+                let _ = reply.send(st.initiate(device, by).await);
+            }
+            PairingMsg::Confirm {
+                couple,
+                token,
+                device,
+                reply,
+            } => {
+                let _ = reply.send(st.confirm(couple, &token, device).await);
+            }
+        }
+        Ok(())
+    }
+}

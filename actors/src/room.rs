@@ -1,0 +1,824 @@
+//! The room of one couple: owns the bounded senders of its connected sockets and the ordered
+//! mailbox of each of its devices. Relaying between connected devices touches no storage;
+//! only signals for a device that is not connected are written, off the actor's hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::RoomError;
+use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
+use crate::mailbox::{Entry, Mailbox, MailboxLimits, Payload, Signal};
+use crate::settings::Settings;
+use crate::store::{Store, StoredSignal};
+use crate::supervisor::SupervisorMsg;
+
+/// Sequence numbers are `epoch << EPOCH_SHIFT | counter`: each room activation takes a new
+/// epoch from the store, so numbers keep increasing across restarts without a write per signal.
+const EPOCH_SHIFT: u32 = 24;
+
+/// Identifies one socket's membership, so a stale socket cannot remove its replacement.
+pub type ConnId = u64;
+
+/// What a room tells a connected socket. The front end turns each into a wire message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomEvent {
+    /// The join succeeded; `peers` are the other devices connected now.
+    Joined {
+        /// The couple joined.
+        couple: CoupleId,
+        /// The joining device.
+        device: DeviceId,
+        /// Other devices connected at this moment.
+        peers: Vec<DeviceId>,
+    },
+    /// Another device connected.
+    PeerJoined(DeviceId),
+    /// Another device disconnected (close, leave, timeout or kick).
+    PeerLeft(DeviceId),
+    /// A signal from the device's mailbox, in seq order.
+    Signal(Arc<Signal>),
+    /// The room has taken (and, for offline recipients, stored) the signal with this id.
+    Accepted(SignalId),
+    /// A signal this socket sent was refused.
+    Rejected {
+        /// The id the signal carried, if any.
+        id: Option<SignalId>,
+        /// Why.
+        error: RoomError,
+    },
+}
+
+/// Why a room dropped a socket; the front end turns it into a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The same device joined again from another socket.
+    Replaced,
+    /// The socket's outbound queue was full: the client reads too slowly.
+    SlowConsumer,
+}
+
+/// A socket's membership in a room: where to send events, and how to tell it it was dropped.
+/// If the room goes away (stop or panic) both ends close, which the socket notices.
+#[derive(Debug)]
+pub struct Connection {
+    /// Distinguishes this socket from a later one of the same device.
+    pub id: ConnId,
+    /// Bounded: the room only ever uses `try_send`, so a slow client cannot stall it.
+    pub events: mpsc::Sender<RoomEvent>,
+    /// Fired once if the room drops this socket on purpose.
+    pub kick: oneshot::Sender<Kick>,
+}
+
+/// What a signal accepted over REST returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The signal's id (client-given or generated).
+    pub id: SignalId,
+    /// Its seq in the recipient's mailbox.
+    pub seq: Seq,
+}
+
+/// Where the answer to a send goes.
+#[derive(Debug)]
+pub enum Origin {
+    /// A connected socket: `accepted` or `error` is pushed to it as an event.
+    Socket(ConnId),
+    /// A REST request waiting for its reply.
+    Rest(RpcReplyPort<Result<Accepted, RoomError>>),
+}
+
+/// A request to one room.
+#[derive(Debug)]
+pub enum RoomMsg {
+    /// Connect a socket for `device`; `last_seq` acknowledges everything up to it first.
+    Join {
+        /// The authenticated device.
+        device: DeviceId,
+        /// Its socket.
+        conn: Connection,
+        /// The last seq the device has processed, if resuming.
+        last_seq: Option<Seq>,
+        /// Ok once `joined` and the backlog are queued on the socket.
+        reply: RpcReplyPort<Result<(), RoomError>>,
+    },
+    /// A socket left (or closed); ignored if it was already replaced.
+    Leave {
+        /// The device.
+        device: DeviceId,
+        /// Which of its sockets.
+        conn: ConnId,
+    },
+    /// Relay a signal to one device (`to`) or to every other device of the couple.
+    Send {
+        /// The authenticated sender.
+        from: DeviceId,
+        /// One recipient, or `None` for all other devices.
+        to: Option<DeviceId>,
+        /// The opaque payload.
+        payload: Payload,
+        /// For de-duplication of resends.
+        id: Option<SignalId>,
+        /// Where the answer goes.
+        origin: Origin,
+    },
+    /// Cumulative acknowledgement of a device's mailbox.
+    Ack {
+        /// The device.
+        device: DeviceId,
+        /// Everything up to and including this seq was processed.
+        up_to: Seq,
+    },
+    /// REST polling: acknowledge up to `after`, then return what is still waiting.
+    Fetch {
+        /// The device.
+        device: DeviceId,
+        /// Acknowledges everything up to it.
+        after: Option<Seq>,
+        /// The waiting signals, oldest first.
+        reply: RpcReplyPort<Result<Vec<Arc<Signal>>, RoomError>>,
+    },
+    /// A device was paired into the couple while the room was running.
+    DeviceAdded(DeviceId),
+    /// A background write of signals finished.
+    Persisted {
+        /// What was written.
+        job: PersistJob,
+        /// Whether it is durable.
+        ok: bool,
+    },
+    /// Periodic housekeeping: expiry and idleness.
+    Tick,
+    /// The supervisor asks whether the room may stop; if so it closes itself.
+    StopIfIdle(RpcReplyPort<bool>),
+    /// Test hook: make the room panic, to exercise supervision.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+}
+
+/// A batch of signals being written for offline recipients, and who waits for it.
+#[derive(Debug)]
+pub struct PersistJob {
+    signals: Vec<(DeviceId, Arc<Signal>)>,
+    waiter: Option<Waiter>,
+}
+
+/// The sender waiting for a write before it is told "accepted".
+#[derive(Debug)]
+struct Waiter {
+    from: DeviceId,
+    origin: Origin,
+    accepted: Accepted,
+    dedupe_key: Option<(DeviceId, SignalId)>,
+}
+
+/// What a room is started with.
+pub struct RoomArgs {
+    /// Whose room.
+    pub couple: CoupleId,
+    /// Where mailboxes persist.
+    pub store: Arc<dyn Store>,
+    /// TTLs and bounds.
+    pub settings: Settings,
+    /// Time source.
+    pub clock: Clock,
+    /// To report idleness.
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+/// The actor. Holds nothing; all mutable data is in [`RoomState`].
+pub struct RoomActor;
+
+/// One device of the couple as the room sees it.
+#[derive(Default)]
+struct Member {
+    mailbox: Mailbox,
+    conn: Option<Connection>,
+}
+
+/// A resend window entry: an id seen recently and the seq it got.
+struct Seen {
+    seq: Seq,
+    expires_at: Timestamp,
+}
+
+/// Everything a room owns.
+pub struct RoomState {
+    args: RoomArgs,
+    epoch: u64,
+    counter: u64,
+    members: HashMap<DeviceId, Member>,
+    seen: HashMap<(DeviceId, SignalId), Seen>,
+    writes_in_flight: usize,
+    last_active: Instant,
+    closing: bool,
+}
+
+impl Actor for RoomActor {
+    type Msg = RoomMsg;
+    type State = RoomState;
+    type Arguments = RoomArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RoomMsg>,
+        args: RoomArgs,
+    ) -> Result<RoomState, ActorProcessingErr> {
+        Ok(RoomState {
+            args,
+            epoch: 0,
+            counter: 0,
+            members: HashMap::new(),
+            seen: HashMap::new(),
+            writes_in_flight: 0,
+            last_active: Instant::now(),
+            closing: false,
+        })
+    }
+
+    /// Loads the couple's devices and stored mailboxes. Runs in the room's own task, so the
+    /// supervisor is never blocked on storage; messages wait until this is done.
+    async fn post_start(
+        &self,
+        me: ActorRef<RoomMsg>,
+        st: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
+        let store = Arc::clone(&st.args.store);
+        let couple = st.args.couple.clone();
+        st.epoch = store.next_epoch(&couple).await?;
+        for d in store.devices(&couple).await? {
+            st.members.entry(d.device).or_default();
+        }
+        for s in store.pending_signals(&couple, st.args.clock.now()).await? {
+            let to = s.to.clone();
+            let entry = Entry {
+                signal: Arc::new(Signal {
+                    seq: s.seq,
+                    id: s.id,
+                    from: s.from,
+                    payload: Payload::new(s.payload),
+                    created_at: s.created_at,
+                    expires_at: s.expires_at,
+                }),
+                on_disk: true,
+            };
+            st.members.entry(to).or_default().mailbox.push(entry);
+        }
+        me.send_interval(st.args.settings.room_tick, || RoomMsg::Tick);
+        tracing::debug!(couple_id = %couple, epoch = st.epoch, "room started");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<RoomMsg>,
+        msg: RoomMsg,
+        st: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.closing {
+            st.refuse(msg);
+            return Ok(());
+        }
+        if !matches!(msg, RoomMsg::Tick | RoomMsg::Persisted { .. }) {
+            st.last_active = Instant::now();
+        }
+        match msg {
+            RoomMsg::Join {
+                device,
+                conn,
+                last_seq,
+                reply,
+            } => {
+                let result = st.join(&me, device, conn, last_seq);
+                let _ = reply.send(result);
+            }
+            RoomMsg::Leave { device, conn } => st.leave(&me, &device, conn),
+            RoomMsg::Send {
+                from,
+                to,
+                payload,
+                id,
+                origin,
+            } => st.send(&me, from, to, payload, id, origin).await?,
+            RoomMsg::Ack { device, up_to } => st.ack(&device, up_to),
+            RoomMsg::Fetch {
+                device,
+                after,
+                reply,
+            } => {
+                let _ = reply.send(Ok(st.fetch(device, after)));
+            }
+            RoomMsg::DeviceAdded(device) => {
+                st.members.entry(device).or_default();
+            }
+            RoomMsg::Persisted { job, ok } => st.persisted(&me, job, ok),
+            RoomMsg::Tick => st.tick(&me),
+            RoomMsg::StopIfIdle(reply) => {
+                let idle = st.is_idle();
+                if idle {
+                    st.closing = true;
+                    me.stop(Some("idle".to_owned()));
+                }
+                let _ = reply.send(idle);
+            }
+            #[cfg(feature = "fault-injection")]
+            RoomMsg::Panic => panic!("fault injection: room {} panics", st.args.couple),
+        }
+        Ok(())
+    }
+
+    /// On a clean stop, writes what connected devices have not acknowledged yet, so a graceful
+    /// shutdown loses nothing.
+    async fn post_stop(
+        &self,
+        _me: ActorRef<RoomMsg>,
+        st: &mut RoomState,
+    ) -> Result<(), ActorProcessingErr> {
+        let pending: Vec<_> = st
+            .members
+            .iter_mut()
+            .flat_map(|(d, m)| {
+                m.mailbox
+                    .take_unpersisted()
+                    .into_iter()
+                    .map(move |s| (d.clone(), s))
+            })
+            .collect();
+        if !pending.is_empty() {
+            let records = st.records(&pending);
+            if let Err(e) = st.args.store.put_signals(&records).await {
+                tracing::error!(couple_id = %st.args.couple, cause = %e, "failed to flush mailboxes on stop");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RoomState {
+    fn limits(&self) -> MailboxLimits {
+        self.args.settings.mailbox
+    }
+
+    /// Answers a message that arrived after the room decided to stop: callers retry elsewhere.
+    fn refuse(&self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(Err(RoomError::Unavailable));
+            }
+            RoomMsg::Fetch { reply, .. } => {
+                let _ = reply.send(Err(RoomError::Unavailable));
+            }
+            RoomMsg::Send {
+                origin: Origin::Rest(reply),
+                ..
+            } => {
+                let _ = reply.send(Err(RoomError::Unavailable));
+            }
+            RoomMsg::StopIfIdle(reply) => {
+                let _ = reply.send(true);
+            }
+            _ => {}
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.writes_in_flight == 0 && self.members.values().all(|m| m.conn.is_none())
+    }
+
+    fn connected_peers(&self, except: &DeviceId) -> Vec<DeviceId> {
+        self.members
+            .iter()
+            .filter(|(d, m)| *d != except && m.conn.is_some())
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// Sends an event to every connected device but `except`.
+    fn broadcast(&mut self, me: &ActorRef<RoomMsg>, except: &DeviceId, event: &RoomEvent) {
+        let targets: Vec<DeviceId> = self.connected_peers(except);
+        for d in targets {
+            self.push(me, &d, event.clone());
+        }
+    }
+
+    /// Pushes one event to a device's socket; a full queue disconnects it as a slow consumer.
+    /// Returns whether the event was queued.
+    fn push(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, event: RoomEvent) -> bool {
+        let Some(member) = self.members.get_mut(device) else {
+            return false;
+        };
+        let Some(conn) = &member.conn else {
+            return false;
+        };
+        match conn.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(couple_id = %self.args.couple, device_id = %device, "disconnecting slow consumer");
+                self.disconnect(me, device, Some(Kick::SlowConsumer));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.disconnect(me, device, None);
+                false
+            }
+        }
+    }
+
+    /// Drops a device's socket, tells the others, and writes what it has not acknowledged
+    /// (it may never have reached the device).
+    fn disconnect(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, kick: Option<Kick>) {
+        let Some(member) = self.members.get_mut(device) else {
+            return;
+        };
+        let Some(conn) = member.conn.take() else {
+            return;
+        };
+        if let Some(k) = kick {
+            let _ = conn.kick.send(k);
+        }
+        let unwritten: Vec<_> = member
+            .mailbox
+            .take_unpersisted()
+            .into_iter()
+            .map(|s| (device.clone(), s))
+            .collect();
+        if !unwritten.is_empty() {
+            self.spawn_write(
+                me,
+                PersistJob {
+                    signals: unwritten,
+                    waiter: None,
+                },
+            );
+        }
+        self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
+    }
+
+    fn join(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        device: DeviceId,
+        conn: Connection,
+        last_seq: Option<Seq>,
+    ) -> Result<(), RoomError> {
+        let now = self.args.clock.now();
+        let peers = self.connected_peers(&device);
+        let member = self.members.entry(device.clone()).or_default();
+        let was_connected = if let Some(old) = member.conn.take() {
+            let _ = old.kick.send(Kick::Replaced);
+            true
+        } else {
+            false
+        };
+        if let Some(seq) = last_seq {
+            let acked = member.mailbox.ack(seq);
+            if acked.touched_disk {
+                self.spawn_ack(&device, seq);
+            }
+        }
+        let member = self.members.entry(device.clone()).or_default();
+        member.mailbox.expire(now);
+        let backlog = std::iter::once(RoomEvent::Joined {
+            couple: self.args.couple.clone(),
+            device: device.clone(),
+            peers,
+        })
+        .chain(
+            member
+                .mailbox
+                .iter()
+                .map(|e| RoomEvent::Signal(Arc::clone(&e.signal))),
+        )
+        .collect::<Vec<_>>();
+        for event in backlog {
+            if conn.events.try_send(event).is_err() {
+                let _ = conn.kick.send(Kick::SlowConsumer);
+                if was_connected {
+                    self.broadcast(me, &device, &RoomEvent::PeerLeft(device.clone()));
+                }
+                return Ok(());
+            }
+        }
+        self.members.entry(device.clone()).or_default().conn = Some(conn);
+        if !was_connected {
+            self.broadcast(me, &device, &RoomEvent::PeerJoined(device.clone()));
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, conn: ConnId) {
+        let current = self
+            .members
+            .get(device)
+            .and_then(|m| m.conn.as_ref())
+            .map(|c| c.id);
+        if current == Some(conn) {
+            self.disconnect(me, device, None);
+        }
+    }
+
+    async fn next_seq(&mut self) -> Result<Seq, ActorProcessingErr> {
+        self.counter += 1;
+        if self.counter >= 1 << EPOCH_SHIFT {
+            self.epoch = self.args.store.next_epoch(&self.args.couple).await?;
+            self.counter = 1;
+        }
+        Ok(Seq(self.epoch << EPOCH_SHIFT | self.counter))
+    }
+
+    fn recipients(
+        &self,
+        from: &DeviceId,
+        to: Option<DeviceId>,
+    ) -> Result<Vec<DeviceId>, RoomError> {
+        match to {
+            Some(to) if &to == from => Err(RoomError::SelfRecipient),
+            Some(to) if self.members.contains_key(&to) => Ok(vec![to]),
+            Some(_) => Err(RoomError::UnknownDevice),
+            None => Ok(self
+                .members
+                .keys()
+                .filter(|d| *d != from)
+                .cloned()
+                .collect()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        from: DeviceId,
+        to: Option<DeviceId>,
+        payload: Payload,
+        id: Option<SignalId>,
+        origin: Origin,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = self.args.clock.now();
+        let checked = self.check_send(&from, to, &payload, id.as_ref(), now);
+        let recipients = match checked {
+            Ok(Ok(r)) => r,
+            Ok(Err(dup)) => {
+                self.answer(me, &from, origin, id, Ok(dup));
+                return Ok(());
+            }
+            Err(error) => {
+                self.answer(me, &from, origin, id, Err(error));
+                return Ok(());
+            }
+        };
+        let seq = self.next_seq().await?;
+        let id = id.unwrap_or_else(SignalId::generate);
+        let signal = Arc::new(Signal {
+            seq,
+            id: id.clone(),
+            from: from.clone(),
+            payload,
+            created_at: now,
+            expires_at: now.plus(self.args.settings.signal_ttl),
+        });
+        let mut offline = Vec::new();
+        for to in recipients {
+            let entry = Entry {
+                signal: Arc::clone(&signal),
+                on_disk: false,
+            };
+            if let Some(m) = self.members.get_mut(&to) {
+                m.mailbox.push(entry);
+            }
+            if !self.push(me, &to, RoomEvent::Signal(Arc::clone(&signal))) {
+                offline.push(to);
+            }
+        }
+        let dedupe_key = (from.clone(), id.clone());
+        self.seen.insert(
+            dedupe_key.clone(),
+            Seen {
+                seq,
+                expires_at: now.plus(self.args.settings.dedupe_window),
+            },
+        );
+        let accepted = Accepted { id, seq };
+        // Recipients that were kicked while pushing had their mailbox written by `disconnect`;
+        // the rest of the offline ones are written here before the sender hears "accepted".
+        let to_write: Vec<_> = offline
+            .into_iter()
+            .filter_map(|d| {
+                let m = self.members.get_mut(&d)?;
+                let e = m.mailbox.iter().find(|e| e.signal.seq == seq)?;
+                (!e.on_disk).then_some(d)
+            })
+            .collect();
+        if to_write.is_empty() {
+            self.answer(me, &from, origin, None, Ok(accepted));
+            return Ok(());
+        }
+        let signals = to_write
+            .into_iter()
+            .map(|d| {
+                self.mark_on_disk(&d, seq);
+                (d, Arc::clone(&signal))
+            })
+            .collect();
+        self.spawn_write(
+            me,
+            PersistJob {
+                signals,
+                waiter: Some(Waiter {
+                    from,
+                    origin,
+                    accepted,
+                    dedupe_key: Some(dedupe_key),
+                }),
+            },
+        );
+        Ok(())
+    }
+
+    /// Validates a send. `Ok(Err(accepted))` means a resend of a signal already taken.
+    fn check_send(
+        &mut self,
+        from: &DeviceId,
+        to: Option<DeviceId>,
+        payload: &Payload,
+        id: Option<&SignalId>,
+        now: Timestamp,
+    ) -> Result<Result<Vec<DeviceId>, Accepted>, RoomError> {
+        let limit = self.args.settings.max_payload_bytes;
+        if payload.len() > limit {
+            return Err(RoomError::PayloadTooLarge { limit });
+        }
+        if let Some(id) = id {
+            let key = (from.clone(), id.clone());
+            if let Some(seen) = self.seen.get(&key).filter(|s| s.expires_at > now) {
+                return Ok(Err(Accepted {
+                    id: id.clone(),
+                    seq: seen.seq,
+                }));
+            }
+        }
+        self.members.entry(from.clone()).or_default();
+        let recipients = self.recipients(from, to)?;
+        let limits = self.limits();
+        for r in &recipients {
+            let m = self.members.entry(r.clone()).or_default();
+            m.mailbox.expire(now);
+            if !m.mailbox.has_room(payload.len(), limits) {
+                return Err(RoomError::MailboxFull);
+            }
+        }
+        Ok(Ok(recipients))
+    }
+
+    fn mark_on_disk(&mut self, device: &DeviceId, seq: Seq) {
+        if let Some(m) = self.members.get_mut(device) {
+            m.mailbox.mark_on_disk(seq);
+        }
+    }
+
+    /// Tells the sender how its signal fared: a REST reply, or an event on its socket.
+    fn answer(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        from: &DeviceId,
+        origin: Origin,
+        id: Option<SignalId>,
+        result: Result<Accepted, RoomError>,
+    ) {
+        match origin {
+            Origin::Rest(reply) => {
+                let _ = reply.send(result);
+            }
+            Origin::Socket(conn) => {
+                let event = match result {
+                    Ok(a) => RoomEvent::Accepted(a.id),
+                    Err(error) => RoomEvent::Rejected { id, error },
+                };
+                self.push_to_conn(me, from, conn, event);
+            }
+        }
+    }
+
+    /// Pushes to a device only if `conn` is still its socket (not replaced since).
+    fn push_to_conn(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        device: &DeviceId,
+        conn: ConnId,
+        event: RoomEvent,
+    ) {
+        let current = self
+            .members
+            .get(device)
+            .and_then(|m| m.conn.as_ref())
+            .map(|c| c.id);
+        if current == Some(conn) {
+            self.push(me, device, event);
+        }
+    }
+
+    fn records(&self, signals: &[(DeviceId, Arc<Signal>)]) -> Vec<StoredSignal> {
+        signals
+            .iter()
+            .map(|(to, s)| StoredSignal {
+                couple: self.args.couple.clone(),
+                to: to.clone(),
+                seq: s.seq,
+                id: s.id.clone(),
+                from: s.from.clone(),
+                payload: s.payload.as_str().to_owned(),
+                created_at: s.created_at,
+                expires_at: s.expires_at,
+            })
+            .collect()
+    }
+
+    /// Writes signals in a task of its own; the result comes back as [`RoomMsg::Persisted`].
+    fn spawn_write(&mut self, me: &ActorRef<RoomMsg>, job: PersistJob) {
+        self.writes_in_flight += 1;
+        let records = self.records(&job.signals);
+        let store = Arc::clone(&self.args.store);
+        let couple = self.args.couple.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            let ok = match store.put_signals(&records).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(couple_id = %couple, cause = %e, "failed to persist signals");
+                    false
+                }
+            };
+            // The room may be gone (panic); the write stands and is loaded by its successor.
+            let _ = me.cast(RoomMsg::Persisted { job, ok });
+        });
+    }
+
+    fn spawn_ack(&self, device: &DeviceId, up_to: Seq) {
+        let store = Arc::clone(&self.args.store);
+        let (couple, device) = (self.args.couple.clone(), device.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.ack_signals(&couple, &device, up_to).await {
+                tracing::warn!(couple_id = %couple, cause = %e, "failed to record ack; signals may be redelivered");
+            }
+        });
+    }
+
+    /// A background write finished: answer the waiting sender, or undo the signal on failure.
+    fn persisted(&mut self, me: &ActorRef<RoomMsg>, job: PersistJob, ok: bool) {
+        self.writes_in_flight -= 1;
+        let Some(waiter) = job.waiter else {
+            return;
+        };
+        let id = Some(waiter.accepted.id.clone());
+        let result = if ok {
+            Ok(waiter.accepted)
+        } else {
+            for (to, s) in &job.signals {
+                if let Some(m) = self.members.get_mut(to) {
+                    m.mailbox.remove(s.seq);
+                }
+            }
+            if let Some(key) = waiter.dedupe_key {
+                self.seen.remove(&key);
+            }
+            Err(RoomError::StorageUnavailable)
+        };
+        self.answer(me, &waiter.from, waiter.origin, id, result);
+    }
+
+    fn ack(&mut self, device: &DeviceId, up_to: Seq) {
+        if let Some(m) = self.members.get_mut(device) {
+            if m.mailbox.ack(up_to).touched_disk {
+                self.spawn_ack(device, up_to);
+            }
+        }
+    }
+
+    fn fetch(&mut self, device: DeviceId, after: Option<Seq>) -> Vec<Arc<Signal>> {
+        if let Some(seq) = after {
+            self.ack(&device, seq);
+        }
+        let now = self.args.clock.now();
+        let m = self.members.entry(device).or_default();
+        m.mailbox.expire(now);
+        m.mailbox.iter().map(|e| Arc::clone(&e.signal)).collect()
+    }
+
+    fn tick(&mut self, me: &ActorRef<RoomMsg>) {
+        let now = self.args.clock.now();
+        for m in self.members.values_mut() {
+            m.mailbox.expire(now);
+        }
+        self.seen.retain(|_, s| s.expires_at > now);
+        if self.is_idle() && self.last_active.elapsed() >= self.args.settings.room_idle_after {
+            let _ = self.args.supervisor.cast(SupervisorMsg::RoomIdle {
+                couple: self.args.couple.clone(),
+                room: me.get_id(),
+            });
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! TTLs and bounds of the domain, filled from configuration by the front end.
+
+use std::time::Duration;
+
+use crate::mailbox::MailboxLimits;
+
+/// Every tunable the actors obey. `Default` gives the documented production values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long an undelivered signal is kept (5 minutes).
+    pub signal_ttl: Duration,
+    /// How long a signal id is remembered to drop resends (5 minutes).
+    pub dedupe_window: Duration,
+    /// How long a pairing token is valid (24 hours).
+    pub pairing_ttl: Duration,
+    /// Wrong pairing tokens allowed before the pairing is burned (5).
+    pub pairing_max_attempts: u32,
+    /// Devices one couple may have (8).
+    pub max_devices_per_couple: usize,
+    /// Bounds of each device's mailbox.
+    pub mailbox: MailboxLimits,
+    /// Largest signal payload, serialized (64 KiB).
+    pub max_payload_bytes: usize,
+    /// How often rooms expire signals and check for idleness.
+    pub room_tick: Duration,
+    /// A room with no socket and no pending write for this long is stopped.
+    pub room_idle_after: Duration,
+    /// Longest an HTTP or WebSocket caller waits for an actor before it answers 503.
+    pub call_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            signal_ttl: Duration::from_secs(300),
+            dedupe_window: Duration::from_secs(300),
+            pairing_ttl: Duration::from_secs(24 * 3600),
+            pairing_max_attempts: 5,
+            max_devices_per_couple: 8,
+            mailbox: MailboxLimits {
+                max_signals: 256,
+                max_bytes: 1024 * 1024,
+            },
+            max_payload_bytes: 64 * 1024,
+            room_tick: Duration::from_secs(5),
+            room_idle_after: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The default store: one redb file in `DATA_DIR`. redb is a pure-Rust, copy-on-write B-tree
+//! with ACID transactions that are durable (fsynced) when `commit` returns, so a killed server
+//! loses nothing it acknowledged, and it needs no service and no C toolchain.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{DeviceRecord, PairingRecord, Store, StoreError, StoredSignal};
+use crate::clock::Timestamp;
+use crate::ids::{CoupleId, DeviceId, Seq};
+
+/// (couple, device) -> `DeviceRecord` JSON.
+const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
+/// couple -> `PairingRecord` JSON.
+const PAIRINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("pairings");
+/// couple -> last epoch handed out.
+const EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("epochs");
+/// (couple, recipient, seq) -> `StoredSignal` JSON.
+const SIGNALS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("signals");
+/// (couple, recipient) -> highest acknowledged seq, so a late write of an acked signal is ignored.
+const ACKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("acks");
+
+/// File name of the database inside `DATA_DIR`.
+pub const DB_FILE: &str = "our-memories.redb";
+
+/// The embedded, crash-safe store. Cheap to clone; all clones share one open database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir`, creating every table so reads never miss one.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let db = Database::create(dir.join(DB_FILE))?;
+        let txn = db.begin_write()?;
+        txn.open_table(DEVICES)?;
+        txn.open_table(PAIRINGS)?;
+        txn.open_table(EPOCHS)?;
+        txn.open_table(SIGNALS)?;
+        txn.open_table(ACKS)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the async runtime.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        let rec = device.clone();
+        self.run(move |db| {
+            let bytes = encode(&rec)?;
+            let txn = db.begin_write()?;
+            txn.open_table(DEVICES)?
+                .insert((rec.couple.as_str(), rec.device.as_str()), bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let (couple, device) = (couple.clone(), device.clone());
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEVICES)?;
+            let row = table.get((couple.as_str(), device.as_str()))?;
+            row.map(|v| decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let couple = couple.clone();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEVICES)?;
+            let mut out = Vec::new();
+            for row in table.range((couple.as_str(), "")..)? {
+                let (k, v) = row?;
+                if k.value().0 != couple.as_str() {
+                    break;
+                }
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
+        let rec = pairing.clone();
+        self.run(move |db| {
+            let bytes = encode(&rec)?;
+            let txn = db.begin_write()?;
+            txn.open_table(PAIRINGS)?
+                .insert(rec.couple.as_str(), bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pairing(&self, couple: &CoupleId) -> Result<Option<PairingRecord>, StoreError> {
+        let couple = couple.clone();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PAIRINGS)?;
+            let row = table.get(couple.as_str())?;
+            row.map(|v| decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn next_epoch(&self, couple: &CoupleId) -> Result<u64, StoreError> {
+        let couple = couple.clone();
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            let next = {
+                let mut table = txn.open_table(EPOCHS)?;
+                let next = table.get(couple.as_str())?.map_or(0, |v| v.value()) + 1;
+                table.insert(couple.as_str(), next)?;
+                next
+            };
+            txn.commit()?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn put_signals(&self, signals: &[StoredSignal]) -> Result<(), StoreError> {
+        let signals = signals.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SIGNALS)?;
+                for s in &signals {
+                    let bytes = encode(s)?;
+                    table.insert(
+                        (s.couple.as_str(), s.to.as_str(), s.seq.0),
+                        bytes.as_slice(),
+                    )?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ack_signals(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        up_to: Seq,
+    ) -> Result<(), StoreError> {
+        let (couple, device) = (couple.clone(), device.clone());
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let key = (couple.as_str(), device.as_str());
+                let mut acks = txn.open_table(ACKS)?;
+                let prev = acks.get(key)?.map_or(0, |v| v.value());
+                acks.insert(key, prev.max(up_to.0))?;
+                let mut signals = txn.open_table(SIGNALS)?;
+                signals.retain_in(
+                    (couple.as_str(), device.as_str(), 0)
+                        ..=(couple.as_str(), device.as_str(), up_to.0),
+                    |_, _| false,
+                )?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_signals(
+        &self,
+        couple: &CoupleId,
+        now: Timestamp,
+    ) -> Result<Vec<StoredSignal>, StoreError> {
+        let couple = couple.clone();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let signals = txn.open_table(SIGNALS)?;
+            let acks = txn.open_table(ACKS)?;
+            let mut out = Vec::new();
+            for row in signals.range((couple.as_str(), "", 0)..)? {
+                let (k, v) = row?;
+                let (c, device, seq) = k.value();
+                if c != couple.as_str() {
+                    break;
+                }
+                let acked = acks.get((c, device))?.map_or(0, |v| v.value());
+                let s: StoredSignal = decode(v.value())?;
+                if seq > acked && s.expires_at > now {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            let mut purged = 0u64;
+            {
+                let mut signals = txn.open_table(SIGNALS)?;
+                signals.retain(|_, v| {
+                    let keep = decode::<StoredSignal>(v).is_ok_and(|s| s.expires_at > now);
+                    purged += u64::from(!keep);
+                    keep
+                })?;
+                let mut pairings = txn.open_table(PAIRINGS)?;
+                pairings.retain(|_, v| {
+                    let keep = decode::<PairingRecord>(v).is_ok_and(|p| p.expires_at > now);
+                    purged += u64::from(!keep);
+                    keep
+                })?;
+                // An ack watermark only guards signals that may still be on disk; once a
+                // device has none left, its watermark goes too.
+                let mut live = std::collections::HashSet::new();
+                for row in signals.iter()? {
+                    let (k, _) = row?;
+                    let (c, d, _) = k.value();
+                    live.insert((c.to_owned(), d.to_owned()));
+                }
+                let mut acks = txn.open_table(ACKS)?;
+                acks.retain(|(c, d), _| live.contains(&(c.to_owned(), d.to_owned())))?;
+            }
+            txn.commit()?;
+            Ok(purged)
+        })
+        .await
+    }
+}

@@ -1,0 +1,332 @@
+//! Configuration, from environment variables only. Every variable is read and validated at
+//! start; an error names the variable. `env.example` documents each one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use actors::{MailboxLimits, Settings};
+
+/// Default HTTP port (the seed's).
+pub const DEFAULT_PORT: u16 = 3000;
+/// Default data directory for the embedded store and the development secret.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// How often a socket is pinged.
+pub const DEFAULT_WS_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Silence after which a socket is closed; with the heartbeat, a vanished peer is reported
+/// as `peer-left` within 10 seconds.
+pub const DEFAULT_WS_CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Largest WebSocket message: room for a 64 KiB payload plus its envelope, so an oversized
+/// payload gets a clean `payload_too_large` instead of a dropped connection.
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// Events queued for one socket before it counts as a slow consumer.
+pub const DEFAULT_WS_OUTBOUND_QUEUE: usize = 512;
+/// Longest graceful shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Development or production; production refuses insecure defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local use: a signing secret is generated and kept in `DATA_DIR`.
+    Development,
+    /// `NODE_ENV=production`: `SIGNALING_SECRET` is required.
+    Production,
+}
+
+/// Where the signing secret comes from.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// `SIGNALING_SECRET`.
+    Env(actors::SigningSecret),
+    /// Generated once and kept in `DATA_DIR` (development only).
+    DataDir,
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(_) => f.write_str("Env(<redacted>)"),
+            Self::DataDir => f.write_str("DataDir"),
+        }
+    }
+}
+
+/// WebSocket session limits.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Ping period.
+    pub heartbeat: Duration,
+    /// Silence before the socket is closed.
+    pub client_timeout: Duration,
+    /// Largest message accepted.
+    pub max_message_bytes: usize,
+    /// Bounded outbound queue per socket.
+    pub outbound_queue: usize,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Development or production.
+    pub environment: Environment,
+    /// Listen address (`HOST`:`PORT`); port 0 picks a free one (tests).
+    pub addr: SocketAddr,
+    /// Embedded store and development secret live here.
+    pub data_dir: PathBuf,
+    /// Device-token signing key.
+    pub secret: SecretSource,
+    /// Domain TTLs and bounds.
+    pub settings: Settings,
+    /// Socket limits.
+    pub ws: WsConfig,
+    /// Longest graceful shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// A variable that is missing or wrong. Names the variable, so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse.
+    #[error("{var}: invalid value {value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// What was given.
+        value: String,
+        /// What is expected.
+        reason: String,
+    },
+    /// A variable required in this environment.
+    #[error("{var} is required when {because}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// Why it is required.
+        because: &'static str,
+    },
+    /// A variable for a feature this build does not have yet.
+    #[error("{var} is set, but this version only has the embedded store; unset it")]
+    Unsupported {
+        /// The variable.
+        var: &'static str,
+    },
+}
+
+/// Reads variables through `get`, so tests need not touch the process environment.
+struct Vars<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                value: v,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialEq + Default,
+        T::Err: std::fmt::Display,
+    {
+        let v = self.parse(var, default)?;
+        if v == T::default() {
+            return Err(ConfigError::Invalid {
+                var,
+                value: "0".to_owned(),
+                reason: "must be greater than zero".to_owned(),
+            });
+        }
+        Ok(v)
+    }
+
+    fn secs(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.positive(var, default.as_secs())?))
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get` (tests pass a map).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let v = Vars(get);
+        let environment = match v.get("NODE_ENV").as_deref().map(str::trim) {
+            Some("production") => Environment::Production,
+            None | Some("development" | "test") => Environment::Development,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "NODE_ENV",
+                    value: other.to_owned(),
+                    reason: "expected development, test or production".to_owned(),
+                });
+            }
+        };
+        for var in ["MONGODB_URI", "S3_BUCKET"] {
+            if v.get(var).is_some() {
+                return Err(ConfigError::Unsupported { var });
+            }
+        }
+        let host: IpAddr = v.parse("HOST", IpAddr::from([0, 0, 0, 0]))?;
+        let port: u16 = v.parse("PORT", DEFAULT_PORT)?;
+        let secret = match (v.get("SIGNALING_SECRET"), environment) {
+            (Some(s), _) => SecretSource::Env(
+                actors::SigningSecret::new(s.trim().as_bytes().to_vec()).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "SIGNALING_SECRET",
+                        value: "<redacted>".to_owned(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            (None, Environment::Production) => {
+                return Err(ConfigError::Missing {
+                    var: "SIGNALING_SECRET",
+                    because: "NODE_ENV=production (generate one with `openssl rand -base64 48`)",
+                });
+            }
+            (None, Environment::Development) => SecretSource::DataDir,
+        };
+        let d = Settings::default();
+        let settings = Settings {
+            signal_ttl: v.secs("SIGNAL_TTL_SECS", d.signal_ttl)?,
+            dedupe_window: v.secs("SIGNAL_TTL_SECS", d.dedupe_window)?,
+            pairing_ttl: v.secs("PAIRING_TTL_SECS", d.pairing_ttl)?,
+            pairing_max_attempts: v.positive("PAIRING_MAX_ATTEMPTS", d.pairing_max_attempts)?,
+            max_devices_per_couple: v.parse("MAX_DEVICES_PER_COUPLE", d.max_devices_per_couple)?,
+            mailbox: MailboxLimits {
+                max_signals: v.positive("MAILBOX_MAX_SIGNALS", d.mailbox.max_signals)?,
+                max_bytes: v.positive("MAILBOX_MAX_BYTES", d.mailbox.max_bytes)?,
+            },
+            max_payload_bytes: d.max_payload_bytes,
+            room_tick: d.room_tick,
+            room_idle_after: v.secs("ROOM_IDLE_SECS", d.room_idle_after)?,
+            call_timeout: d.call_timeout,
+        };
+        let config = Config {
+            environment,
+            addr: SocketAddr::new(host, port),
+            data_dir: PathBuf::from(
+                v.get("DATA_DIR")
+                    .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()),
+            ),
+            secret,
+            settings,
+            ws: WsConfig {
+                heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,
+                client_timeout: v.secs("WS_CLIENT_TIMEOUT_SECS", DEFAULT_WS_CLIENT_TIMEOUT)?,
+                max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+                outbound_queue: v.positive("WS_OUTBOUND_QUEUE", DEFAULT_WS_OUTBOUND_QUEUE)?,
+            },
+            shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks, all in one place.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |var: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            var,
+            value,
+            reason: reason.to_owned(),
+        };
+        if self.settings.max_devices_per_couple < 2 {
+            return Err(invalid(
+                "MAX_DEVICES_PER_COUPLE",
+                self.settings.max_devices_per_couple.to_string(),
+                "a couple needs at least 2 devices",
+            ));
+        }
+        if self.ws.outbound_queue <= self.settings.mailbox.max_signals {
+            return Err(invalid(
+                "WS_OUTBOUND_QUEUE",
+                self.ws.outbound_queue.to_string(),
+                "must exceed MAILBOX_MAX_SIGNALS so a full backlog fits on a fresh socket",
+            ));
+        }
+        if self.ws.client_timeout <= self.ws.heartbeat {
+            return Err(invalid(
+                "WS_CLIENT_TIMEOUT_SECS",
+                format!("{:?}", self.ws.client_timeout),
+                "must be longer than WS_HEARTBEAT_SECS",
+            ));
+        }
+        if self.ws.max_message_bytes <= self.settings.max_payload_bytes {
+            return Err(invalid(
+                "WS_MAX_MESSAGE_BYTES",
+                self.ws.max_message_bytes.to_string(),
+                "must exceed the 64 KiB payload limit",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn no_variables_at_all_gives_a_working_development_config() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.addr.port(), 3000);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(matches!(c.secret, SecretSource::DataDir));
+        assert_eq!(c.settings.max_devices_per_couple, 8);
+    }
+
+    #[test]
+    fn production_requires_a_signing_secret_and_says_so() {
+        let err = from(&[("NODE_ENV", "production")]).unwrap_err().to_string();
+        assert!(err.contains("SIGNALING_SECRET"), "{err}");
+        let ok = from(&[
+            ("NODE_ENV", "production"),
+            ("SIGNALING_SECRET", "0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(matches!(ok.secret, SecretSource::Env(_)));
+        assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        for (var, value) in [
+            ("PORT", "eighty"),
+            ("MAX_DEVICES_PER_COUPLE", "1"),
+            ("MAILBOX_MAX_SIGNALS", "0"),
+            ("SIGNALING_SECRET", "short"),
+            ("NODE_ENV", "staging"),
+            ("WS_OUTBOUND_QUEUE", "10"),
+            ("MONGODB_URI", "mongodb://localhost"),
+        ] {
+            let err = from(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{var}: {err}");
+        }
+    }
+}

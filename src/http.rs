@@ -1,0 +1,45 @@
+//! The HTTP front end: composes every route, limits every body, and renders every error the
+//! same way. Handlers only parse, check access, and call a typed actor handle.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod pairing;
+pub mod signals;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use warp::{Filter, Rejection, Reply};
+
+use crate::state::AppState;
+use crate::ws;
+use error::{ApiError, handle_rejection};
+
+/// Largest pairing body: two ids and a token, with generous room.
+pub const PAIRING_BODY_LIMIT: u64 = 4 * 1024;
+/// Largest `POST /api/signal` body: a 64 KiB payload plus its envelope.
+pub const SIGNAL_BODY_LIMIT: u64 = 72 * 1024;
+
+/// Every route of the server, with the JSON error renderer.
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+    health::route(state.clone())
+        .or(pairing::routes(state.clone()))
+        .or(signals::routes(state.clone()))
+        .or(ws::route(state))
+        .recover(handle_rejection)
+        .with(warp::trace::request())
+}
+
+/// A JSON body of at most `limit` bytes, parsed into `T` (which validates ids while parsing).
+pub fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(limit)
+        .and(warp::body::bytes())
+        .and_then(|body: Bytes| async move {
+            serde_json::from_slice(&body)
+                .map_err(|e| error::reject(ApiError::InvalidRequest(e.to_string())))
+        })
+}

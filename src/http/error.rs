@@ -1,0 +1,213 @@
+//! The one place where errors become HTTP statuses and wire codes. HTTP responses carry
+//! `{"error":{"code","message"}}`; WebSocket `error` messages use the same codes.
+
+use std::convert::Infallible;
+
+use actors::{IdError, PairingError, RoomError};
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, a wrong type, a missing field or an invalid id.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A WebSocket message with a `type` the server does not know.
+    #[error("unknown message type")]
+    UnknownMessageType,
+    /// A binary WebSocket frame: the protocol is JSON text only.
+    #[error("binary frames are not supported; send JSON text")]
+    BinaryFrame,
+    /// A WebSocket message that needs `join-couple` first.
+    #[error("join a couple first")]
+    NotJoined,
+    /// A second `join-couple` on a joined socket.
+    #[error("already joined; send leave-couple first")]
+    AlreadyJoined,
+    /// No `Authorization: Bearer` header (or not a bearer one).
+    #[error("missing Authorization: Bearer <deviceToken>")]
+    MissingToken,
+    /// The token is valid but for another couple or device than the request touches.
+    #[error("this token does not grant access to that couple or device")]
+    Forbidden,
+    /// Pairing or token verification failed.
+    #[error(transparent)]
+    Pairing(#[from] PairingError),
+    /// A room refused the request.
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    /// No route matches the path.
+    #[error("no such route")]
+    NotFound,
+    /// The path exists with another method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body is over the route's limit.
+    #[error("request body is too large")]
+    BodyTooLarge,
+    /// A body was sent without Content-Length.
+    #[error("Content-Length is required")]
+    LengthRequired,
+    /// `GET /ws` without a WebSocket upgrade.
+    #[error("this endpoint needs a WebSocket upgrade")]
+    UpgradeRequired,
+    /// A bug or an unexpected failure; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<IdError> for ApiError {
+    fn from(e: IdError) -> Self {
+        ApiError::InvalidRequest(e.to_string())
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// The HTTP status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        use PairingError as P;
+        use RoomError as R;
+        match self {
+            Self::InvalidRequest(_)
+            | Self::UnknownMessageType
+            | Self::BinaryFrame
+            | Self::NotJoined
+            | Self::AlreadyJoined
+            | Self::Room(R::SelfRecipient) => StatusCode::BAD_REQUEST,
+            Self::MissingToken | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden | Self::Pairing(P::WrongDevice) => StatusCode::FORBIDDEN,
+            Self::NotFound | Self::Pairing(P::NotFound) | Self::Room(R::UnknownDevice) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Pairing(P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. }) => {
+                StatusCode::CONFLICT
+            }
+            Self::Pairing(P::Expired | P::Burned) => StatusCode::GONE,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Self::BodyTooLarge | Self::Room(R::PayloadTooLarge { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::Room(R::MailboxFull) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Pairing(P::StorageUnavailable | P::Unavailable)
+            | Self::Room(R::StorageUnavailable | R::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable snake_case code clients switch on (listed in docs/protocol.md).
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        use PairingError as P;
+        use RoomError as R;
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnknownMessageType => "unknown_type",
+            Self::BinaryFrame => "binary_not_supported",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::MissingToken => "missing_token",
+            Self::Forbidden | Self::Pairing(P::WrongDevice) => "forbidden",
+            Self::Pairing(P::InvalidToken(_)) => "invalid_token",
+            Self::Pairing(P::NotFound) => "pairing_not_found",
+            Self::Pairing(P::WrongToken) => "invalid_pairing_token",
+            Self::Pairing(P::Expired) => "pairing_expired",
+            Self::Pairing(P::Burned) => "pairing_burned",
+            Self::Pairing(P::AlreadyUsed) => "pairing_used",
+            Self::Pairing(P::DeviceTaken) => "device_id_taken",
+            Self::Pairing(P::CoupleFull { .. }) => "couple_full",
+            Self::Room(R::UnknownDevice) => "unknown_device",
+            Self::Room(R::SelfRecipient) => "invalid_recipient",
+            Self::Room(R::MailboxFull) => "mailbox_full",
+            Self::Room(R::PayloadTooLarge { .. }) => "payload_too_large",
+            Self::Pairing(P::StorageUnavailable) | Self::Room(R::StorageUnavailable) => {
+                "storage_unavailable"
+            }
+            Self::Pairing(P::Unavailable) | Self::Room(R::Unavailable) => "unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::LengthRequired => "length_required",
+            Self::UpgradeRequired => "upgrade_required",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The message sent to the client: the error's text, except for 5xx, whose cause is
+    /// logged instead (it may describe the server's internals).
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        if self.status().is_server_error() {
+            tracing::error!(code = self.code(), cause = ?self, "request failed");
+            match self.status() {
+                StatusCode::SERVICE_UNAVAILABLE => "temporarily unavailable; retry".to_owned(),
+                _ => "internal error".to_owned(),
+            }
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// The HTTP response.
+    #[must_use]
+    pub fn into_response(self) -> warp::reply::Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: String,
+        }
+        let body = Body {
+            error: Inner {
+                code: self.code(),
+                message: self.public_message(),
+            },
+        };
+        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+    }
+}
+
+/// A warp rejection carrying an [`ApiError`].
+#[must_use]
+pub fn reject(e: impl Into<ApiError>) -> Rejection {
+    warp::reject::custom(e.into())
+}
+
+/// Turns every rejection, ours or warp's, into the JSON error body.
+pub async fn handle_rejection(r: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let err = if let Some(e) = r.find::<ApiError>() {
+        return Ok(e.clone().into_response());
+    } else if r.is_not_found() {
+        ApiError::NotFound
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::BodyTooLarge
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidRequest(e.to_string())
+    } else if r
+        .find::<warp::filters::ws::MissingConnectionUpgrade>()
+        .is_some()
+    {
+        ApiError::UpgradeRequired
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        ApiError::InvalidRequest(e.to_string())
+    } else {
+        tracing::error!(rejection = ?r, "unhandled rejection");
+        ApiError::Internal
+    };
+    Ok(err.into_response())
+}

@@ -1,0 +1,99 @@
+//! `POST /api/pair/initiate` and `POST /api/pair/confirm`.
+
+use actors::{CoupleId, DeviceId, DeviceToken, PairingToken, Timestamp};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use super::auth::bearer;
+use super::error::reject;
+use super::{PAIRING_BODY_LIMIT, json_body};
+use crate::state::{AppState, with_state};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InitiateBody {
+    device_id: DeviceId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InitiateReply<'a> {
+    couple_id: &'a CoupleId,
+    pairing_token: &'a str,
+    device_token: &'a str,
+    expires_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfirmBody {
+    couple_id: CoupleId,
+    pairing_token: String,
+    device_id: DeviceId,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfirmReply<'a> {
+    couple_id: &'a CoupleId,
+    device_token: &'a str,
+}
+
+/// RFC 3339 with milliseconds, UTC: what every timestamp on the wire looks like.
+#[must_use]
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+}
+
+/// Both pairing routes.
+pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let initiate = warp::path!("api" / "pair" / "initiate")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(bearer())
+        .and(json_body::<InitiateBody>(PAIRING_BODY_LIMIT))
+        .and_then(initiate);
+    let confirm = warp::path!("api" / "pair" / "confirm")
+        .and(warp::post())
+        .and(with_state(state))
+        .and(json_body::<ConfirmBody>(PAIRING_BODY_LIMIT))
+        .and_then(confirm);
+    initiate.or(confirm)
+}
+
+async fn initiate(
+    state: AppState,
+    bearer: Option<DeviceToken>,
+    body: InitiateBody,
+) -> Result<warp::reply::Response, Rejection> {
+    let started = state
+        .pairing
+        .initiate(body.device_id, bearer.as_ref())
+        .await
+        .map_err(reject)?;
+    let reply = InitiateReply {
+        couple_id: &started.couple,
+        pairing_token: started.pairing_token.expose(),
+        device_token: started.device_token.expose(),
+        expires_at: rfc3339(started.expires_at),
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&reply), StatusCode::CREATED).into_response())
+}
+
+async fn confirm(state: AppState, body: ConfirmBody) -> Result<warp::reply::Response, Rejection> {
+    let done = state
+        .pairing
+        .confirm(
+            body.couple_id,
+            PairingToken::from_client(body.pairing_token),
+            body.device_id,
+        )
+        .await
+        .map_err(reject)?;
+    let reply = ConfirmReply {
+        couple_id: &done.couple,
+        device_token: done.device_token.expose(),
+    };
+    Ok(warp::reply::json(&reply).into_response())
+}

@@ -1,0 +1,22 @@
+//! Our Memories server: the warp front end over the actors of `our-memories-actors`.
+//!
+//! # Layout
+//! - [`config`]: environment variables, validated at start.
+//! - [`app`]: builds everything and runs until shutdown; [`serve`] is the accept loop,
+//!   [`shutdown`] the signal and the bounded drain.
+//! - [`http`]: REST routes (pairing, signals, health), bearer auth, the one error mapping.
+//! - [`ws`]: the WebSocket route, wire protocol and per-socket session.
+//! - [`state`]: what handlers share; [`secret`]: the token-signing key; [`telemetry`]: logs.
+//!
+//! The domain (rooms, mailboxes, pairing, storage) lives in the `actors` crate and knows
+//! nothing of HTTP.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod secret;
+pub mod serve;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod ws;

@@ -1,0 +1,30 @@
+//! `our-memories`: reads the environment, starts the server, stops on SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use actors::Clock;
+use our_memories::{app::App, config::Config, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match App::build(config, Clock::System).await {
+        Ok(app) => {
+            app.run_until_stopped(shutdown::signal()).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Our own accept loop on hyper (instead of `warp::serve`): it sets TCP_NODELAY, records the
+//! peer address, bounds header reads, owns graceful shutdown, and leaves room for another
+//! service on the same port later.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
+
+use crate::shutdown::{Shutdown, ShutdownListener};
+
+/// A client that has not sent its request headers by then is disconnected (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The peer's socket address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Accepts connections until `stop` resolves; connections already open finish through
+/// `shutdown`'s listeners.
+pub async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: &Shutdown,
+    stop: impl Future<Output = ()>,
+) where
+    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: log and keep serving.
+                    tracing::warn!(cause = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            service.clone(),
+            shutdown.listener(),
+        ));
+    }
+}
+
+async fn serve_connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    mut shutdown: ShutdownListener,
+) where
+    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        service.clone().call(req)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shutdown.recv() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(cause = %e, %peer, "connection ended with an error");
+    }
+}

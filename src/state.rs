@@ -1,0 +1,56 @@
+//! The read-only state every handler shares: actor handles, limits and the shutdown signal.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use actors::{ConnId, Pairing, Rooms};
+use warp::Filter;
+
+use crate::config::WsConfig;
+use crate::shutdown::ShutdownListener;
+
+/// Cloned into every request; everything inside is a handle or immutable.
+#[derive(Clone)]
+pub struct AppState {
+    /// Signaling rooms.
+    pub rooms: Rooms,
+    /// Pairing and token verification.
+    pub pairing: Pairing,
+    /// Socket limits.
+    pub ws: Arc<WsConfig>,
+    /// For `/health` uptime.
+    pub started: Instant,
+    /// Sessions watch it to close with 1001 on shutdown (and hold the server open until they do).
+    pub shutdown: ShutdownListener,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl AppState {
+    /// Builds the state.
+    #[must_use]
+    pub fn new(rooms: Rooms, pairing: Pairing, ws: WsConfig, shutdown: ShutdownListener) -> Self {
+        Self {
+            rooms,
+            pairing,
+            ws: Arc::new(ws),
+            started: Instant::now(),
+            shutdown,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// A process-unique id for a socket's room membership.
+    #[must_use]
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Injects the state into a filter chain.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}

@@ -1,0 +1,288 @@
+//! One WebSocket session. The socket is split: a writer task drains two bounded queues (room
+//! events, and the session's own frames), while this task reads frames, keeps the heartbeat
+//! and relays to the room. Leaving the room is tied to a drop guard, so every exit path
+//! (close, error, timeout, shutdown) sends `peer-left` to the others.
+
+use std::time::Duration;
+
+use actors::{Connection, Kick, Payload, RoomEvent, RoomLink};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use warp::ws::Message;
+
+use super::protocol::{ClientMsg, ServerMsg};
+use crate::http::auth::{parse_bearer, require_access};
+use crate::http::error::ApiError;
+use crate::http::signals::raw_json;
+use crate::state::AppState;
+
+/// Close code when the server shuts down (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code when the same device joined from another socket.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code when the client read too slowly and its queue filled.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+/// Close code when the client stayed silent past the client timeout.
+pub const CLOSE_TIMEOUT: u16 = 4002;
+/// The session's own frames (pongs, errors, pings, close) queued for the writer.
+const FRAME_QUEUE: usize = 32;
+/// Longest wait for the writer to flush after the session ends.
+const WRITER_FLUSH: Duration = Duration::from_secs(2);
+
+/// Membership in a room; dropping it leaves the room.
+struct Joined {
+    link: RoomLink,
+    kicked: oneshot::Receiver<Kick>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.link.leave();
+    }
+}
+
+enum Event {
+    Frame(Option<Result<Message, warp::Error>>),
+    Kicked(Result<Kick, oneshot::error::RecvError>),
+    Heartbeat,
+    Shutdown,
+}
+
+struct Session {
+    state: AppState,
+    events: mpsc::Sender<RoomEvent>,
+    frames: mpsc::Sender<Message>,
+    joined: Option<Joined>,
+}
+
+/// Runs a session until the socket closes, the client times out or the server shuts down.
+pub async fn run<S>(socket: S, state: AppState)
+where
+    S: Sink<Message, Error = warp::Error>
+        + Stream<Item = Result<Message, warp::Error>>
+        + Send
+        + 'static,
+{
+    let (sink, mut stream) = socket.split();
+    let (events, events_rx) = mpsc::channel(state.ws.outbound_queue);
+    let (frames, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    let writer = tokio::spawn(write_loop(sink, events_rx, frames_rx));
+    let mut shutdown = state.shutdown.clone();
+    let (heartbeat_every, client_timeout) = (state.ws.heartbeat, state.ws.client_timeout);
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+    let mut last_seen = Instant::now();
+    let mut session = Session {
+        state,
+        events,
+        frames,
+        joined: None,
+    };
+    loop {
+        let event = tokio::select! {
+            frame = stream.next() => Event::Frame(frame),
+            kick = kicked(&mut session.joined) => Event::Kicked(kick),
+            _ = heartbeat.tick() => Event::Heartbeat,
+            () = shutdown.recv() => Event::Shutdown,
+        };
+        let close = match event {
+            Event::Frame(Some(Ok(msg))) if msg.is_close() => Some(None),
+            Event::Frame(Some(Ok(msg))) => {
+                last_seen = Instant::now();
+                session.on_frame(msg).await;
+                None
+            }
+            Event::Frame(_) => Some(None),
+            Event::Kicked(Ok(Kick::Replaced)) => {
+                Some(Some((CLOSE_REPLACED, "replaced by a newer connection")))
+            }
+            Event::Kicked(Ok(Kick::SlowConsumer)) => {
+                Some(Some((CLOSE_SLOW_CONSUMER, "outbound queue full")))
+            }
+            Event::Kicked(Err(_)) => {
+                // The room went away (restart after a failure, or stop): tell the client to rejoin.
+                session.joined = None;
+                session
+                    .send_error(&ApiError::Room(actors::RoomError::Unavailable))
+                    .await;
+                None
+            }
+            Event::Heartbeat if last_seen.elapsed() >= client_timeout => {
+                Some(Some((CLOSE_TIMEOUT, "heartbeat timeout")))
+            }
+            Event::Heartbeat => {
+                session.frame(Message::ping(Vec::new())).await;
+                None
+            }
+            Event::Shutdown => Some(Some((CLOSE_GOING_AWAY, "server shutting down"))),
+        };
+        if let Some(close) = close {
+            if let Some((code, reason)) = close {
+                session.frame(Message::close_with(code, reason)).await;
+            }
+            break;
+        }
+    }
+    drop(session);
+    let _ = tokio::time::timeout(WRITER_FLUSH, writer).await;
+}
+
+/// Resolves when the room drops this socket (kick) or disappears; never while not joined.
+async fn kicked(joined: &mut Option<Joined>) -> Result<Kick, oneshot::error::RecvError> {
+    match joined {
+        Some(j) => (&mut j.kicked).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn frame(&self, msg: Message) {
+        let _ = self.frames.send(msg).await;
+    }
+
+    async fn send_error(&self, err: &ApiError) {
+        self.frame(Message::text(ServerMsg::error(err, None).to_text()))
+            .await;
+    }
+
+    async fn on_frame(&mut self, msg: Message) {
+        if msg.is_binary() {
+            return self.send_error(&ApiError::BinaryFrame).await;
+        }
+        let Ok(text) = msg.to_str() else {
+            return; // ping / pong: the heartbeat already counted it
+        };
+        match ClientMsg::parse(text) {
+            Ok(m) => self.on_message(m).await,
+            Err(e) => self.send_error(&e).await,
+        }
+    }
+
+    async fn on_message(&mut self, msg: ClientMsg<'_>) {
+        match msg {
+            ClientMsg::JoinCouple {
+                couple,
+                device,
+                token,
+                last_seq,
+            } => {
+                if self.joined.is_some() {
+                    return self.send_error(&ApiError::AlreadyJoined).await;
+                }
+                match self.join(&couple, &device, &token, last_seq).await {
+                    Ok(joined) => self.joined = Some(joined),
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+            ClientMsg::LeaveCouple => self.joined = None,
+            ClientMsg::WebrtcSignal { to, payload, id } => {
+                let Some(joined) = &self.joined else {
+                    let err = ServerMsg::error(&ApiError::NotJoined, id.as_ref()).to_text();
+                    return self.frame(Message::text(err)).await;
+                };
+                let payload = Payload::new(payload.get());
+                if joined.link.send(to, payload, id).is_err() {
+                    self.joined = None;
+                    self.send_error(&ApiError::Room(actors::RoomError::Unavailable))
+                        .await;
+                }
+            }
+            ClientMsg::Ack { seq } => {
+                let Some(joined) = &self.joined else {
+                    return self.send_error(&ApiError::NotJoined).await;
+                };
+                if joined.link.ack(seq).is_err() {
+                    self.joined = None;
+                }
+            }
+            ClientMsg::Ping => {
+                self.frame(Message::text(ServerMsg::Pong.to_text())).await;
+            }
+        }
+    }
+
+    async fn join(
+        &self,
+        couple: &actors::CoupleId,
+        device: &actors::DeviceId,
+        token: &str,
+        last_seq: Option<actors::Seq>,
+    ) -> Result<Joined, ApiError> {
+        let token = parse_bearer(&format!("Bearer {token}"))?;
+        let claims = self.state.pairing.authenticate(&token).await?;
+        require_access(&claims, couple, Some(device))?;
+        let mut kicked = None;
+        let link = self
+            .state
+            .rooms
+            .join(couple, device, last_seq, || {
+                let (kick, rx) = oneshot::channel();
+                kicked = Some(rx);
+                Connection {
+                    id: self.state.next_conn_id(),
+                    events: self.events.clone(),
+                    kick,
+                }
+            })
+            .await?;
+        let kicked = kicked.ok_or(ApiError::Internal)?;
+        Ok(Joined { link, kicked })
+    }
+}
+
+/// Renders a room event as its wire text.
+fn render(event: &RoomEvent) -> Result<String, ApiError> {
+    let msg = match event {
+        RoomEvent::Joined {
+            couple,
+            device,
+            peers,
+        } => ServerMsg::Joined {
+            couple_id: couple,
+            device_id: device,
+            peers,
+        },
+        RoomEvent::PeerJoined(d) => ServerMsg::PeerJoined { device_id: d },
+        RoomEvent::PeerLeft(d) => ServerMsg::PeerLeft { device_id: d },
+        RoomEvent::Signal(s) => ServerMsg::WebrtcSignal {
+            from: &s.from,
+            payload: raw_json(s.payload.as_str())?,
+            seq: s.seq,
+            id: &s.id,
+        },
+        RoomEvent::Accepted(id) => ServerMsg::Accepted { id },
+        RoomEvent::Rejected { id, error } => {
+            return Ok(ServerMsg::error(&ApiError::Room(error.clone()), id.as_ref()).to_text());
+        }
+    };
+    Ok(msg.to_text())
+}
+
+/// Owns the sink. Session frames go first (a close must not wait behind a backlog).
+async fn write_loop<S>(
+    mut sink: S,
+    mut events: mpsc::Receiver<RoomEvent>,
+    mut frames: mpsc::Receiver<Message>,
+) where
+    S: Sink<Message, Error = warp::Error> + Unpin,
+{
+    loop {
+        let msg = tokio::select! {
+            biased;
+            f = frames.recv() => match f {
+                Some(m) => m,
+                None => break,
+            },
+            e = events.recv() => match e.map(|e| render(&e)) {
+                Some(Ok(text)) => Message::text(text),
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
+        let closing = msg.is_close();
+        if sink.send(msg).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
