@@ -1,4 +1,4 @@
-//! Our own accept loop on hyper (instead of `warp::serve`): it sets TCP_NODELAY, records the
+//! Our own accept loop on hyper (instead of `warp::serve`): it sets `TCP_NODELAY`, records the
 //! peer address, bounds header reads, owns graceful shutdown, and leaves room for another
 //! service on the same port later.
 

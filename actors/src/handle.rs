@@ -20,7 +20,7 @@ use crate::supervisor::{RoomSupervisor, SupervisorArgs, SupervisorMsg, Superviso
 use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError};
 
 /// How often expired signals and pairings are deleted from the store.
-pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+pub const PURGE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// Calls an actor with a timeout, mapping "no answer" to `unavailable`.
 async fn call<M, T, E>(

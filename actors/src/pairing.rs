@@ -93,20 +93,19 @@ impl PairingArgs {
         by: Option<TokenClaims>,
     ) -> Result<Initiated, PairingError> {
         let now = self.clock.now();
-        let (couple, nonce) = match by {
-            Some(claims) => {
-                if claims.device != device {
-                    return Err(PairingError::WrongDevice);
-                }
-                let count = self.store.devices(&claims.couple).await?.len();
-                if count >= self.settings.max_devices_per_couple {
-                    return Err(PairingError::CoupleFull {
-                        max: self.settings.max_devices_per_couple,
-                    });
-                }
-                (claims.couple, claims.nonce)
+        let (couple, nonce) = if let Some(claims) = by {
+            if claims.device != device {
+                return Err(PairingError::WrongDevice);
             }
-            None => {
+            let count = self.store.devices(&claims.couple).await?.len();
+            if count >= self.settings.max_devices_per_couple {
+                return Err(PairingError::CoupleFull {
+                    max: self.settings.max_devices_per_couple,
+                });
+            }
+            (claims.couple, claims.nonce)
+        } else {
+            {
                 let couple = CoupleId::generate();
                 let nonce = DeviceNonce::generate();
                 self.store

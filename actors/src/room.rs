@@ -173,6 +173,8 @@ struct Waiter {
     from: DeviceId,
     origin: Origin,
     accepted: Accepted,
+    /// The id the client gave: a socket hears `accepted` only for signals that carried one.
+    client_id: Option<SignalId>,
     dedupe_key: Option<(DeviceId, SignalId)>,
 }
 
@@ -280,7 +282,7 @@ impl Actor for RoomActor {
         st: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
         if st.closing {
-            st.refuse(msg);
+            RoomState::refuse(msg);
             return Ok(());
         }
         if !matches!(msg, RoomMsg::Tick | RoomMsg::Persisted { .. }) {
@@ -293,8 +295,8 @@ impl Actor for RoomActor {
                 last_seq,
                 reply,
             } => {
-                let result = st.join(&me, device, conn, last_seq);
-                let _ = reply.send(result);
+                st.join(&me, &device, conn, last_seq);
+                let _ = reply.send(Ok(()));
             }
             RoomMsg::Leave { device, conn } => st.leave(&me, &device, conn),
             RoomMsg::Send {
@@ -364,7 +366,7 @@ impl RoomState {
     }
 
     /// Answers a message that arrived after the room decided to stop: callers retry elsewhere.
-    fn refuse(&self, msg: RoomMsg) {
+    fn refuse(msg: RoomMsg) {
         match msg {
             RoomMsg::Join { reply, .. } => {
                 let _ = reply.send(Err(RoomError::Unavailable));
@@ -458,15 +460,17 @@ impl RoomState {
         self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
     }
 
+    /// Connects a socket: replaces an older one of the device, applies `last_seq`, queues
+    /// `joined` and the backlog (a socket too slow for its backlog is dropped at once).
     fn join(
         &mut self,
         me: &ActorRef<RoomMsg>,
-        device: DeviceId,
+        device: &DeviceId,
         conn: Connection,
         last_seq: Option<Seq>,
-    ) -> Result<(), RoomError> {
+    ) {
         let now = self.args.clock.now();
-        let peers = self.connected_peers(&device);
+        let peers = self.connected_peers(device);
         let member = self.members.entry(device.clone()).or_default();
         let was_connected = if let Some(old) = member.conn.take() {
             let _ = old.kick.send(Kick::Replaced);
@@ -477,7 +481,7 @@ impl RoomState {
         if let Some(seq) = last_seq {
             let acked = member.mailbox.ack(seq);
             if acked.touched_disk {
-                self.spawn_ack(&device, seq);
+                self.spawn_ack(device, seq);
             }
         }
         let member = self.members.entry(device.clone()).or_default();
@@ -498,16 +502,15 @@ impl RoomState {
             if conn.events.try_send(event).is_err() {
                 let _ = conn.kick.send(Kick::SlowConsumer);
                 if was_connected {
-                    self.broadcast(me, &device, &RoomEvent::PeerLeft(device.clone()));
+                    self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
                 }
-                return Ok(());
+                return;
             }
         }
         self.members.entry(device.clone()).or_default().conn = Some(conn);
         if !was_connected {
-            self.broadcast(me, &device, &RoomEvent::PeerJoined(device.clone()));
+            self.broadcast(me, device, &RoomEvent::PeerJoined(device.clone()));
         }
-        Ok(())
     }
 
     fn leave(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, conn: ConnId) {
@@ -572,6 +575,7 @@ impl RoomState {
             }
         };
         let seq = self.next_seq().await?;
+        let client_id = id.clone();
         let id = id.unwrap_or_else(SignalId::generate);
         let signal = Arc::new(Signal {
             seq,
@@ -614,7 +618,7 @@ impl RoomState {
             })
             .collect();
         if to_write.is_empty() {
-            self.answer(me, &from, origin, None, Ok(accepted));
+            self.answer(me, &from, origin, client_id, Ok(accepted));
             return Ok(());
         }
         let signals = to_write
@@ -632,6 +636,7 @@ impl RoomState {
                     from,
                     origin,
                     accepted,
+                    client_id,
                     dedupe_key: Some(dedupe_key),
                 }),
             },
@@ -680,7 +685,8 @@ impl RoomState {
         }
     }
 
-    /// Tells the sender how its signal fared: a REST reply, or an event on its socket.
+    /// Tells the sender how its signal fared: a REST reply, or an event on its socket
+    /// (`id` is the one the client gave, if any).
     fn answer(
         &mut self,
         me: &ActorRef<RoomMsg>,
@@ -694,9 +700,10 @@ impl RoomState {
                 let _ = reply.send(result);
             }
             Origin::Socket(conn) => {
-                let event = match result {
-                    Ok(a) => RoomEvent::Accepted(a.id),
-                    Err(error) => RoomEvent::Rejected { id, error },
+                let event = match (result, id) {
+                    (Ok(a), Some(_)) => RoomEvent::Accepted(a.id),
+                    (Ok(_), None) => return,
+                    (Err(error), id) => RoomEvent::Rejected { id, error },
                 };
                 self.push_to_conn(me, from, conn, event);
             }
@@ -773,7 +780,7 @@ impl RoomState {
         let Some(waiter) = job.waiter else {
             return;
         };
-        let id = Some(waiter.accepted.id.clone());
+        let id = waiter.client_id;
         let result = if ok {
             Ok(waiter.accepted)
         } else {
@@ -791,10 +798,10 @@ impl RoomState {
     }
 
     fn ack(&mut self, device: &DeviceId, up_to: Seq) {
-        if let Some(m) = self.members.get_mut(device) {
-            if m.mailbox.ack(up_to).touched_disk {
-                self.spawn_ack(device, up_to);
-            }
+        if let Some(m) = self.members.get_mut(device)
+            && m.mailbox.ack(up_to).touched_disk
+        {
+            self.spawn_ack(device, up_to);
         }
     }
 

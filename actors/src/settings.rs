@@ -32,9 +32,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            signal_ttl: Duration::from_secs(300),
-            dedupe_window: Duration::from_secs(300),
-            pairing_ttl: Duration::from_secs(24 * 3600),
+            signal_ttl: Duration::from_mins(5),
+            dedupe_window: Duration::from_mins(5),
+            pairing_ttl: Duration::from_hours(24),
             pairing_max_attempts: 5,
             max_devices_per_couple: 8,
             mailbox: MailboxLimits {
@@ -43,7 +43,7 @@ impl Default for Settings {
             },
             max_payload_bytes: 64 * 1024,
             room_tick: Duration::from_secs(5),
-            room_idle_after: Duration::from_secs(60),
+            room_idle_after: Duration::from_mins(1),
             call_timeout: Duration::from_secs(5),
         }
     }

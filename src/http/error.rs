@@ -103,7 +103,7 @@ impl ApiError {
         }
     }
 
-    /// The stable snake_case code clients switch on (listed in docs/protocol.md).
+    /// The stable `snake_case` code clients switch on (listed in docs/protocol.md).
     #[must_use]
     pub fn code(&self) -> &'static str {
         use PairingError as P;

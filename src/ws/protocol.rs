@@ -154,7 +154,7 @@ pub enum ServerMsg<'a> {
     Pong,
     /// Something went wrong; `code` is stable, `message` is for humans.
     Error {
-        /// Stable snake_case code.
+        /// Stable `snake_case` code.
         code: &'static str,
         /// Explanation.
         message: String,

@@ -1,0 +1,342 @@
+//! `TestApp`: a real server per test (own data directory, port 0, manual clock), and thin
+//! clients for every endpoint.
+
+use std::time::Duration;
+
+use actors::{Clock, CoupleId, Rooms, SigningSecret};
+use futures_util::{SinkExt, StreamExt};
+use our_memories::app::App;
+use our_memories::config::{Config, SecretSource};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest wait for any single expected event; a hang fails the test instead of blocking CI.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Logs go to stdout only when `TEST_LOG` is set.
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub clock: Clock,
+    pub rooms: Rooms,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    _data: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Couple {
+    pub id: String,
+    pub a: Device,
+    pub b: Device,
+}
+
+/// A test configuration: defaults, loopback port 0, its own data directory and secret.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::from_vars(|_| None).expect("defaults are valid");
+    c.addr = "127.0.0.1:0".parse().expect("valid address");
+    data_dir.clone_into(&mut c.data_dir);
+    c.secret = SecretSource::Env(SigningSecret::generate());
+    c
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        init_logs();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(data.path());
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let clock = Clock::manual();
+        let app = App::build(config, clock.clone())
+            .await
+            .expect("server starts");
+        let addr = app.addr();
+        let rooms = app.rooms();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            clock,
+            rooms,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+            _data: data,
+        }
+    }
+
+    /// Graceful stop, awaited.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("server stops in time")
+                .expect("server task ends cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn initiate(&self, device: &str, bearer: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url("/api/pair/initiate"))
+            .json(&json!({ "deviceId": device }));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn confirm(&self, couple: &str, token: &str, device: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/pair/confirm"))
+            .json(&json!({ "coupleId": couple, "pairingToken": token, "deviceId": device }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Initiates and confirms: a couple with devices `a` and `b`.
+    pub async fn pair(&self) -> Couple {
+        let started: Value = ok_json(self.initiate("a", None).await, StatusCode::CREATED).await;
+        let couple = started["coupleId"].as_str().expect("coupleId").to_owned();
+        let pairing = started["pairingToken"].as_str().expect("pairingToken");
+        let confirmed: Value =
+            ok_json(self.confirm(&couple, pairing, "b").await, StatusCode::OK).await;
+        Couple {
+            a: Device {
+                id: "a".into(),
+                token: started["deviceToken"].as_str().expect("token").to_owned(),
+            },
+            b: Device {
+                id: "b".into(),
+                token: confirmed["deviceToken"].as_str().expect("token").to_owned(),
+            },
+            id: couple,
+        }
+    }
+
+    /// Adds one more device to a couple (initiate with a member's bearer, then confirm).
+    pub async fn add_device(&self, couple: &Couple, id: &str) -> Device {
+        let started: Value = ok_json(
+            self.initiate("a", Some(&couple.a.token)).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        let pairing = started["pairingToken"].as_str().expect("pairingToken");
+        let confirmed: Value =
+            ok_json(self.confirm(&couple.id, pairing, id).await, StatusCode::OK).await;
+        Device {
+            id: id.into(),
+            token: confirmed["deviceToken"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    pub async fn post_signal(
+        &self,
+        couple: &str,
+        from: &Device,
+        to: &str,
+        payload: Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/signal"))
+            .bearer_auth(&from.token)
+            .json(&json!({
+                "coupleId": couple, "fromDeviceId": from.id, "toDeviceId": to, "signalPayload": payload
+            }))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get_signals(
+        &self,
+        couple: &str,
+        device: &str,
+        token: Option<&str>,
+        after: Option<u64>,
+    ) -> reqwest::Response {
+        let mut url = self.url(&format!("/api/signals/{couple}/{device}"));
+        if let Some(a) = after {
+            url = format!("{url}?after={a}");
+        }
+        let mut req = self.http.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn ws(&self) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
+            .await
+            .expect("websocket connects");
+        Ws { stream }
+    }
+
+    /// Connects and joins; returns the socket and the `joined` message.
+    pub async fn join(
+        &self,
+        couple: &Couple,
+        device: &Device,
+        last_seq: Option<u64>,
+    ) -> (Ws, Value) {
+        let mut ws = self.ws().await;
+        ws.send(join_msg(&couple.id, device, last_seq)).await;
+        let joined = ws.recv_type("joined").await;
+        (ws, joined)
+    }
+
+    pub async fn room_failures(&self) -> u64 {
+        self.rooms.stats().await.expect("stats").failures
+    }
+
+    pub fn couple_id(couple: &Couple) -> CoupleId {
+        CoupleId::parse(couple.id.clone()).expect("valid couple id")
+    }
+}
+
+pub fn join_msg(couple: &str, device: &Device, last_seq: Option<u64>) -> Value {
+    let mut m = json!({ "type": "join-couple", "coupleId": couple, "deviceId": device.id, "token": device.token });
+    if let Some(s) = last_seq {
+        m["lastSeq"] = json!(s);
+    }
+    m
+}
+
+pub fn signal(to: Option<&str>, payload: &Value, id: Option<&str>) -> Value {
+    let mut m = json!({ "type": "webrtc-signal", "payload": payload });
+    if let Some(t) = to {
+        m["to"] = json!(t);
+    }
+    if let Some(i) = id {
+        m["id"] = json!(i);
+    }
+    m
+}
+
+/// Asserts the status and returns the JSON body.
+pub async fn ok_json(res: reqwest::Response, status: StatusCode) -> Value {
+    let got = res.status();
+    let body: Value = res.json().await.expect("JSON body");
+    assert_eq!(got, status, "body: {body}");
+    body
+}
+
+/// Asserts an error response: status and code.
+pub async fn assert_error(res: reqwest::Response, status: StatusCode, code: &str) {
+    let body = ok_json(res, status).await;
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("frame sent");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.stream.send(m).await.expect("frame sent");
+    }
+
+    /// The next frame that is not a ping/pong, within [`WAIT`].
+    pub async fn next_frame(&mut self) -> Option<Message> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame arrives in time");
+            match frame {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(m)) => return Some(m),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The next JSON message.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_frame().await {
+            Some(Message::Text(t)) => serde_json::from_str(t.as_str()).expect("JSON message"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must have this `type`.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        let m = self.recv().await;
+        assert_eq!(m["type"], ty, "message: {m}");
+        m
+    }
+
+    /// The next message must be an error with this code.
+    pub async fn recv_error(&mut self, code: &str) -> Value {
+        let m = self.recv_type("error").await;
+        assert_eq!(m["code"], code, "message: {m}");
+        m
+    }
+
+    /// The close frame's code, once the server closes.
+    pub async fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_frame().await {
+                Some(Message::Close(frame)) => return frame.map(|f| f.code.into()),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
+    /// Keeps the socket open but never reads it again (it will stop answering pings).
+    pub fn into_silent(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.stream
+    }
+}

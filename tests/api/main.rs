@@ -1,0 +1,8 @@
+//! End-to-end tests: the real server on an ephemeral port, real HTTP and WebSocket clients.
+
+mod helpers;
+mod pairing;
+mod rest;
+mod restart;
+mod signaling;
+mod supervision;
