@@ -106,7 +106,7 @@ pub enum ConfigError {
         because: &'static str,
     },
     /// A variable for a feature this build does not have yet.
-    #[error("{var} is set, but this version only has the embedded store; unset it")]
+    #[error("{var} is set, but this version stores everything in DATA_DIR (embedded); unset it")]
     Unsupported {
         /// The variable.
         var: &'static str,
@@ -229,7 +229,8 @@ impl Config {
             ws: WsConfig {
                 heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,
                 client_timeout: v.secs("WS_CLIENT_TIMEOUT_SECS", DEFAULT_WS_CLIENT_TIMEOUT)?,
-                max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+                max_message_bytes: v
+                    .positive("WS_MAX_MESSAGE_BYTES", DEFAULT_WS_MAX_MESSAGE_BYTES)?,
                 outbound_queue: v.positive("WS_OUTBOUND_QUEUE", DEFAULT_WS_OUTBOUND_QUEUE)?,
             },
             shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
@@ -323,6 +324,7 @@ mod tests {
             ("SIGNALING_SECRET", "short"),
             ("NODE_ENV", "staging"),
             ("WS_OUTBOUND_QUEUE", "10"),
+            ("WS_MAX_MESSAGE_BYTES", "1024"),
             ("MONGODB_URI", "mongodb://localhost"),
         ] {
             let err = from(&[(var, value)]).unwrap_err().to_string();

@@ -22,7 +22,47 @@ use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenE
 /// How often expired signals and pairings are deleted from the store.
 pub const PURGE_INTERVAL: Duration = Duration::from_mins(1);
 
-/// Calls an actor with a timeout, mapping "no answer" to `unavailable`.
+/// How a call to an actor can fail before the actor answered.
+enum CallFailure<E> {
+    /// The actor answered with an error.
+    Refused(E),
+    /// The actor was gone (stopped or failed) before it took the message: safe to retry.
+    Gone,
+    /// No answer in time: the actor may still act on it, so never retry.
+    TimedOut,
+}
+
+/// Calls an actor, waiting at most `timeout`.
+async fn try_call<M, T, E>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,
+    timeout: Duration,
+) -> Result<T, CallFailure<E>>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(r)) => r.map_err(CallFailure::Refused),
+        Ok(CallResult::Timeout) => Err(CallFailure::TimedOut),
+        Ok(CallResult::SenderError) | Err(_) => Err(CallFailure::Gone),
+    }
+}
+
+/// What to do with a room's answer: `None` means the room was gone or closing, so asking the
+/// supervisor for a fresh room and trying once more is safe. A timeout is never retried: the
+/// room may still act on the first message.
+fn settle<T>(r: Result<T, CallFailure<RoomError>>) -> Option<Result<T, RoomError>> {
+    match r {
+        Ok(v) => Some(Ok(v)),
+        Err(CallFailure::Gone | CallFailure::Refused(RoomError::Unavailable)) => None,
+        Err(CallFailure::Refused(e)) => Some(Err(e)),
+        Err(CallFailure::TimedOut) => Some(Err(RoomError::Unavailable)),
+    }
+}
+
+/// Calls an actor, mapping "no answer" to `unavailable`.
 async fn call<M, T, E>(
     actor: &ActorRef<M>,
     build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,
@@ -34,10 +74,10 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    match actor.call(build, Some(timeout)).await {
-        Ok(CallResult::Success(r)) => r,
-        Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(unavailable),
-    }
+    try_call(actor, build, timeout).await.map_err(|f| match f {
+        CallFailure::Refused(e) => e,
+        CallFailure::Gone | CallFailure::TimedOut => unavailable,
+    })
 }
 
 /// The running actor tree of one server: the room supervisor, the pairing actor and the
@@ -146,25 +186,23 @@ impl Rooms {
         .await
     }
 
-    /// Calls the couple's room; if it stopped in between (idle or failed), asks for a fresh
-    /// one once more.
+    /// Calls the couple's room, retrying once on a fresh room (see [`settle`]).
     async fn call_room<T: Send + 'static>(
         &self,
         couple: &CoupleId,
         mut build: impl FnMut(RpcReplyPort<Result<T, RoomError>>) -> RoomMsg,
     ) -> Result<T, RoomError> {
-        let mut last = RoomError::Unavailable;
         for _ in 0..2 {
             let room = self.room(couple).await?;
-            match call(&room, &mut build, self.timeout, RoomError::Unavailable).await {
-                Err(RoomError::Unavailable) => last = RoomError::Unavailable,
-                other => return other,
+            if let Some(result) = settle(try_call(&room, &mut build, self.timeout).await) {
+                return result;
             }
         }
-        Err(last)
+        Err(RoomError::Unavailable)
     }
 
-    /// Connects a socket of `device`. `connect` makes a fresh [`Connection`] per attempt.
+    /// Connects a socket of `device`, retrying once like [`Rooms::call_room`]. `connect` makes
+    /// a fresh [`Connection`] per attempt.
     /// On success the room has queued `joined` and the backlog on the socket.
     pub async fn join(
         &self,
@@ -177,28 +215,18 @@ impl Rooms {
             let room = self.room(couple).await?;
             let conn = connect();
             let conn_id = conn.id;
-            let result = call(
-                &room,
-                |reply| RoomMsg::Join {
+            let join = |reply| RoomMsg::Join {
+                device: device.clone(),
+                conn,
+                last_seq,
+                reply,
+            };
+            if let Some(result) = settle(try_call(&room, join, self.timeout).await) {
+                return result.map(|()| RoomLink {
+                    room,
                     device: device.clone(),
-                    conn,
-                    last_seq,
-                    reply,
-                },
-                self.timeout,
-                RoomError::Unavailable,
-            )
-            .await;
-            match result {
-                Ok(()) => {
-                    return Ok(RoomLink {
-                        room,
-                        device: device.clone(),
-                        conn: conn_id,
-                    });
-                }
-                Err(RoomError::Unavailable) => {}
-                Err(e) => return Err(e),
+                    conn: conn_id,
+                });
             }
         }
         Err(RoomError::Unavailable)

@@ -147,6 +147,13 @@ impl Mailbox {
         }
     }
 
+    /// Notes that a write of a signal failed, so it is written again later.
+    pub fn mark_in_memory(&mut self, seq: Seq) {
+        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.signal.seq == seq) {
+            e.on_disk = false;
+        }
+    }
+
     /// Every waiting signal, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()

@@ -87,13 +87,32 @@ impl From<StoreError> for PairingError {
 }
 
 impl PairingArgs {
+    /// A fresh pairing record for `couple`.
+    fn new_pairing(
+        &self,
+        couple: &CoupleId,
+        token: &PairingToken,
+        now: Timestamp,
+    ) -> PairingRecord {
+        let expires_at = now.plus(self.settings.pairing_ttl);
+        PairingRecord {
+            couple: couple.clone(),
+            token_hash: token.hash(),
+            expires_at,
+            purge_at: expires_at.plus(self.settings.pairing_ttl),
+            failed_attempts: 0,
+            consumed: false,
+        }
+    }
+
     async fn initiate(
         &self,
         device: DeviceId,
         by: Option<TokenClaims>,
     ) -> Result<Initiated, PairingError> {
         let now = self.clock.now();
-        let (couple, nonce) = if let Some(claims) = by {
+        let pairing_token = PairingToken::generate();
+        let (couple, nonce, pairing) = if let Some(claims) = by {
             if claims.device != device {
                 return Err(PairingError::WrongDevice);
             }
@@ -103,42 +122,35 @@ impl PairingArgs {
                     max: self.settings.max_devices_per_couple,
                 });
             }
-            (claims.couple, claims.nonce)
+            let pairing = self.new_pairing(&claims.couple, &pairing_token, now);
+            self.store.put_pairing(&pairing).await?;
+            (claims.couple, claims.nonce, pairing)
         } else {
-            {
-                let couple = CoupleId::generate();
-                let nonce = DeviceNonce::generate();
-                self.store
-                    .insert_device(&DeviceRecord {
-                        couple: couple.clone(),
-                        device: device.clone(),
-                        nonce: nonce.clone(),
-                        paired_at: now,
-                    })
-                    .await?;
-                (couple, nonce)
-            }
-        };
-        let pairing_token = PairingToken::generate();
-        let expires_at = now.plus(self.settings.pairing_ttl);
-        self.store
-            .put_pairing(&PairingRecord {
+            let couple = CoupleId::generate();
+            let nonce = DeviceNonce::generate();
+            let pairing = self.new_pairing(&couple, &pairing_token, now);
+            let record = DeviceRecord {
                 couple: couple.clone(),
-                token_hash: pairing_token.hash(),
-                expires_at,
-                failed_attempts: 0,
-                consumed: false,
-            })
-            .await?;
+                device: device.clone(),
+                nonce: nonce.clone(),
+                paired_at: now,
+            };
+            self.store
+                .save_device_and_pairing(&record, &pairing)
+                .await?;
+            (couple, nonce, pairing)
+        };
         let device_token = self.secret.issue(&couple, &device, &nonce);
         Ok(Initiated {
             couple,
             pairing_token,
             device_token,
-            expires_at,
+            expires_at: pairing.expires_at,
         })
     }
 
+    /// Checks in this order: burned, token (a wrong one counts toward the cap), used, expired,
+    /// device id, couple size. The state of a pairing is only revealed to a holder of its token.
     async fn confirm(
         &self,
         couple: CoupleId,
@@ -151,14 +163,8 @@ impl PairingArgs {
             .pairing(&couple)
             .await?
             .ok_or(PairingError::NotFound)?;
-        if pairing.consumed {
-            return Err(PairingError::AlreadyUsed);
-        }
         if pairing.failed_attempts >= self.settings.pairing_max_attempts {
             return Err(PairingError::Burned);
-        }
-        if pairing.expires_at <= now {
-            return Err(PairingError::Expired);
         }
         if !pairing.token_hash.matches(&token.hash()) {
             pairing.failed_attempts += 1;
@@ -171,6 +177,12 @@ impl PairingArgs {
                 },
             );
         }
+        if pairing.consumed {
+            return Err(PairingError::AlreadyUsed);
+        }
+        if pairing.expires_at <= now {
+            return Err(PairingError::Expired);
+        }
         let devices = self.store.devices(&couple).await?;
         if devices.iter().any(|d| d.device == device) {
             return Err(PairingError::DeviceTaken);
@@ -181,16 +193,16 @@ impl PairingArgs {
             });
         }
         let nonce = DeviceNonce::generate();
-        self.store
-            .insert_device(&DeviceRecord {
-                couple: couple.clone(),
-                device: device.clone(),
-                nonce: nonce.clone(),
-                paired_at: now,
-            })
-            .await?;
+        let record = DeviceRecord {
+            couple: couple.clone(),
+            device: device.clone(),
+            nonce: nonce.clone(),
+            paired_at: now,
+        };
         pairing.consumed = true;
-        self.store.put_pairing(&pairing).await?;
+        self.store
+            .save_device_and_pairing(&record, &pairing)
+            .await?;
         let _ = self.rooms.cast(SupervisorMsg::Forward {
             couple: couple.clone(),
             msg: RoomMsg::DeviceAdded(device.clone()),

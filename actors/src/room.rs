@@ -479,10 +479,7 @@ impl RoomState {
             false
         };
         if let Some(seq) = last_seq {
-            let acked = member.mailbox.ack(seq);
-            if acked.touched_disk {
-                self.spawn_ack(device, seq);
-            }
+            self.ack(device, seq);
         }
         let member = self.members.entry(device.clone()).or_default();
         member.mailbox.expire(now);
@@ -778,6 +775,15 @@ impl RoomState {
     fn persisted(&mut self, me: &ActorRef<RoomMsg>, job: PersistJob, ok: bool) {
         self.writes_in_flight -= 1;
         let Some(waiter) = job.waiter else {
+            if !ok {
+                // A flush nobody waits for: mark the signals unwritten so the flush on stop
+                // (or the next disconnect) tries again.
+                for (to, s) in &job.signals {
+                    if let Some(m) = self.members.get_mut(to) {
+                        m.mailbox.mark_in_memory(s.seq);
+                    }
+                }
+            }
             return;
         };
         let id = waiter.client_id;
@@ -797,7 +803,14 @@ impl RoomState {
         self.answer(me, &waiter.from, waiter.origin, id, result);
     }
 
+    /// The highest seq this room can have handed out: acks beyond it are clamped, so a bogus
+    /// `ack` or `lastSeq` cannot hide signals that arrive later.
+    fn clamp(&self, up_to: Seq) -> Seq {
+        up_to.min(Seq(self.epoch << EPOCH_SHIFT | self.counter))
+    }
+
     fn ack(&mut self, device: &DeviceId, up_to: Seq) {
+        let up_to = self.clamp(up_to);
         if let Some(m) = self.members.get_mut(device)
             && m.mailbox.ack(up_to).touched_disk
         {

@@ -44,6 +44,9 @@ pub struct PairingRecord {
     pub token_hash: TokenHash,
     /// After this instant the pairing answers 410 and may be swept.
     pub expires_at: Timestamp,
+    /// When the record is deleted: a while after expiry, so a late confirm still gets
+    /// `pairing_used` / `pairing_expired` instead of `pairing_not_found`.
+    pub purge_at: Timestamp,
     /// Wrong tokens tried so far; at the cap the pairing is burned.
     pub failed_attempts: u32,
     /// Set by a successful confirm: the token is single use.
@@ -78,8 +81,14 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for `/health` and logs (`"embedded"`, `"mongodb"`).
     fn backend(&self) -> &'static str;
 
-    /// Registers a device. Uniqueness inside the couple is checked by the pairing actor.
-    async fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    /// Registers a device and saves the couple's pairing in one atomic step, so a pairing is
+    /// never consumed without its device (or the reverse). Uniqueness of the device inside the
+    /// couple is checked by the pairing actor.
+    async fn save_device_and_pairing(
+        &self,
+        device: &DeviceRecord,
+        pairing: &PairingRecord,
+    ) -> Result<(), StoreError>;
 
     /// One device of a couple, if registered.
     async fn device(
@@ -120,6 +129,6 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<StoredSignal>, StoreError>;
 
-    /// Deletes expired signals and pairings; returns how many records went.
+    /// Deletes expired signals and pairings past their `purge_at`; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::ids::{CoupleId, DeviceId, random_bytes};
 
-/// Longest bearer token accepted before any parsing (a real one is about 180 characters).
+/// Longest bearer token accepted before any parsing (a real one is at most 143 characters).
 pub const MAX_TOKEN_LEN: usize = 256;
 
 /// Domain separation for device-token MACs, so the secret can never sign anything else by accident.

@@ -204,10 +204,23 @@ pub async fn handle_rejection(r: Rejection) -> Result<warp::reply::Response, Inf
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
-        ApiError::InvalidRequest(e.to_string())
+        upgrade_or_invalid(e.name(), e.to_string())
+    } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
+        upgrade_or_invalid(e.name(), e.to_string())
     } else {
         tracing::error!(rejection = ?r, "unhandled rejection");
         ApiError::Internal
     };
     Ok(err.into_response())
+}
+
+/// A missing or wrong WebSocket handshake header means "this needs an upgrade"; any other
+/// header problem is a plain bad request.
+fn upgrade_or_invalid(header: &str, message: String) -> ApiError {
+    let h = header.to_ascii_lowercase();
+    if h == "connection" || h == "upgrade" || h.starts_with("sec-websocket") {
+        ApiError::UpgradeRequired
+    } else {
+        ApiError::InvalidRequest(message)
+    }
 }

@@ -19,6 +19,10 @@ use crate::state::AppState;
 
 /// Close code when the server shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a frame that breaks the WebSocket protocol (including invalid UTF-8 text).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a message over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code when the same device joined from another socket.
 pub const CLOSE_REPLACED: u16 = 4000;
 /// Close code when the client read too slowly and its queue filled.
@@ -54,6 +58,9 @@ struct Session {
     events: mpsc::Sender<RoomEvent>,
     frames: mpsc::Sender<Message>,
     joined: Option<Joined>,
+    /// Set when the session's own queue is full: the client does not read, so it is dropped
+    /// rather than allowed to stall this task (and with it the heartbeat and shutdown).
+    stalled: bool,
 }
 
 /// Runs a session until the socket closes, the client times out or the server shuts down.
@@ -67,7 +74,7 @@ where
     let (sink, mut stream) = socket.split();
     let (events, events_rx) = mpsc::channel(state.ws.outbound_queue);
     let (frames, frames_rx) = mpsc::channel(FRAME_QUEUE);
-    let writer = tokio::spawn(write_loop(sink, events_rx, frames_rx));
+    let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx));
     let mut shutdown = state.shutdown.clone();
     let (heartbeat_every, client_timeout) = (state.ws.heartbeat, state.ws.client_timeout);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
@@ -77,6 +84,7 @@ where
         events,
         frames,
         joined: None,
+        stalled: false,
     };
     loop {
         let event = tokio::select! {
@@ -92,7 +100,8 @@ where
                 session.on_frame(msg).await;
                 None
             }
-            Event::Frame(_) => Some(None),
+            Event::Frame(Some(Err(e))) => Some(Some(read_error_close(&e))),
+            Event::Frame(None) => Some(None),
             Event::Kicked(Ok(Kick::Replaced)) => {
                 Some(Some((CLOSE_REPLACED, "replaced by a newer connection")))
             }
@@ -101,30 +110,43 @@ where
             }
             Event::Kicked(Err(_)) => {
                 // The room went away (restart after a failure, or stop): tell the client to rejoin.
-                session.joined = None;
-                session
-                    .send_error(&ApiError::Room(actors::RoomError::Unavailable))
-                    .await;
+                session.room_gone(None);
                 None
             }
             Event::Heartbeat if last_seen.elapsed() >= client_timeout => {
                 Some(Some((CLOSE_TIMEOUT, "heartbeat timeout")))
             }
             Event::Heartbeat => {
-                session.frame(Message::ping(Vec::new())).await;
+                session.frame(Message::ping(Vec::new()));
                 None
             }
             Event::Shutdown => Some(Some((CLOSE_GOING_AWAY, "server shutting down"))),
         };
-        if let Some(close) = close {
+        // A client that does not read its own replies is dropped without a close frame.
+        if let Some(close) = close.or(session.stalled.then_some(None)) {
             if let Some((code, reason)) = close {
-                session.frame(Message::close_with(code, reason)).await;
+                session.frame(Message::close_with(code, reason));
             }
             break;
         }
     }
     drop(session);
-    let _ = tokio::time::timeout(WRITER_FLUSH, writer).await;
+    if tokio::time::timeout(WRITER_FLUSH, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// The close frame for a read error: 1009 for an oversized message, else 1002.
+fn read_error_close(e: &warp::Error) -> (u16, &'static str) {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+        (CLOSE_TOO_BIG, "message too big")
+    } else {
+        (CLOSE_PROTOCOL_ERROR, "protocol error")
+    }
 }
 
 /// Resolves when the room drops this socket (kick) or disappears; never while not joined.
@@ -136,25 +158,27 @@ async fn kicked(joined: &mut Option<Joined>) -> Result<Kick, oneshot::error::Rec
 }
 
 impl Session {
-    async fn frame(&self, msg: Message) {
-        let _ = self.frames.send(msg).await;
+    /// Queues one of the session's own frames without ever waiting on the client.
+    fn frame(&mut self, msg: Message) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(msg) {
+            self.stalled = true;
+        }
     }
 
-    async fn send_error(&self, err: &ApiError) {
-        self.frame(Message::text(ServerMsg::error(err, None).to_text()))
-            .await;
+    fn send_error(&mut self, err: &ApiError, id: Option<&actors::SignalId>) {
+        self.frame(Message::text(ServerMsg::error(err, id).to_text()));
     }
 
     async fn on_frame(&mut self, msg: Message) {
         if msg.is_binary() {
-            return self.send_error(&ApiError::BinaryFrame).await;
+            return self.send_error(&ApiError::BinaryFrame, None);
         }
         let Ok(text) = msg.to_str() else {
             return; // ping / pong: the heartbeat already counted it
         };
         match ClientMsg::parse(text) {
             Ok(m) => self.on_message(m).await,
-            Err(e) => self.send_error(&e).await,
+            Err(e) => self.send_error(&e, None),
         }
     }
 
@@ -167,38 +191,41 @@ impl Session {
                 last_seq,
             } => {
                 if self.joined.is_some() {
-                    return self.send_error(&ApiError::AlreadyJoined).await;
+                    return self.send_error(&ApiError::AlreadyJoined, None);
                 }
                 match self.join(&couple, &device, &token, last_seq).await {
                     Ok(joined) => self.joined = Some(joined),
-                    Err(e) => self.send_error(&e).await,
+                    Err(e) => self.send_error(&e, None),
                 }
             }
             ClientMsg::LeaveCouple => self.joined = None,
             ClientMsg::WebrtcSignal { to, payload, id } => {
                 let Some(joined) = &self.joined else {
-                    let err = ServerMsg::error(&ApiError::NotJoined, id.as_ref()).to_text();
-                    return self.frame(Message::text(err)).await;
+                    return self.send_error(&ApiError::NotJoined, id.as_ref());
                 };
                 let payload = Payload::new(payload.get());
-                if joined.link.send(to, payload, id).is_err() {
-                    self.joined = None;
-                    self.send_error(&ApiError::Room(actors::RoomError::Unavailable))
-                        .await;
+                if joined.link.send(to, payload, id.clone()).is_err() {
+                    self.room_gone(id.as_ref());
                 }
             }
             ClientMsg::Ack { seq } => {
                 let Some(joined) = &self.joined else {
-                    return self.send_error(&ApiError::NotJoined).await;
+                    return self.send_error(&ApiError::NotJoined, None);
                 };
                 if joined.link.ack(seq).is_err() {
-                    self.joined = None;
+                    self.room_gone(None);
                 }
             }
             ClientMsg::Ping => {
-                self.frame(Message::text(ServerMsg::Pong.to_text())).await;
+                self.frame(Message::text(ServerMsg::Pong.to_text()));
             }
         }
+    }
+
+    /// The room went away under a request: drop the membership, tell the client to rejoin.
+    fn room_gone(&mut self, id: Option<&actors::SignalId>) {
+        self.joined = None;
+        self.send_error(&ApiError::Room(actors::RoomError::Unavailable), id);
     }
 
     async fn join(

@@ -286,8 +286,9 @@ impl Ws {
 
     /// The next frame that is not a ping/pong, within [`WAIT`].
     pub async fn next_frame(&mut self) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.stream.next())
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a frame arrives in time");
             match frame {

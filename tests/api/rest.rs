@@ -158,6 +158,16 @@ async fn rest_signal_errors_are_clear() {
         .await
         .unwrap();
     assert_error(res, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let res = app.http.get(app.url("/ws")).send().await.unwrap();
+    assert_error(res, StatusCode::UPGRADE_REQUIRED, "upgrade_required").await;
+    let res = app
+        .http
+        .get(app.url("/ws"))
+        .header("connection", "upgrade")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, StatusCode::UPGRADE_REQUIRED, "upgrade_required").await;
     let res = app.http.get(app.url("/health")).send().await.unwrap();
     let health: Value = ok_json(res, StatusCode::OK).await;
     assert_eq!(

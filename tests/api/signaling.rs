@@ -326,6 +326,15 @@ async fn bad_messages_get_clear_errors_and_the_socket_survives() {
 }
 
 #[tokio::test]
+async fn a_message_over_the_size_limit_closes_with_1009() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.send_raw(Message::text("x".repeat(200 * 1024))).await;
+    assert_eq!(ws.recv_close().await, Some(1009));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_socket_of_the_same_device_replaces_the_first() {
     let app = TestApp::spawn().await;
     let couple = app.pair().await;

@@ -40,3 +40,30 @@ async fn a_panicking_room_restarts_and_other_rooms_are_unaffected() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_bogus_last_seq_cannot_hide_later_signals_after_a_restart() {
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    let (mut a, _) = app.join(&couple, &couple.a, None).await;
+    a.send(signal(Some("b"), &json!("first"), Some("f1"))).await;
+    a.recv_type("accepted").await;
+    // b claims to have processed far more than was ever sent.
+    let (b, _) = app.join(&couple, &couple.b, Some(1 << 50)).await;
+    b.close().await;
+    a.recv_type("peer-joined").await;
+    a.recv_type("peer-left").await;
+    a.send(signal(Some("b"), &json!("second"), Some("f2")))
+        .await;
+    a.recv_type("accepted").await;
+    // A fresh room reloads mailboxes from the store, with the stored acknowledgement.
+    app.rooms
+        .inject_panic(&TestApp::couple_id(&couple))
+        .await
+        .unwrap();
+    a.recv_error("unavailable").await;
+    let (mut b, _) = app.join(&couple, &couple.b, None).await;
+    let m = b.recv_type("webrtc-signal").await;
+    assert_eq!(m["payload"], "second");
+    app.stop().await;
+}

@@ -101,13 +101,21 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    async fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        let rec = device.clone();
+    async fn save_device_and_pairing(
+        &self,
+        device: &DeviceRecord,
+        pairing: &PairingRecord,
+    ) -> Result<(), StoreError> {
+        let (device, pairing) = (device.clone(), pairing.clone());
         self.run(move |db| {
-            let bytes = encode(&rec)?;
+            let (d, p) = (encode(&device)?, encode(&pairing)?);
             let txn = db.begin_write()?;
-            txn.open_table(DEVICES)?
-                .insert((rec.couple.as_str(), rec.device.as_str()), bytes.as_slice())?;
+            txn.open_table(DEVICES)?.insert(
+                (device.couple.as_str(), device.device.as_str()),
+                d.as_slice(),
+            )?;
+            txn.open_table(PAIRINGS)?
+                .insert(pairing.couple.as_str(), p.as_slice())?;
             txn.commit()?;
             Ok(())
         })
@@ -275,7 +283,7 @@ impl Store for EmbeddedStore {
                 })?;
                 let mut pairings = txn.open_table(PAIRINGS)?;
                 pairings.retain(|_, v| {
-                    let keep = decode::<PairingRecord>(v).is_ok_and(|p| p.expires_at > now);
+                    let keep = decode::<PairingRecord>(v).is_ok_and(|p| p.purge_at > now);
                     purged += u64::from(!keep);
                     keep
                 })?;
@@ -294,5 +302,95 @@ impl Store for EmbeddedStore {
             Ok(purged)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{DeviceNonce, PairingToken};
+
+    fn signal(couple: &CoupleId, seq: u64, expires: u64) -> StoredSignal {
+        StoredSignal {
+            couple: couple.clone(),
+            to: DeviceId::parse("b").unwrap(),
+            seq: Seq(seq),
+            id: crate::ids::SignalId::parse(format!("s{seq}")).unwrap(),
+            from: DeviceId::parse("a").unwrap(),
+            payload: "1".to_owned(),
+            created_at: Timestamp(0),
+            expires_at: Timestamp(expires),
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_hide_late_writes_and_purge_respects_ttls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let c = CoupleId::parse("c").unwrap();
+        let b = DeviceId::parse("b").unwrap();
+        store
+            .put_signals(&[signal(&c, 1, 100), signal(&c, 2, 100), signal(&c, 3, 50)])
+            .await
+            .unwrap();
+        store.ack_signals(&c, &b, Seq(1)).await.unwrap();
+        // A write of an already acknowledged signal that lands after the ack stays hidden.
+        store.put_signals(&[signal(&c, 1, 100)]).await.unwrap();
+        let seqs = |v: Vec<StoredSignal>| v.into_iter().map(|s| s.seq.0).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(store.pending_signals(&c, Timestamp(10)).await.unwrap()),
+            [2, 3]
+        );
+        assert_eq!(
+            seqs(store.pending_signals(&c, Timestamp(60)).await.unwrap()),
+            [2]
+        );
+
+        let token = PairingToken::generate();
+        let pairing = PairingRecord {
+            couple: c.clone(),
+            token_hash: token.hash(),
+            expires_at: Timestamp(100),
+            purge_at: Timestamp(200),
+            failed_attempts: 0,
+            consumed: true,
+        };
+        let device = DeviceRecord {
+            couple: c.clone(),
+            device: b.clone(),
+            nonce: DeviceNonce::generate(),
+            paired_at: Timestamp(0),
+        };
+        store
+            .save_device_and_pairing(&device, &pairing)
+            .await
+            .unwrap();
+        // Expired signals go; the expired pairing stays until purge_at (late confirms get 410).
+        assert_eq!(store.purge_expired(Timestamp(150)).await.unwrap(), 3);
+        assert!(store.pairing(&c).await.unwrap().is_some());
+        assert_eq!(store.purge_expired(Timestamp(200)).await.unwrap(), 1);
+        assert!(store.pairing(&c).await.unwrap().is_none());
+        assert_eq!(
+            store.devices(&c).await.unwrap().len(),
+            1,
+            "devices do not expire"
+        );
+    }
+
+    #[tokio::test]
+    async fn epochs_increase_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = CoupleId::parse("c").unwrap();
+        let first = EmbeddedStore::open(dir.path())
+            .unwrap()
+            .next_epoch(&c)
+            .await
+            .unwrap();
+        let second = EmbeddedStore::open(dir.path())
+            .unwrap()
+            .next_epoch(&c)
+            .await
+            .unwrap();
+        assert!(second > first);
     }
 }
