@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actors::store::embedded::EmbeddedStore;
-use actors::{Clock, Domain, Rooms, Store, StoreError};
+use actors::store::files::FileBlobs;
+use actors::{BlobStore, Clock, Domain, Rooms, Store, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -49,7 +50,8 @@ impl App {
     pub async fn build(config: Config, clock: Clock) -> Result<Self, StartError> {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
         let secret = secret::load(&config.secret, &config.data_dir).map_err(StartError::Secret)?;
-        let domain = Domain::start(store, secret, config.settings.clone(), clock).await?;
+        let blobs: Arc<dyn BlobStore> = Arc::new(FileBlobs::open(&config.data_dir)?);
+        let domain = Domain::start(store, blobs, secret, config.settings.clone(), clock).await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|cause| StartError::Bind {
@@ -61,12 +63,7 @@ impl App {
             cause,
         })?;
         let shutdown = Shutdown::default();
-        let state = AppState::new(
-            domain.rooms.clone(),
-            domain.pairing.clone(),
-            config.ws.clone(),
-            shutdown.listener(),
-        );
+        let state = AppState::new(&domain, config.ws.clone(), shutdown.listener());
         Ok(Self {
             listener,
             addr,

@@ -216,6 +216,8 @@ impl Config {
             room_tick: d.room_tick,
             room_idle_after: v.secs("ROOM_IDLE_SECS", d.room_idle_after)?,
             call_timeout: d.call_timeout,
+            backup_max_bytes: v.positive("BACKUP_MAX_BYTES", d.backup_max_bytes)?,
+            backup_retention: v.positive("BACKUP_RETENTION", d.backup_retention)?,
         };
         let config = Config {
             environment,

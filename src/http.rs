@@ -2,6 +2,7 @@
 //! same way. Handlers only parse, check access, and call a typed actor handle.
 
 pub mod auth;
+pub mod backup;
 pub mod error;
 pub mod health;
 pub mod pairing;
@@ -27,6 +28,7 @@ pub fn routes(
     health::route(state.clone())
         .or(pairing::routes(state.clone()))
         .or(signals::routes(state.clone()))
+        .or(backup::routes(state.clone()))
         .or(ws::route(state))
         .recover(handle_rejection)
         .with(warp::trace::request())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use actors::{ConnId, Pairing, Rooms};
+use actors::{Backups, ConnId, Domain, Pairing, Rooms};
 use warp::Filter;
 
 use crate::config::WsConfig;
@@ -18,6 +18,8 @@ pub struct AppState {
     pub rooms: Rooms,
     /// Pairing and token verification.
     pub pairing: Pairing,
+    /// Encrypted backups.
+    pub backups: Backups,
     /// Socket limits.
     pub ws: Arc<WsConfig>,
     /// For `/health` uptime.
@@ -30,10 +32,11 @@ pub struct AppState {
 impl AppState {
     /// Builds the state.
     #[must_use]
-    pub fn new(rooms: Rooms, pairing: Pairing, ws: WsConfig, shutdown: ShutdownListener) -> Self {
+    pub fn new(domain: &Domain, ws: WsConfig, shutdown: ShutdownListener) -> Self {
         Self {
-            rooms,
-            pairing,
+            rooms: domain.rooms.clone(),
+            pairing: domain.pairing.clone(),
+            backups: domain.backups.clone(),
             ws: Arc::new(ws),
             started: Instant::now(),
             shutdown,

@@ -69,3 +69,29 @@ pub enum PairingError {
     #[error("pairing service is unavailable")]
     Unavailable,
 }
+
+/// Why a backup upload or download failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackupError {
+    /// The body passed the size limit; nothing was kept.
+    #[error("backup is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit, for the message.
+        limit: u64,
+    },
+    /// The body's SHA-256 is not the one the client announced; nothing was kept.
+    #[error("the upload's SHA-256 does not match X-Content-SHA256")]
+    ChecksumMismatch,
+    /// The upload stream broke off (the client went away); nothing was kept.
+    #[error("the upload was interrupted")]
+    Interrupted,
+    /// No such backup (or none yet) for this couple.
+    #[error("no such backup")]
+    NotFound,
+    /// The store failed; nothing was published.
+    #[error("storage is unavailable")]
+    StorageUnavailable,
+    /// The backup actor did not answer in time.
+    #[error("backup service is unavailable")]
+    Unavailable,
+}

@@ -8,14 +8,15 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, MessagingErr, RpcReplyPort, SpawnErr};
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
-use crate::error::{PairingError, RoomError};
-use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
+use crate::backup::{BackupActor, BackupArgs, BackupMsg, Meter, ORPHAN_AGE, sweep_orphans};
+use crate::clock::{Clock, Timestamp};
+use crate::error::{BackupError, PairingError, RoomError};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Payload, Signal};
 use crate::pairing::{Confirmed, Initiated, PairingActor, PairingArgs, PairingMsg};
 use crate::room::{Accepted, ConnId, Connection, Origin, RoomMsg};
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store};
 use crate::supervisor::{RoomSupervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
 use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError};
 
@@ -80,13 +81,15 @@ where
     })
 }
 
-/// The running actor tree of one server: the room supervisor, the pairing actor and the
-/// store janitor.
+/// The running actor tree of one server: the room supervisor, the pairing and backup actors,
+/// and the store janitor.
 pub struct Domain {
     /// Signaling rooms.
     pub rooms: Rooms,
     /// Pairing and authentication.
     pub pairing: Pairing,
+    /// Encrypted backups.
+    pub backups: Backups,
     janitor: JoinHandle<()>,
 }
 
@@ -95,6 +98,7 @@ impl Domain {
     /// (parallel tests) can live in one process.
     pub async fn start(
         store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
         secret: SigningSecret,
         settings: Settings,
         clock: Clock,
@@ -121,8 +125,30 @@ impl Domain {
             },
         )
         .await?;
-        let janitor = tokio::spawn(purge_forever(Arc::clone(&store), clock));
+        let (backup, _) = Actor::spawn(
+            None,
+            BackupActor,
+            BackupArgs {
+                store: Arc::clone(&store),
+                blobs: Arc::clone(&blobs),
+                retention: settings.backup_retention,
+            },
+        )
+        .await?;
+        let janitor = tokio::spawn(janitor(
+            Arc::clone(&store),
+            Arc::clone(&blobs),
+            clock.clone(),
+        ));
         Ok(Self {
+            backups: Backups {
+                actor: backup,
+                store: Arc::clone(&store),
+                blobs,
+                clock,
+                max_bytes: settings.backup_max_bytes,
+                timeout: settings.call_timeout,
+            },
             rooms: Rooms {
                 sup,
                 timeout: settings.call_timeout,
@@ -147,16 +173,20 @@ impl Domain {
         let _ = sup
             .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
             .await;
-        let _ = self
-            .pairing
-            .actor
-            .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
-            .await;
+        for actor in [self.pairing.actor.get_cell(), self.backups.actor.get_cell()] {
+            let _ = actor
+                .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
+                .await;
+        }
     }
 }
 
-async fn purge_forever(store: Arc<dyn Store>, clock: Clock) {
+/// Deletes expired records, and backup blobs that nothing publishes: at start every orphan
+/// (no upload survives a restart), then every [`PURGE_INTERVAL`] those older than
+/// [`ORPHAN_AGE`].
+async fn janitor(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, clock: Clock) {
     let mut every = tokio::time::interval(PURGE_INTERVAL);
+    let mut older_than = None;
     loop {
         every.tick().await;
         match store.purge_expired(clock.now()).await {
@@ -164,6 +194,14 @@ async fn purge_forever(store: Arc<dyn Store>, clock: Clock) {
             Ok(n) => tracing::debug!(purged = n, "purged expired records"),
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
         }
+        if let Err(e) = sweep_orphans(store.as_ref(), blobs.as_ref(), older_than).await {
+            tracing::warn!(cause = %e, "failed to sweep orphaned blobs");
+        }
+        let cutoff = clock
+            .now()
+            .0
+            .saturating_sub(u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX));
+        older_than = Some(Timestamp(cutoff));
     }
 }
 
@@ -338,6 +376,121 @@ impl RoomLink {
             device: self.device.clone(),
             conn: self.conn,
         });
+    }
+}
+
+/// Handle to encrypted backups: streams uploads into the blob store and downloads out of it.
+#[derive(Clone)]
+pub struct Backups {
+    actor: ActorRef<BackupMsg>,
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Clock,
+    max_bytes: u64,
+    timeout: Duration,
+}
+
+/// What an upload declares besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadInfo {
+    /// Opaque JSON metadata (already checked by the front end).
+    pub meta: Option<String>,
+    /// The SHA-256 the client computed, lowercase hex; a mismatch discards the upload.
+    pub expected_sha256: Option<String>,
+}
+
+impl Backups {
+    /// The largest backup accepted.
+    #[must_use]
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Streams `body` into storage and publishes it as the couple's latest backup. On any
+    /// failure (too large, checksum, client gone, storage) nothing is published and the blob
+    /// is deleted.
+    pub async fn upload(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        info: UploadInfo,
+        body: ByteStream,
+    ) -> Result<BackupRecord, BackupError> {
+        let key = BlobKey {
+            couple: couple.clone(),
+            backup: BackupId::generate(),
+        };
+        let (body, meter) = Meter::wrap(body, self.max_bytes);
+        let written = self.blobs.put(&key, body).await;
+        let measured = {
+            let mut m = meter.lock().map_err(|_| BackupError::StorageUnavailable)?;
+            match written {
+                Ok(()) => m.finish(),
+                Err(_) if m.exceeded() => {
+                    return Err(BackupError::TooLarge {
+                        limit: self.max_bytes,
+                    });
+                }
+                Err(BlobError::Body(_)) => return Err(BackupError::Interrupted),
+                Err(BlobError::Store(e)) => return Err(e.into()),
+            }
+        };
+        let record = BackupRecord {
+            couple: couple.clone(),
+            id: key.backup.clone(),
+            size: measured.size,
+            sha256: measured.sha256,
+            meta: info.meta,
+            uploaded_by: device.clone(),
+            created_at: self.clock.now(),
+        };
+        let published = if info
+            .expected_sha256
+            .is_some_and(|want| !want.eq_ignore_ascii_case(&record.sha256))
+        {
+            Err(BackupError::ChecksumMismatch)
+        } else {
+            let publish = |reply| BackupMsg::Publish {
+                record: record.clone(),
+                reply,
+            };
+            call(&self.actor, publish, self.timeout, BackupError::Unavailable).await
+        };
+        if let Err(e) = published {
+            if let Err(cause) = self.blobs.delete(&key).await {
+                tracing::warn!(cause = %cause, "failed to delete an unpublished blob; the sweep will");
+            }
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// The couple's backups, newest first.
+    pub async fn list(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, BackupError> {
+        Ok(self.store.backups(couple).await?)
+    }
+
+    /// One backup's record: the latest when `id` is `None`.
+    pub async fn find(
+        &self,
+        couple: &CoupleId,
+        id: Option<&BackupId>,
+    ) -> Result<BackupRecord, BackupError> {
+        self.list(couple)
+            .await?
+            .into_iter()
+            .find(|b| id.is_none_or(|id| *id == b.id))
+            .ok_or(BackupError::NotFound)
+    }
+
+    /// Opens a published backup's bytes.
+    pub async fn open(&self, record: &BackupRecord) -> Result<Blob, BackupError> {
+        let key = BlobKey {
+            couple: record.couple.clone(),
+            backup: record.id.clone(),
+        };
+        // A blob can vanish between reading the record and opening it (retention): not found.
+        self.blobs.get(&key).await?.ok_or(BackupError::NotFound)
     }
 }
 

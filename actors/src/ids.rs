@@ -130,6 +130,20 @@ impl CoupleId {
     }
 }
 
+id_type!(
+    /// One stored backup of a couple. Chosen by the server.
+    BackupId,
+    "backupId"
+);
+
+impl BackupId {
+    /// A fresh, unguessable backup id.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self(random_id())
+    }
+}
+
 impl SignalId {
     /// A server-chosen id for a signal the client sent without one.
     #[must_use]

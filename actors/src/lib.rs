@@ -5,19 +5,21 @@
 //!                  ▲                            owns: sockets' bounded senders,
 //!   Rooms handle ──┘                                  one ordered Mailbox per device
 //!   Pairing handle ──▶ PairingActor              writes offline signals to the Store
+//!   Backups handle ──▶ BackupActor (publish + retention); bytes stream to the BlobStore
 //!                            │
 //!                            ▼
-//!                      dyn Store  (EmbeddedStore = redb file in DATA_DIR)
+//!        dyn Store (EmbeddedStore = redb in DATA_DIR)   dyn BlobStore (FileBlobs in DATA_DIR)
 //! ```
 //!
 //! # Layout
 //! - [`ids`], [`token`], [`clock`]: validated identifiers, secrets and time.
 //! - [`mailbox`]: one device's ordered, bounded queue of signals.
-//! - [`room`], [`supervisor`], [`pairing`]: the actors.
+//! - [`room`], [`supervisor`], [`pairing`], [`backup`]: the actors.
 //! - [`handle`]: typed handles the front end calls ([`Domain`], [`Rooms`], [`Pairing`]).
-//! - [`store`]: the persistence trait and the embedded store.
+//! - [`store`]: the persistence traits, the embedded store and the file blob store.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod backup;
 pub mod clock;
 pub mod error;
 pub mod handle;
@@ -31,13 +33,13 @@ pub mod supervisor;
 pub mod token;
 
 pub use clock::{Clock, Timestamp};
-pub use error::{PairingError, RoomError};
-pub use handle::{Domain, Pairing, RoomGone, RoomLink, Rooms};
-pub use ids::{CoupleId, DeviceId, IdError, Seq, SignalId};
+pub use error::{BackupError, PairingError, RoomError};
+pub use handle::{Backups, Domain, Pairing, RoomGone, RoomLink, Rooms, UploadInfo};
+pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
 /// Why the actor tree could not start.
 pub use ractor::SpawnErr;
 pub use room::{ConnId, Connection, Kick, RoomEvent};
 pub use settings::Settings;
-pub use store::{Store, StoreError};
+pub use store::{BackupRecord, Blob, BlobStore, ByteStream, Store, StoreError};
 pub use token::{DeviceToken, PairingToken, SigningSecret, TokenError};

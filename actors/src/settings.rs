@@ -27,6 +27,10 @@ pub struct Settings {
     pub room_idle_after: Duration,
     /// Longest an HTTP or WebSocket caller waits for an actor before it answers 503.
     pub call_timeout: Duration,
+    /// Largest backup accepted (100 MiB).
+    pub backup_max_bytes: u64,
+    /// Backups kept per couple; older ones are deleted (3).
+    pub backup_retention: usize,
 }
 
 impl Default for Settings {
@@ -45,6 +49,8 @@ impl Default for Settings {
             room_tick: Duration::from_secs(5),
             room_idle_after: Duration::from_mins(1),
             call_timeout: Duration::from_secs(5),
+            backup_max_bytes: 100 * 1024 * 1024,
+            backup_retention: 3,
         }
     }
 }

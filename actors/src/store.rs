@@ -3,12 +3,17 @@
 //! implement the same trait and pass the same conformance tests.
 
 pub mod embedded;
+pub mod files;
+
+use std::pin::Pin;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::token::{DeviceNonce, TokenHash};
 
 /// A storage failure. Deliberately opaque to clients: any variant is a 503 at the edge.
@@ -74,6 +79,86 @@ pub struct StoredSignal {
     pub expires_at: Timestamp,
 }
 
+/// A stored backup's metadata. The blob itself is in a [`BlobStore`] under the same ids;
+/// this record is written only after the blob is durable, which is what makes it "published".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// Whose backup.
+    pub couple: CoupleId,
+    /// Which one.
+    pub id: BackupId,
+    /// Size of the ciphertext in bytes.
+    pub size: u64,
+    /// SHA-256 of the ciphertext, lowercase hex: the `ETag`.
+    pub sha256: String,
+    /// The client's opaque metadata (JSON text, at most 4 KiB), stored beside the blob.
+    pub meta: Option<String>,
+    /// The device that uploaded it.
+    pub uploaded_by: DeviceId,
+    /// When it was published; the newest is "latest".
+    pub created_at: Timestamp,
+}
+
+/// A stream of bytes in or out of a blob store. `Sync` so it can be a response body.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
+
+/// Where a backup's ciphertext lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobKey {
+    /// Whose backup.
+    pub couple: CoupleId,
+    /// Which one.
+    pub backup: BackupId,
+}
+
+/// A blob the store holds, for the orphan sweep.
+#[derive(Debug, Clone)]
+pub struct BlobEntry {
+    /// Its key.
+    pub key: BlobKey,
+    /// When it was written: young blobs may belong to an upload that is about to publish.
+    pub modified: Timestamp,
+}
+
+/// A blob being read: its length (for Content-Length) and its bytes.
+pub struct Blob {
+    /// Exact length in bytes.
+    pub len: u64,
+    /// The bytes, streamed.
+    pub body: ByteStream,
+}
+
+/// Why a blob write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The incoming stream failed (the client went away, or a limit cut it); nothing was kept.
+    #[error("upload stream failed: {0}")]
+    Body(std::io::Error),
+    /// The store failed; nothing was kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Streaming storage for backup ciphertext. A `put` is all or nothing: when it returns `Ok`
+/// the blob is durable; when it fails, nothing under the key is visible.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// A short name for `/health` and logs.
+    fn backend(&self) -> &'static str;
+
+    /// Streams `body` into the blob `key`, never holding it whole in memory.
+    async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError>;
+
+    /// Opens a blob for reading, if it exists.
+    async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError>;
+
+    /// Deletes a blob; deleting a missing one is not an error.
+    async fn delete(&self, key: &BlobKey) -> Result<(), StoreError>;
+
+    /// Every stored blob, for cleaning up the ones no record points to.
+    async fn list(&self) -> Result<Vec<BlobEntry>, StoreError>;
+}
+
 /// Persistence for pairings, devices and mailboxes. Every method is one atomic step; the
 /// actors serialise the read-modify-write sequences per couple.
 #[async_trait]
@@ -131,4 +216,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired signals and pairings past their `purge_at`; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Publishes a backup (its blob is already durable).
+    async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;
+
+    /// A couple's published backups, newest first.
+    async fn backups(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, StoreError>;
+
+    /// Unpublishes a backup (retention); its blob is deleted afterwards.
+    async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError>;
 }

@@ -4,15 +4,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use our_memories_actors::store::embedded::EmbeddedStore;
+use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
     Clock, CoupleId, DeviceId, Domain, Payload, RoomError, Settings, SigningSecret, Store,
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
-    Domain::start(store, SigningSecret::generate(), settings, Clock::manual())
-        .await
-        .expect("tree starts")
+    let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
+    Domain::start(
+        store,
+        blobs,
+        SigningSecret::generate(),
+        settings,
+        Clock::manual(),
+    )
+    .await
+    .expect("tree starts")
 }
 
 /// Pairs a couple `a` + `b` through the pairing handle.

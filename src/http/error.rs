@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use actors::{IdError, PairingError, RoomError};
+use actors::{BackupError, IdError, PairingError, RoomError};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
@@ -38,6 +38,9 @@ pub enum ApiError {
     /// A room refused the request.
     #[error(transparent)]
     Room(#[from] RoomError),
+    /// A backup upload or download failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     /// No route matches the path.
     #[error("no such route")]
     NotFound,
@@ -70,10 +73,12 @@ impl ApiError {
     /// The HTTP status.
     #[must_use]
     pub fn status(&self) -> StatusCode {
+        use BackupError as B;
         use PairingError as P;
         use RoomError as R;
         match self {
             Self::InvalidRequest(_)
+            | Self::Backup(B::Interrupted)
             | Self::UnknownMessageType
             | Self::BinaryFrame
             | Self::NotJoined
@@ -83,22 +88,27 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::Forbidden | Self::Pairing(P::WrongDevice) => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::Pairing(P::NotFound) | Self::Room(R::UnknownDevice) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::NotFound
+            | Self::Pairing(P::NotFound)
+            | Self::Room(R::UnknownDevice)
+            | Self::Backup(B::NotFound) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Pairing(P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. }) => {
                 StatusCode::CONFLICT
             }
             Self::Pairing(P::Expired | P::Burned) => StatusCode::GONE,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            Self::BodyTooLarge | Self::Room(R::PayloadTooLarge { .. }) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            Self::BodyTooLarge
+            | Self::Room(R::PayloadTooLarge { .. })
+            | Self::Backup(B::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Room(R::MailboxFull) => StatusCode::TOO_MANY_REQUESTS,
             Self::Pairing(P::StorageUnavailable | P::Unavailable)
-            | Self::Room(R::StorageUnavailable | R::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Room(R::StorageUnavailable | R::Unavailable)
+            | Self::Backup(B::StorageUnavailable | B::Unavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +116,7 @@ impl ApiError {
     /// The stable `snake_case` code clients switch on (listed in docs/protocol.md).
     #[must_use]
     pub fn code(&self) -> &'static str {
+        use BackupError as B;
         use PairingError as P;
         use RoomError as R;
         match self {
@@ -128,10 +139,16 @@ impl ApiError {
             Self::Room(R::SelfRecipient) => "invalid_recipient",
             Self::Room(R::MailboxFull) => "mailbox_full",
             Self::Room(R::PayloadTooLarge { .. }) => "payload_too_large",
-            Self::Pairing(P::StorageUnavailable) | Self::Room(R::StorageUnavailable) => {
-                "storage_unavailable"
-            }
-            Self::Pairing(P::Unavailable) | Self::Room(R::Unavailable) => "unavailable",
+            Self::Backup(B::TooLarge { .. }) => "backup_too_large",
+            Self::Backup(B::ChecksumMismatch) => "checksum_mismatch",
+            Self::Backup(B::Interrupted) => "upload_interrupted",
+            Self::Backup(B::NotFound) => "backup_not_found",
+            Self::Pairing(P::StorageUnavailable)
+            | Self::Room(R::StorageUnavailable)
+            | Self::Backup(B::StorageUnavailable) => "storage_unavailable",
+            Self::Pairing(P::Unavailable)
+            | Self::Room(R::Unavailable)
+            | Self::Backup(B::Unavailable) => "unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge => "body_too_large",

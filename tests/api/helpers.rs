@@ -35,7 +35,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone)]
@@ -88,12 +88,23 @@ impl TestApp {
             http: reqwest::Client::new(),
             stop: Some(stop),
             server: Some(server),
-            _data: data,
+            data,
         }
+    }
+
+    /// Graceful stop, awaited; the data directory survives until the returned guard drops.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.shutdown().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data, dir)
     }
 
     /// Graceful stop, awaited.
     pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -219,6 +230,33 @@ impl TestApp {
         ws.send(join_msg(&couple.id, device, last_seq)).await;
         let joined = ws.recv_type("joined").await;
         (ws, joined)
+    }
+
+    pub async fn upload(
+        &self,
+        device: &Device,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url("/api/backup"))
+            .bearer_auth(&device.token)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get_auth(&self, path: &str, device: &Device) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&device.token)
+            .send()
+            .await
+            .expect("request sent")
     }
 
     pub async fn room_failures(&self) -> u64 {

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server on an ephemeral port, real HTTP and WebSocket clients.
 
+mod backup;
 mod helpers;
 mod pairing;
 mod rest;

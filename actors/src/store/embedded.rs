@@ -10,9 +10,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{DeviceRecord, PairingRecord, Store, StoreError, StoredSignal};
+use super::{BackupRecord, DeviceRecord, PairingRecord, Store, StoreError, StoredSignal};
 use crate::clock::Timestamp;
-use crate::ids::{CoupleId, DeviceId, Seq};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
 
 /// (couple, device) -> `DeviceRecord` JSON.
 const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
@@ -24,6 +24,8 @@ const EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("epochs");
 const SIGNALS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("signals");
 /// (couple, recipient) -> highest acknowledged seq, so a late write of an acked signal is ignored.
 const ACKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("acks");
+/// (couple, backup) -> `BackupRecord` JSON.
+const BACKUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("backups");
 
 /// File name of the database inside `DATA_DIR`.
 pub const DB_FILE: &str = "our-memories.redb";
@@ -78,6 +80,7 @@ impl EmbeddedStore {
         txn.open_table(EPOCHS)?;
         txn.open_table(SIGNALS)?;
         txn.open_table(ACKS)?;
+        txn.open_table(BACKUPS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -300,6 +303,50 @@ impl Store for EmbeddedStore {
             }
             txn.commit()?;
             Ok(purged)
+        })
+        .await
+    }
+
+    async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
+        let rec = backup.clone();
+        self.run(move |db| {
+            let bytes = encode(&rec)?;
+            let txn = db.begin_write()?;
+            txn.open_table(BACKUPS)?
+                .insert((rec.couple.as_str(), rec.id.as_str()), bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn backups(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, StoreError> {
+        let couple = couple.clone();
+        self.run(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(BACKUPS)?;
+            let mut out: Vec<BackupRecord> = Vec::new();
+            for row in table.range((couple.as_str(), "")..)? {
+                let (k, v) = row?;
+                if k.value().0 != couple.as_str() {
+                    break;
+                }
+                out.push(decode(v.value())?);
+            }
+            out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError> {
+        let (couple, id) = (couple.clone(), id.clone());
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BACKUPS)?
+                .remove((couple.as_str(), id.as_str()))?;
+            txn.commit()?;
+            Ok(())
         })
         .await
     }

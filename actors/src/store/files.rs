@@ -1,0 +1,195 @@
+//! The default blob store: one file per backup under `DATA_DIR/blobs/<couple>/<backup>`.
+//! A write goes to `DATA_DIR/blobs/.partial/`, is fsynced, then renamed into place (and the
+//! directory fsynced), so a blob is either complete and durable or absent. Partial files are
+//! removed when the store opens: no upload survives a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+use super::{Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, StoreError};
+use crate::clock::Timestamp;
+use crate::ids::{BackupId, CoupleId, random_id};
+
+/// Where blobs live inside `DATA_DIR`.
+pub const BLOB_DIR: &str = "blobs";
+/// Unfinished writes, inside the blob directory.
+const PARTIAL_DIR: &str = ".partial";
+/// Write buffer: big enough to make few syscalls, small enough to keep memory flat.
+const WRITE_BUFFER: usize = 256 * 1024;
+/// Read chunk for downloads.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Blobs as files. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FileBlobs {
+    root: PathBuf,
+}
+
+fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+impl FileBlobs {
+    /// Opens `data_dir/blobs`, creating it, and deletes leftovers of interrupted writes.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let root = data_dir.join(BLOB_DIR);
+        let partial = root.join(PARTIAL_DIR);
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| io_err("cannot clean", &partial, &e))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| io_err("cannot create", &partial, &e))?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &BlobKey) -> PathBuf {
+        self.root
+            .join(key.couple.as_str())
+            .join(key.backup.as_str())
+    }
+
+    async fn write(&self, tmp: &Path, mut body: ByteStream) -> Result<(), BlobError> {
+        let file = tokio::fs::File::create(tmp)
+            .await
+            .map_err(|e| io_err("cannot create", tmp, &e))?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(BlobError::Body)?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| io_err("cannot write", tmp, &e))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| io_err("cannot write", tmp, &e))?;
+        out.get_ref()
+            .sync_all()
+            .await
+            .map_err(|e| io_err("cannot fsync", tmp, &e))?;
+        Ok(())
+    }
+}
+
+/// fsyncs a directory so a rename into it is durable.
+async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let d = tokio::fs::File::open(dir)
+        .await
+        .map_err(|e| io_err("cannot open", dir, &e))?;
+    d.sync_all()
+        .await
+        .map_err(|e| io_err("cannot fsync", dir, &e))
+}
+
+#[async_trait]
+impl BlobStore for FileBlobs {
+    fn backend(&self) -> &'static str {
+        "files"
+    }
+
+    async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError> {
+        let tmp = self.root.join(PARTIAL_DIR).join(random_id());
+        if let Err(e) = self.write(&tmp, body).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        let dest = self.path(key);
+        let dir = dest.parent().unwrap_or(&self.root).to_owned();
+        let publish = async {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| io_err("cannot create", &dir, &e))?;
+            tokio::fs::rename(&tmp, &dest)
+                .await
+                .map_err(|e| io_err("cannot rename", &dest, &e))?;
+            sync_dir(&dir).await
+        };
+        if let Err(e) = publish.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError> {
+        let path = self.path(key);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot open", &path, &e)),
+        };
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| io_err("cannot stat", &path, &e))?
+            .len();
+        let body = futures_util::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; READ_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(Some(Blob {
+            len,
+            body: Box::pin(body),
+        }))
+    }
+
+    async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot delete", &path, &e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BlobEntry>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || list_files(&root))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("listing blobs failed: {e}")))?
+    }
+}
+
+/// Walks `root/<couple>/<backup>`, skipping anything that is not a valid pair of ids.
+fn list_files(root: &Path) -> Result<Vec<BlobEntry>, StoreError> {
+    let mut out = Vec::new();
+    let couples = std::fs::read_dir(root).map_err(|e| io_err("cannot list", root, &e))?;
+    for couple_dir in couples.flatten() {
+        let Ok(couple) = CoupleId::parse(couple_dir.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(couple_dir.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let Ok(backup) = BackupId::parse(file.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let modified = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            out.push(BlobEntry {
+                key: BlobKey {
+                    couple: couple.clone(),
+                    backup,
+                },
+                modified: Timestamp(modified),
+            });
+        }
+    }
+    Ok(out)
+}

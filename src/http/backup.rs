@@ -1,0 +1,207 @@
+//! Encrypted backups: `POST /api/backup`, `GET /api/backup/:coupleId[/:backupId]`,
+//! `GET /api/backups/:coupleId`. Bodies stream in and out; the server never looks inside.
+
+use actors::token::TokenClaims;
+use actors::{BackupId, BackupRecord, CoupleId, DeviceId, UploadInfo};
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::{Filter, Rejection, Reply};
+
+use super::auth::{authenticated, require_access};
+use super::error::{ApiError, reject};
+use super::pairing::rfc3339;
+use crate::state::{AppState, with_state};
+
+/// Largest `X-Backup-Meta` header value.
+pub const MAX_META_BYTES: usize = 4 * 1024;
+/// Header carrying the client's metadata, stored and returned as is.
+pub const META_HEADER: &str = "x-backup-meta";
+/// Header carrying the client's SHA-256 of the body (64 hex digits).
+pub const SHA256_HEADER: &str = "x-content-sha256";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireBackup<'a> {
+    backup_id: &'a BackupId,
+    size: u64,
+    sha256: &'a str,
+    created_at: String,
+    uploaded_by: &'a DeviceId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a RawValue>,
+}
+
+impl<'a> WireBackup<'a> {
+    fn new(b: &'a BackupRecord) -> Self {
+        Self {
+            backup_id: &b.id,
+            size: b.size,
+            sha256: &b.sha256,
+            created_at: rfc3339(b.created_at),
+            uploaded_by: &b.uploaded_by,
+            // Stored metadata was validated as JSON on the way in.
+            meta: b.meta.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BackupList<'a> {
+    backups: Vec<WireBackup<'a>>,
+}
+
+/// The backup routes.
+pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let upload = warp::path!("api" / "backup")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(warp::header::optional::<String>(META_HEADER))
+        .and(warp::header::optional::<String>(SHA256_HEADER))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(upload);
+    let latest = warp::path!("api" / "backup" / String)
+        .and(warp::get())
+        .map(|couple: String| (couple, None));
+    let one = warp::path!("api" / "backup" / String / String)
+        .and(warp::get())
+        .map(|couple: String, id: String| (couple, Some(id)));
+    let download = latest
+        .or(one)
+        .unify()
+        .untuple_one()
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and_then(download);
+    let list = warp::path!("api" / "backups" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(authenticated(state))
+        .and_then(list);
+    upload.or(download).or(list)
+}
+
+/// Checks `X-Backup-Meta`: at most 4 KiB of JSON.
+fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(meta) = meta else { return Ok(None) };
+    if meta.len() > MAX_META_BYTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "{META_HEADER} is larger than {MAX_META_BYTES} bytes"
+        )));
+    }
+    serde_json::from_str::<&RawValue>(&meta)
+        .map_err(|e| ApiError::InvalidRequest(format!("{META_HEADER} is not JSON: {e}")))?;
+    Ok(Some(meta))
+}
+
+/// Checks `X-Content-SHA256`: 64 hex digits.
+fn check_sha256(sha: Option<String>) -> Result<Option<String>, ApiError> {
+    match sha {
+        Some(s) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => Err(
+            ApiError::InvalidRequest(format!("{SHA256_HEADER} must be 64 hex digits")),
+        ),
+        other => Ok(other.map(|s| s.to_ascii_lowercase())),
+    }
+}
+
+async fn upload(
+    state: AppState,
+    claims: TokenClaims,
+    meta: Option<String>,
+    sha256: Option<String>,
+    content_length: Option<u64>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
+) -> Result<warp::reply::Response, Rejection> {
+    let info = UploadInfo {
+        meta: check_meta(meta).map_err(reject)?,
+        expected_sha256: check_sha256(sha256).map_err(reject)?,
+    };
+    let limit = state.backups.max_bytes();
+    if content_length.is_some_and(|len| len > limit) {
+        return Err(reject(actors::BackupError::TooLarge { limit }));
+    }
+    let body = body.map(|chunk| {
+        chunk
+            .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
+            .map_err(std::io::Error::other)
+    });
+    let record = state
+        .backups
+        .upload(&claims.couple, &claims.device, info, Box::pin(body))
+        .await
+        .map_err(reject)?;
+    let reply = warp::reply::json(&WireBackup::new(&record));
+    Ok(warp::reply::with_status(reply, StatusCode::CREATED).into_response())
+}
+
+/// Whether `If-None-Match` names this `ETag` (or `*`).
+fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
+    if_none_match.is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag)
+    })
+}
+
+async fn download(
+    couple: String,
+    id: Option<String>,
+    state: AppState,
+    claims: TokenClaims,
+    if_none_match: Option<String>,
+) -> Result<warp::reply::Response, Rejection> {
+    let couple = CoupleId::parse(couple).map_err(reject)?;
+    let id = id.map(BackupId::parse).transpose().map_err(reject)?;
+    require_access(&claims, &couple, None).map_err(reject)?;
+    let record = state
+        .backups
+        .find(&couple, id.as_ref())
+        .await
+        .map_err(reject)?;
+    let etag = format!("\"{}\"", record.sha256);
+    let mut response = if not_modified(if_none_match.as_deref(), &etag) {
+        warp::reply::with_status(warp::reply::reply(), StatusCode::NOT_MODIFIED).into_response()
+    } else {
+        let blob = state.backups.open(&record).await.map_err(reject)?;
+        let mut r = warp::reply::stream(blob.body).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        r
+    };
+    let headers = response.headers_mut();
+    let text = |s: &str| HeaderValue::from_str(s).map_err(|_| reject(ApiError::Internal));
+    headers.insert(header::ETAG, text(&etag)?);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    headers.insert("x-backup-id", text(record.id.as_str())?);
+    headers.insert("x-backup-created-at", text(&rfc3339(record.created_at))?);
+    if let Some(meta) = &record.meta {
+        headers.insert(META_HEADER, text(meta)?);
+    }
+    Ok(response)
+}
+
+async fn list(
+    couple: String,
+    state: AppState,
+    claims: TokenClaims,
+) -> Result<warp::reply::Response, Rejection> {
+    let couple = CoupleId::parse(couple).map_err(reject)?;
+    require_access(&claims, &couple, None).map_err(reject)?;
+    let backups = state.backups.list(&couple).await.map_err(reject)?;
+    let body = BackupList {
+        backups: backups.iter().map(WireBackup::new).collect(),
+    };
+    Ok(warp::reply::json(&body).into_response())
+}
