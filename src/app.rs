@@ -1,23 +1,22 @@
 //! Builds the server from a [`Config`] and runs it until a shutdown future resolves.
 
 use std::net::SocketAddr;
+
 use std::sync::Arc;
 
-use actors::store::embedded::EmbeddedStore;
-use actors::store::files::FileBlobs;
-use actors::{BlobStore, Clock, Domain, Rooms, Store, StoreError};
+use actors::{BlobStore, Clock, Domain, Rooms, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::{http, secret, serve};
+use crate::{http, secret, serve, store};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The data directory or database could not be opened.
-    #[error("cannot open the embedded store in DATA_DIR: {0}")]
+    /// A storage backend could not be opened or reached.
+    #[error("cannot open storage: {0}")]
     Store(#[from] StoreError),
     /// The development secret could not be read or written.
     #[error("cannot load the signing secret: {0}")]
@@ -43,15 +42,23 @@ pub struct App {
     shutdown: Shutdown,
     state: AppState,
     config: Config,
+    blobs: Arc<dyn BlobStore>,
 }
 
 impl App {
     /// Opens storage, loads the secret, starts the actors and binds the listener.
     pub async fn build(config: Config, clock: Clock) -> Result<Self, StartError> {
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+        let backends = store::open(&config.storage, &config.data_dir).await?;
         let secret = secret::load(&config.secret, &config.data_dir).map_err(StartError::Secret)?;
-        let blobs: Arc<dyn BlobStore> = Arc::new(FileBlobs::open(&config.data_dir)?);
-        let domain = Domain::start(store, blobs, secret, config.settings.clone(), clock).await?;
+        let blobs = Arc::clone(&backends.blobs);
+        let domain = Domain::start(
+            backends.store,
+            backends.blobs,
+            secret,
+            config.settings.clone(),
+            clock,
+        )
+        .await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|cause| StartError::Bind {
@@ -71,6 +78,7 @@ impl App {
             shutdown,
             state,
             config,
+            blobs,
         })
     }
 
@@ -86,6 +94,12 @@ impl App {
         self.domain.rooms.clone()
     }
 
+    /// The blob store, for tests that check what is (not) kept.
+    #[must_use]
+    pub fn blobs(&self) -> Arc<dyn BlobStore> {
+        Arc::clone(&self.blobs)
+    }
+
     /// Serves until `stop` resolves, then: stops accepting, closes sockets with 1001, lets
     /// requests in flight finish, stops the rooms (which write unacknowledged signals), all
     /// bounded by the configured shutdown timeout.
@@ -97,8 +111,10 @@ impl App {
             shutdown,
             state,
             config,
+            blobs: _,
         } = self;
-        tracing::info!(%addr, storage = state.pairing.backend(), "listening");
+        let (metadata, blobs) = state.storage.backends();
+        tracing::info!(%addr, metadata, blobs, "listening");
         let service = warp::service(http::routes(state));
         serve::accept_loop(listener, service, &shutdown, stop).await;
         tracing::info!("shutting down");

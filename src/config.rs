@@ -25,6 +25,67 @@ pub const DEFAULT_WS_OUTBOUND_QUEUE: usize = 512;
 /// Longest graceful shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default bound on every storage operation (and on the connection check at start).
+pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A secret string from the environment (a URI with a password, a key). `Debug` hides it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value (configuration built in code, e.g. by tests).
+    #[must_use]
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The value, for the one place that needs it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where pairings, devices, mailboxes and backup metadata live.
+#[derive(Debug, Clone)]
+pub enum MetadataBackend {
+    /// redb in `DATA_DIR` (nothing set).
+    Embedded,
+    /// `MONGODB_URI` (and optionally `MONGODB_DB`).
+    Mongo {
+        /// The connection string (may hold a password).
+        uri: Secret,
+        /// Database name override.
+        database: Option<String>,
+    },
+}
+
+/// Where backup ciphertext lives.
+#[derive(Debug, Clone)]
+pub enum BlobBackend {
+    /// Beside the metadata: files in `DATA_DIR`, or GridFS with MongoDB.
+    Default,
+    /// `S3_BUCKET` and the `AWS_*` credentials.
+    S3(crate::store::s3::S3Settings),
+}
+
+/// The storage selection, from the environment.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Metadata backend.
+    pub metadata: MetadataBackend,
+    /// Blob backend.
+    pub blobs: BlobBackend,
+    /// Bound on each storage operation.
+    pub timeout: Duration,
+}
+
 /// Development or production; production refuses insecure defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -76,6 +137,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Device-token signing key.
     pub secret: SecretSource,
+    /// Storage backends.
+    pub storage: StorageConfig,
     /// Domain TTLs and bounds.
     pub settings: Settings,
     /// Socket limits.
@@ -104,12 +167,6 @@ pub enum ConfigError {
         var: &'static str,
         /// Why it is required.
         because: &'static str,
-    },
-    /// A variable for a feature this build does not have yet.
-    #[error("{var} is set, but this version stores everything in DATA_DIR (embedded); unset it")]
-    Unsupported {
-        /// The variable.
-        var: &'static str,
     },
 }
 
@@ -156,6 +213,56 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     }
 }
 
+/// Reads the storage variables: `MONGODB_URI` selects MongoDB for metadata (and GridFS for
+/// blobs), `S3_BUCKET` selects S3 for blobs.
+fn storage<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<StorageConfig, ConfigError> {
+    let metadata = match v.get("MONGODB_URI") {
+        None => MetadataBackend::Embedded,
+        Some(uri) => {
+            let uri = uri.trim().to_owned();
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err(ConfigError::Invalid {
+                    var: "MONGODB_URI",
+                    value: "<redacted>".to_owned(),
+                    reason: "must start with mongodb:// or mongodb+srv://".to_owned(),
+                });
+            }
+            MetadataBackend::Mongo {
+                uri: Secret(uri),
+                database: v.get("MONGODB_DB").map(|d| d.trim().to_owned()),
+            }
+        }
+    };
+    let blobs = match v.get("S3_BUCKET") {
+        None => BlobBackend::Default,
+        Some(bucket) => {
+            let required = |var: &'static str| {
+                v.get(var)
+                    .map(|s| s.trim().to_owned())
+                    .ok_or(ConfigError::Missing {
+                        var,
+                        because: "S3_BUCKET is set",
+                    })
+            };
+            BlobBackend::S3(crate::store::s3::S3Settings {
+                bucket: bucket.trim().to_owned(),
+                region: v
+                    .get("AWS_REGION")
+                    .map_or_else(|| "us-east-1".to_owned(), |r| r.trim().to_owned()),
+                access_key: required("AWS_ACCESS_KEY_ID")?,
+                secret_key: required("AWS_SECRET_ACCESS_KEY")?,
+                session_token: v.get("AWS_SESSION_TOKEN").map(|s| s.trim().to_owned()),
+                endpoint: v.get("S3_ENDPOINT").map(|s| s.trim().to_owned()),
+            })
+        }
+    };
+    Ok(StorageConfig {
+        metadata,
+        blobs,
+        timeout: v.secs("STORAGE_TIMEOUT_SECS", DEFAULT_STORAGE_TIMEOUT)?,
+    })
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -176,11 +283,7 @@ impl Config {
                 });
             }
         };
-        for var in ["MONGODB_URI", "S3_BUCKET"] {
-            if v.get(var).is_some() {
-                return Err(ConfigError::Unsupported { var });
-            }
-        }
+        let storage = storage(&v)?;
         let host: IpAddr = v.parse("HOST", IpAddr::from([0, 0, 0, 0]))?;
         let port: u16 = v.parse("PORT", DEFAULT_PORT)?;
         let secret = match (v.get("SIGNALING_SECRET"), environment) {
@@ -227,6 +330,7 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()),
             ),
             secret,
+            storage,
             settings,
             ws: WsConfig {
                 heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,
@@ -242,6 +346,8 @@ impl Config {
     }
 
     /// Cross-field checks, all in one place.
+    ///
+    /// (Checks of a single variable happen where it is read.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |var: &'static str, value: String, reason: &str| ConfigError::Invalid {
             var,
@@ -318,6 +424,35 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_selected_by_environment() {
+        let c = from(&[]).unwrap();
+        assert!(matches!(c.storage.metadata, MetadataBackend::Embedded));
+        assert!(matches!(c.storage.blobs, BlobBackend::Default));
+        let c = from(&[
+            ("MONGODB_URI", "mongodb://u:pw@localhost/db"),
+            ("S3_BUCKET", "backups"),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert!(matches!(c.storage.metadata, MetadataBackend::Mongo { .. }));
+        let BlobBackend::S3(s3) = &c.storage.blobs else {
+            panic!("S3 expected")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("backups", "us-east-1")
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pw") && !shown.contains("\"s\""), "{shown}");
+        let err = from(&[("S3_BUCKET", "b"), ("AWS_ACCESS_KEY_ID", "k")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("AWS_SECRET_ACCESS_KEY"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_variable() {
         for (var, value) in [
             ("PORT", "eighty"),
@@ -327,7 +462,8 @@ mod tests {
             ("NODE_ENV", "staging"),
             ("WS_OUTBOUND_QUEUE", "10"),
             ("WS_MAX_MESSAGE_BYTES", "1024"),
-            ("MONGODB_URI", "mongodb://localhost"),
+            ("MONGODB_URI", "postgres://localhost"),
+            ("STORAGE_TIMEOUT_SECS", "0"),
         ] {
             let err = from(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(var), "{var}: {err}");

@@ -6,6 +6,7 @@
 //!   [`shutdown`] the signal and the bounded drain.
 //! - [`http`]: REST routes (pairing, signals, health), bearer auth, the one error mapping.
 //! - [`ws`]: the WebSocket route, wire protocol and per-socket session.
+//! - [`store`]: the MongoDB (+ GridFS) and S3 adapters, and the backend selection.
 //! - [`state`]: what handlers share; [`secret`]: the token-signing key; [`telemetry`]: logs.
 //!
 //! The domain (rooms, mailboxes, pairing, storage) lives in the `actors` crate and knows
@@ -18,5 +19,6 @@ pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod ws;

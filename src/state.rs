@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use actors::{Backups, ConnId, Domain, Pairing, Rooms};
+use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
 use warp::Filter;
 
 use crate::config::WsConfig;
@@ -20,6 +20,8 @@ pub struct AppState {
     pub pairing: Pairing,
     /// Encrypted backups.
     pub backups: Backups,
+    /// Storage health.
+    pub storage: Storage,
     /// Socket limits.
     pub ws: Arc<WsConfig>,
     /// For `/health` uptime.
@@ -37,6 +39,7 @@ impl AppState {
             rooms: domain.rooms.clone(),
             pairing: domain.pairing.clone(),
             backups: domain.backups.clone(),
+            storage: domain.storage.clone(),
             ws: Arc::new(ws),
             started: Instant::now(),
             shutdown,

@@ -47,10 +47,11 @@ pub enum Clock {
 }
 
 impl Clock {
-    /// A manual clock starting at a fixed, realistic instant (2026-01-01T00:00:00Z).
+    /// A manual clock starting at the real current time: stores whose TTLs run on the real
+    /// clock (the TTL indexes of `MongoDB`) then agree with it until a test moves it forward.
     #[must_use]
     pub fn manual() -> Self {
-        Self::Manual(Arc::new(AtomicU64::new(1_767_225_600_000)))
+        Self::Manual(Arc::new(AtomicU64::new(Self::System.now().0)))
     }
 
     /// The current instant.

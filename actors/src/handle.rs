@@ -90,6 +90,8 @@ pub struct Domain {
     pub pairing: Pairing,
     /// Encrypted backups.
     pub backups: Backups,
+    /// Storage health.
+    pub storage: Storage,
     janitor: JoinHandle<()>,
 }
 
@@ -135,12 +137,17 @@ impl Domain {
             },
         )
         .await?;
+        clean_after_restart(store.as_ref(), blobs.as_ref()).await;
         let janitor = tokio::spawn(janitor(
             Arc::clone(&store),
             Arc::clone(&blobs),
             clock.clone(),
         ));
         Ok(Self {
+            storage: Storage {
+                store: Arc::clone(&store),
+                blobs: Arc::clone(&blobs),
+            },
             backups: Backups {
                 actor: backup,
                 store: Arc::clone(&store),
@@ -181,27 +188,43 @@ impl Domain {
     }
 }
 
-/// Deletes expired records, and backup blobs that nothing publishes: at start every orphan
-/// (no upload survives a restart), then every [`PURGE_INTERVAL`] those older than
-/// [`ORPHAN_AGE`].
+/// Removes what a previous run left unfinished: partial blob writes and blobs no record
+/// publishes. Runs before the server accepts requests, so no upload can be in flight.
+async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
+    match blobs.clean_partial_writes(None).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed leftovers of interrupted uploads"),
+        Err(e) => tracing::warn!(cause = %e, "failed to clean interrupted uploads"),
+    }
+    if let Err(e) = sweep_orphans(store, blobs, None).await {
+        tracing::warn!(cause = %e, "failed to sweep orphaned blobs");
+    }
+}
+
+/// Every [`PURGE_INTERVAL`]: deletes expired records, and blob leftovers older than
+/// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
 async fn janitor(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, clock: Clock) {
-    let mut every = tokio::time::interval(PURGE_INTERVAL);
-    let mut older_than = None;
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
     loop {
         every.tick().await;
-        match store.purge_expired(clock.now()).await {
+        let now = clock.now();
+        match store.purge_expired(now).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "purged expired records"),
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
         }
-        if let Err(e) = sweep_orphans(store.as_ref(), blobs.as_ref(), older_than).await {
+        let cutoff = Some(Timestamp(now.0.saturating_sub(
+            u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX),
+        )));
+        match blobs.clean_partial_writes(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed leftovers of unfinished uploads"),
+            Err(e) => tracing::warn!(cause = %e, "failed to clean unfinished uploads"),
+        }
+        if let Err(e) = sweep_orphans(store.as_ref(), blobs.as_ref(), cutoff).await {
             tracing::warn!(cause = %e, "failed to sweep orphaned blobs");
         }
-        let cutoff = clock
-            .now()
-            .0
-            .saturating_sub(u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX));
-        older_than = Some(Timestamp(cutoff));
     }
 }
 
@@ -555,10 +578,43 @@ impl Pairing {
             _ => Err(PairingError::InvalidToken(TokenError::BadSignature)),
         }
     }
+}
 
-    /// The storage backend's name, for `/health`.
+/// Handle to the storage backends' health, for `/health` and logs.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+/// One backend's name and whether it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// `embedded`, `mongodb`, `files`, `gridfs`, `s3`.
+    pub backend: &'static str,
+    /// Whether it answered a ping just now.
+    pub ok: bool,
+}
+
+impl Storage {
+    /// Names of the metadata and blob backends.
     #[must_use]
-    pub fn backend(&self) -> &'static str {
-        self.store.backend()
+    pub fn backends(&self) -> (&'static str, &'static str) {
+        (self.store.backend(), self.blobs.backend())
+    }
+
+    /// Pings both backends (each bounded by its own operation timeout).
+    pub async fn status(&self) -> (BackendStatus, BackendStatus) {
+        let (store, blobs) = tokio::join!(self.store.ping(), self.blobs.ping());
+        (
+            BackendStatus {
+                backend: self.store.backend(),
+                ok: store.is_ok(),
+            },
+            BackendStatus {
+                backend: self.blobs.backend(),
+                ok: blobs.is_ok(),
+            },
+        )
     }
 }

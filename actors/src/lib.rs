@@ -34,7 +34,9 @@ pub mod token;
 
 pub use clock::{Clock, Timestamp};
 pub use error::{BackupError, PairingError, RoomError};
-pub use handle::{Backups, Domain, Pairing, RoomGone, RoomLink, Rooms, UploadInfo};
+pub use handle::{
+    BackendStatus, Backups, Domain, Pairing, RoomGone, RoomLink, Rooms, Storage, UploadInfo,
+};
 pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
 /// Why the actor tree could not start.

@@ -2,6 +2,8 @@
 //! database sits behind them. [`embedded::EmbeddedStore`] is the default; other backends
 //! implement the same trait and pass the same conformance tests.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
 pub mod files;
 
@@ -99,8 +101,8 @@ pub struct BackupRecord {
     pub created_at: Timestamp,
 }
 
-/// A stream of bytes in or out of a blob store. `Sync` so it can be a response body.
-pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send + Sync>>;
+/// A stream of bytes in or out of a blob store.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// Where a backup's ciphertext lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -139,12 +141,33 @@ pub enum BlobError {
     Store(#[from] StoreError),
 }
 
+/// Reads from `body` into `buf` until it holds `target` bytes or the stream ends; returns
+/// whether it ended. Backends that write in fixed-size pieces (S3 parts, GridFS chunks) share
+/// this, so each holds one piece in memory at a time.
+pub async fn fill(
+    body: &mut ByteStream,
+    buf: &mut bytes::BytesMut,
+    target: usize,
+) -> Result<bool, BlobError> {
+    use futures_util::StreamExt;
+    while buf.len() < target {
+        let Some(chunk) = body.next().await else {
+            return Ok(true);
+        };
+        buf.extend_from_slice(&chunk.map_err(BlobError::Body)?);
+    }
+    Ok(false)
+}
+
 /// Streaming storage for backup ciphertext. A `put` is all or nothing: when it returns `Ok`
 /// the blob is durable; when it fails, nothing under the key is visible.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// A short name for `/health` and logs.
     fn backend(&self) -> &'static str;
+
+    /// Whether the backend answers now (for `/health`), bounded in time.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Streams `body` into the blob `key`, never holding it whole in memory.
     async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError>;
@@ -157,6 +180,14 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every stored blob, for cleaning up the ones no record points to.
     async fn list(&self) -> Result<Vec<BlobEntry>, StoreError>;
+
+    /// Removes what unfinished writes left behind (a crash mid-upload): all of it when
+    /// `older_than` is `None` (at start, when no upload can be running), else what was
+    /// started before that instant. Returns how many leftovers went.
+    async fn clean_partial_writes(
+        &self,
+        older_than: Option<Timestamp>,
+    ) -> Result<usize, StoreError>;
 }
 
 /// Persistence for pairings, devices and mailboxes. Every method is one atomic step; the
@@ -165,6 +196,9 @@ pub trait BlobStore: Send + Sync + 'static {
 pub trait Store: Send + Sync + 'static {
     /// A short name for `/health` and logs (`"embedded"`, `"mongodb"`).
     fn backend(&self) -> &'static str;
+
+    /// Whether the backend answers now (for `/health`), bounded in time.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Registers a device and saves the couple's pairing in one atomic step, so a pairing is
     /// never consumed without its device (or the reverse). Uniqueness of the device inside the

@@ -168,7 +168,8 @@ async fn download(
         warp::reply::with_status(warp::reply::reply(), StatusCode::NOT_MODIFIED).into_response()
     } else {
         let blob = state.backups.open(&record).await.map_err(reject)?;
-        let mut r = warp::reply::stream(blob.body).into_response();
+        let mut r =
+            warp::reply::stream(SyncStream(std::sync::Mutex::new(blob.body))).into_response();
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
         r.headers_mut().insert(
@@ -204,4 +205,23 @@ async fn list(
         backups: backups.iter().map(WireBackup::new).collect(),
     };
     Ok(warp::reply::json(&body).into_response())
+}
+
+/// A response body must be `Sync`; a stream polled only through `&mut` never needs a lock, so
+/// wrapping it in a `Mutex` that is only ever reached with `get_mut` costs nothing.
+struct SyncStream(std::sync::Mutex<actors::ByteStream>);
+
+impl Stream for SyncStream {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut().0.get_mut() {
+            Ok(stream) => stream.as_mut().poll_next(cx),
+            // Never locked, so never poisoned; end the body if it somehow is.
+            Err(_) => std::task::Poll::Ready(None),
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! `GET /health`: liveness, with the storage backend in use and the uptime.
+//! `GET /health`: liveness, with each storage backend and whether it answers, the version and
+//! the uptime. Always 200 while the process serves; `status` says `degraded` when a backend
+//! does not answer (signaling between connected devices still works then).
 
 use serde::Serialize;
 use warp::{Filter, Rejection, Reply};
@@ -9,10 +11,22 @@ use crate::state::{AppState, with_state};
 #[serde(rename_all = "camelCase")]
 struct Health {
     status: &'static str,
-    storage: &'static str,
+    storage: StorageHealth,
     version: &'static str,
     uptime_secs: u64,
     rooms: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct StorageHealth {
+    metadata: Backend,
+    blobs: Backend,
+}
+
+#[derive(Serialize)]
+struct Backend {
+    backend: &'static str,
+    ok: bool,
 }
 
 /// The health route.
@@ -22,9 +36,20 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         .and(with_state(state))
         .then(|state: AppState| async move {
             let rooms = state.rooms.stats().await.ok().map(|s| s.rooms);
+            let (metadata, blobs) = state.storage.status().await;
+            let healthy = metadata.ok && blobs.ok;
             warp::reply::json(&Health {
-                status: "ok",
-                storage: state.pairing.backend(),
+                status: if healthy { "ok" } else { "degraded" },
+                storage: StorageHealth {
+                    metadata: Backend {
+                        backend: metadata.backend,
+                        ok: metadata.ok,
+                    },
+                    blobs: Backend {
+                        backend: blobs.backend,
+                        ok: blobs.ok,
+                    },
+                },
                 version: env!("CARGO_PKG_VERSION"),
                 uptime_secs: state.started.elapsed().as_secs(),
                 rooms,

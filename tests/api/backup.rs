@@ -12,22 +12,6 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Files under `dir/blobs`, partial writes included.
-fn blob_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("blobs"), &mut out);
-    out
-}
-
 #[tokio::test]
 async fn upload_then_download_the_latest_with_etag_and_metadata() {
     let app = TestApp::spawn().await;
@@ -122,10 +106,9 @@ async fn retention_keeps_the_newest_versions_and_each_can_be_fetched() {
         .get_auth(&format!("/api/backup/{}", couple.id), &couple.a)
         .await;
     assert_eq!(latest.bytes().await.unwrap().as_ref(), &[2u8; 10]);
-    let dir = app.stop_keeping_data().await;
     assert_eq!(
-        blob_files(dir.path()).len(),
-        2,
+        app.stop_and_count_blobs().await,
+        (2, 0),
         "the deleted version's blob is gone too"
     );
 }
@@ -162,8 +145,11 @@ async fn over_the_limit_is_413_and_nothing_is_kept() {
         "backup_not_found",
     )
     .await;
-    let dir = app.stop_keeping_data().await;
-    assert!(blob_files(dir.path()).is_empty());
+    assert_eq!(
+        app.stop_and_count_blobs().await,
+        (0, 0),
+        "nothing kept, nothing half-written"
+    );
 }
 
 #[tokio::test]
@@ -211,8 +197,11 @@ async fn a_checksum_mismatch_is_422_and_nothing_is_kept() {
     )
     .await;
     assert_eq!(list["backups"], json!([]));
-    let dir = app.stop_keeping_data().await;
-    assert!(blob_files(dir.path()).is_empty());
+    assert_eq!(
+        app.stop_and_count_blobs().await,
+        (0, 0),
+        "nothing kept, nothing half-written"
+    );
 }
 
 #[tokio::test]
@@ -241,9 +230,8 @@ async fn an_interrupted_upload_never_replaces_the_latest() {
         first["backupId"].as_str().unwrap()
     );
     assert_eq!(latest.bytes().await.unwrap().as_ref(), b"version one");
-    let dir = app.stop_keeping_data().await;
-    // Graceful stop waited for the aborted request: its partial file is gone.
-    assert_eq!(blob_files(dir.path()).len(), 1);
+    // Graceful stop waited for the aborted request: its partial write is gone too.
+    assert_eq!(app.stop_and_count_blobs().await, (1, 0));
 }
 
 #[tokio::test]

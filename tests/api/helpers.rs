@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use actors::{Clock, CoupleId, Rooms, SigningSecret};
+use std::sync::Arc;
+
+use actors::{BlobStore, Clock, CoupleId, Rooms, SigningSecret};
 use futures_util::{SinkExt, StreamExt};
 use our_memories::app::App;
-use our_memories::config::{Config, SecretSource};
+use our_memories::config::{BlobBackend, Config, MetadataBackend, SecretSource};
+use our_memories::store::s3::S3Settings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -32,10 +35,11 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub clock: Clock,
     pub rooms: Rooms,
+    pub blobs: Arc<dyn BlobStore>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    data: tempfile::TempDir,
+    _data: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone)]
@@ -51,12 +55,93 @@ pub struct Couple {
     pub b: Device,
 }
 
-/// A test configuration: defaults, loopback port 0, its own data directory and secret.
-pub fn test_config(data_dir: &std::path::Path) -> Config {
+/// Which storage the HTTP tests run against: `OM_TEST_BACKEND` = `embedded` (default),
+/// `mongodb` (MongoDB + GridFS) or `s3` (MongoDB + S3), with the services `.ci/test` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Mongo,
+    MongoS3,
+}
+
+impl Backend {
+    pub fn from_env() -> Self {
+        match std::env::var("OM_TEST_BACKEND").as_deref() {
+            Err(_) | Ok("" | "embedded") => Self::Embedded,
+            Ok("mongodb") => Self::Mongo,
+            Ok("s3") => Self::MongoS3,
+            Ok(other) => panic!("OM_TEST_BACKEND={other}: expected embedded, mongodb or s3"),
+        }
+    }
+}
+
+/// A service address from the environment. Missing is a failure under CI, and a loud skip
+/// (`None`) on a developer machine that has not started the services.
+pub fn service_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set: .ci/test starts the test services; CI never skips them")
+        }
+        _ => {
+            eprintln!("SKIPPED: {var} is not set (run .ci/test to start the test services)");
+            None
+        }
+    }
+}
+
+/// A fresh name for a database or bucket of one test: nextest runs each test in its own
+/// process, so the pid plus a per-process counter is unique within a run.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}{:x}-{n:x}-{nanos:x}", std::process::id())
+        .replace('-', if prefix.contains('_') { "_" } else { "-" })
+}
+
+pub fn s3_settings(bucket: &str) -> Option<S3Settings> {
+    Some(S3Settings {
+        bucket: bucket.to_owned(),
+        region: service_env("OM_TEST_S3_REGION")?,
+        access_key: service_env("OM_TEST_S3_ACCESS_KEY")?,
+        secret_key: service_env("OM_TEST_S3_SECRET_KEY")?,
+        session_token: None,
+        endpoint: Some(service_env("OM_TEST_S3_ENDPOINT")?),
+    })
+}
+
+/// Creates a bucket (the server only checks that it exists).
+pub async fn create_bucket(settings: &S3Settings) {
+    our_memories::store::s3::client(settings, Duration::from_secs(10))
+        .create_bucket()
+        .bucket(&settings.bucket)
+        .send()
+        .await
+        .expect("test bucket is created");
+}
+
+/// A test configuration: defaults, loopback port 0, its own data directory, secret, database
+/// and bucket.
+pub async fn test_config(data_dir: &std::path::Path, backend: Backend) -> Config {
     let mut c = Config::from_vars(|_| None).expect("defaults are valid");
     c.addr = "127.0.0.1:0".parse().expect("valid address");
     data_dir.clone_into(&mut c.data_dir);
     c.secret = SecretSource::Env(SigningSecret::generate());
+    if backend != Backend::Embedded {
+        let uri = service_env("OM_TEST_MONGODB_URI").expect("MongoDB for this backend");
+        c.storage.metadata = MetadataBackend::Mongo {
+            uri: our_memories::config::Secret::new(uri),
+            database: Some(unique_name("om_test_")),
+        };
+    }
+    if backend == Backend::MongoS3 {
+        let s3 = s3_settings(&unique_name("om-test-")).expect("S3 for this backend");
+        create_bucket(&s3).await;
+        c.storage.blobs = BlobBackend::S3(s3);
+    }
     c
 }
 
@@ -68,7 +153,7 @@ impl TestApp {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
         init_logs();
         let data = tempfile::tempdir().expect("temp dir");
-        let mut config = test_config(data.path());
+        let mut config = test_config(data.path(), Backend::from_env()).await;
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let clock = Clock::manual();
@@ -77,6 +162,7 @@ impl TestApp {
             .expect("server starts");
         let addr = app.addr();
         let rooms = app.rooms();
+        let blobs = app.blobs();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -85,18 +171,25 @@ impl TestApp {
             addr,
             clock,
             rooms,
+            blobs,
             http: reqwest::Client::new(),
             stop: Some(stop),
             server: Some(server),
-            data,
+            _data: data,
         }
     }
 
-    /// Graceful stop, awaited; the data directory survives until the returned guard drops.
-    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+    /// Graceful stop (so every request has finished), then what the blob store holds:
+    /// (published-or-not complete blobs, leftovers of unfinished writes).
+    pub async fn stop_and_count_blobs(mut self) -> (usize, usize) {
         self.shutdown().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::mem::replace(&mut self.data, dir)
+        let complete = self.blobs.list().await.expect("list blobs").len();
+        let partial = self
+            .blobs
+            .clean_partial_writes(None)
+            .await
+            .expect("clean partial writes");
+        (complete, partial)
     }
 
     /// Graceful stop, awaited.

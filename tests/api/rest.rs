@@ -170,9 +170,19 @@ async fn rest_signal_errors_are_clear() {
     assert_error(res, StatusCode::UPGRADE_REQUIRED, "upgrade_required").await;
     let res = app.http.get(app.url("/health")).send().await.unwrap();
     let health: Value = ok_json(res, StatusCode::OK).await;
+    let expected = match crate::helpers::Backend::from_env() {
+        crate::helpers::Backend::Embedded => ("embedded", "files"),
+        crate::helpers::Backend::Mongo => ("mongodb", "gridfs"),
+        crate::helpers::Backend::MongoS3 => ("mongodb", "s3"),
+    };
+    assert_eq!(health["status"], "ok");
     assert_eq!(
-        (health["status"].clone(), health["storage"].clone()),
-        (json!("ok"), json!("embedded"))
+        health["storage"]["metadata"],
+        json!({ "backend": expected.0, "ok": true })
+    );
+    assert_eq!(
+        health["storage"]["blobs"],
+        json!({ "backend": expected.1, "ok": true })
     );
     app.stop().await;
 }

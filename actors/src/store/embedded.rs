@@ -104,6 +104,14 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|db| {
+            db.begin_read()?.open_table(EPOCHS)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn save_device_and_pairing(
         &self,
         device: &DeviceRecord,

