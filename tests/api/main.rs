@@ -7,4 +7,5 @@ mod pairing;
 mod rest;
 mod restart;
 mod signaling;
+mod storage_down;
 mod supervision;

@@ -7,7 +7,31 @@ use std::process::{Child, Command, Stdio};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::ok_json;
+use crate::helpers::{Backend, create_bucket, ok_json, s3_settings, service_env, unique_name};
+
+/// The environment that points the binary at this run's backend (empty for embedded).
+async fn storage_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if Backend::from_env() == Backend::Embedded {
+        return env;
+    }
+    let uri = service_env("OM_TEST_MONGODB_URI").expect("MongoDB for this backend");
+    env.push(("MONGODB_URI".to_owned(), uri));
+    env.push(("MONGODB_DB".to_owned(), unique_name("om_test_")));
+    if Backend::from_env() == Backend::MongoS3 {
+        let s3 = s3_settings(&unique_name("om-test-")).expect("S3 for this backend");
+        create_bucket(&s3).await;
+        env.push(("S3_BUCKET".to_owned(), s3.bucket.clone()));
+        env.push(("AWS_REGION".to_owned(), s3.region.clone()));
+        env.push(("AWS_ACCESS_KEY_ID".to_owned(), s3.access_key.clone()));
+        env.push(("AWS_SECRET_ACCESS_KEY".to_owned(), s3.secret_key.clone()));
+        env.push((
+            "S3_ENDPOINT".to_owned(),
+            s3.endpoint.clone().unwrap_or_default(),
+        ));
+    }
+    env
+}
 
 struct Server {
     child: Child,
@@ -16,9 +40,10 @@ struct Server {
 
 impl Server {
     /// Starts the binary and waits for its "listening" line to learn the port.
-    fn start(data_dir: &std::path::Path, secret: &str) -> Self {
+    fn start(data_dir: &std::path::Path, secret: &str, storage: &[(String, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_our-memories"))
             .env_clear()
+            .envs(storage.iter().map(|(k, v)| (k, v)))
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("DATA_DIR", data_dir)
@@ -58,7 +83,8 @@ async fn pending_signals_survive_a_kill_and_restart() {
     let data = tempfile::tempdir().unwrap();
     let secret = "an-integration-test-secret-of-at-least-32-bytes";
     let http = reqwest::Client::new();
-    let mut server = Server::start(data.path(), secret);
+    let storage = storage_env().await;
+    let mut server = Server::start(data.path(), secret, &storage);
 
     // Pair through the real binary (TestApp's helpers need an in-process app, so inline).
     let started = ok_json(
@@ -101,7 +127,7 @@ async fn pending_signals_survive_a_kill_and_restart() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
-    let mut server = Server::start(data.path(), secret);
+    let mut server = Server::start(data.path(), secret, &storage);
     let fetch = server.url(&format!("/api/signals/{couple}/b"));
     let body = ok_json(
         http.get(&fetch).bearer_auth(&b_token).send().await.unwrap(),

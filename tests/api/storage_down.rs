@@ -1,0 +1,154 @@
+//! A storage backend that goes away: requests that need it fail fast with 503, signaling
+//! between connected devices keeps working, `/health` says so, and the server recovers by
+//! itself when the backend returns. Uses a private MongoDB-protocol server it can kill.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use our_memories::config::{MetadataBackend, Secret};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_error, ok_json, service_env, signal, unique_name};
+
+/// A MongoDB-protocol server owned by this test, on a fixed port and data directory so it can
+/// be killed and started again.
+struct PrivateMongo {
+    bin: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateMongo {
+    fn start(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--data-dir", &self.dir.path().to_string_lossy()])
+            .args(["--host", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nx-27017 starts");
+        self.child = Some(child);
+        // Wait (bounded) until it listens, so start-up timing never decides the test.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nx-27017 did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMongo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn health(app: &TestApp) -> Value {
+    app.http
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mongodb_down_means_503_fast_live_signaling_continues_and_recovery_is_automatic() {
+    // One backend pass is enough; this test brings its own server.
+    if Backend::from_env() != Backend::Mongo {
+        return;
+    }
+    let Some(bin) = service_env("OM_TEST_NX_BIN") else {
+        return;
+    };
+    let mut mongo = PrivateMongo {
+        bin,
+        port: free_port(),
+        dir: tempfile::tempdir().unwrap(),
+        child: None,
+    };
+    mongo.start();
+    let uri = format!("mongodb://127.0.0.1:{}", mongo.port);
+    let app = TestApp::spawn_with(|c| {
+        c.storage.metadata = MetadataBackend::Mongo {
+            uri: Secret::new(uri.clone()),
+            database: Some(unique_name("om_test_")),
+        };
+        c.storage.blobs = our_memories::config::BlobBackend::Default;
+        c.storage.timeout = Duration::from_secs(1);
+    })
+    .await;
+    let couple = app.pair().await;
+    let (mut a, _) = app.join(&couple, &couple.a, None).await;
+    let (mut b, _) = app.join(&couple, &couple.b, None).await;
+    a.recv_type("peer-joined").await;
+
+    mongo.kill();
+
+    // Connected devices keep relaying: the hot path never touches storage.
+    a.send(signal(Some("b"), &json!("still live"), Some("l1")))
+        .await;
+    a.recv_type("accepted").await;
+    assert_eq!(b.recv_type("webrtc-signal").await["payload"], "still live");
+    // Anything that needs storage answers 503 quickly.
+    let started = Instant::now();
+    let res = app
+        .get_signals(&couple.id, "b", Some(&couple.b.token), None)
+        .await;
+    assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    assert_error(
+        app.upload(&couple.a, b"x".to_vec(), &[]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+    )
+    .await;
+    let h = health(&app).await;
+    assert_eq!(
+        (h["status"].clone(), h["storage"]["metadata"]["ok"].clone()),
+        (json!("degraded"), json!(false))
+    );
+
+    mongo.start();
+    // The driver reconnects by itself; wait (bounded) for the server to see it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&app).await["status"] != "ok" {
+        assert!(Instant::now() < deadline, "storage did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = app
+        .get_signals(&couple.id, "b", Some(&couple.b.token), None)
+        .await;
+    ok_json(res, StatusCode::OK).await;
+    ok_json(
+        app.upload(&couple.a, b"after".to_vec(), &[]).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    app.stop().await;
+}
