@@ -25,6 +25,9 @@ pub const DEFAULT_WS_OUTBOUND_QUEUE: usize = 512;
 /// Longest graceful shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest signal TTL: stored acknowledgements (which hide late writes of acked signals)
+/// are kept one hour.
+pub const MAX_SIGNAL_TTL: Duration = Duration::from_hours(1);
 /// Default bound on every storage operation (and on the connection check at start).
 pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -368,6 +371,13 @@ impl Config {
                 "must exceed MAILBOX_MAX_SIGNALS so a full backlog fits on a fresh socket",
             ));
         }
+        if self.settings.signal_ttl > MAX_SIGNAL_TTL {
+            return Err(invalid(
+                "SIGNAL_TTL_SECS",
+                self.settings.signal_ttl.as_secs().to_string(),
+                "must be at most 3600 (acknowledgements are kept one hour)",
+            ));
+        }
         if self.ws.client_timeout <= self.ws.heartbeat {
             return Err(invalid(
                 "WS_CLIENT_TIMEOUT_SECS",
@@ -464,6 +474,7 @@ mod tests {
             ("WS_MAX_MESSAGE_BYTES", "1024"),
             ("MONGODB_URI", "postgres://localhost"),
             ("STORAGE_TIMEOUT_SECS", "0"),
+            ("SIGNAL_TTL_SECS", "3601"),
         ] {
             let err = from(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(var), "{var}: {err}");

@@ -112,9 +112,19 @@ pub struct BackupArgs {
 }
 
 impl BackupArgs {
+    /// Inserts the record (the publish: once it is written the backup is the latest), then
+    /// applies retention. A retention failure does not undo the publish; the next publish
+    /// (or the orphan sweep, for blobs) finishes the job.
     async fn publish(&self, record: BackupRecord) -> Result<(), BackupError> {
         self.store.insert_backup(&record).await?;
-        let kept = self.store.backups(&record.couple).await?;
+        if let Err(e) = self.apply_retention(&record.couple).await {
+            tracing::warn!(cause = %e, "retention failed; it is retried on the next upload");
+        }
+        Ok(())
+    }
+
+    async fn apply_retention(&self, couple: &crate::ids::CoupleId) -> Result<(), StoreError> {
+        let kept = self.store.backups(couple).await?;
         for old in kept.into_iter().skip(self.retention) {
             self.store.delete_backup(&old.couple, &old.id).await?;
             let key = BlobKey {

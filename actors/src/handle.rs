@@ -467,24 +467,22 @@ impl Backups {
             uploaded_by: device.clone(),
             created_at: self.clock.now(),
         };
-        let published = if info
+        if info
             .expected_sha256
             .is_some_and(|want| !want.eq_ignore_ascii_case(&record.sha256))
         {
-            Err(BackupError::ChecksumMismatch)
-        } else {
-            let publish = |reply| BackupMsg::Publish {
-                record: record.clone(),
-                reply,
-            };
-            call(&self.actor, publish, self.timeout, BackupError::Unavailable).await
-        };
-        if let Err(e) = published {
             if let Err(cause) = self.blobs.delete(&key).await {
-                tracing::warn!(cause = %cause, "failed to delete an unpublished blob; the sweep will");
+                tracing::warn!(cause = %cause, "failed to delete a rejected blob; the sweep will");
             }
-            return Err(e);
+            return Err(BackupError::ChecksumMismatch);
         }
+        let publish = |reply| BackupMsg::Publish {
+            record: record.clone(),
+            reply,
+        };
+        // On a failed or timed-out publish the record may still have been written, so the
+        // blob is left alone: if it was never published, the orphan sweep deletes it.
+        call(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
         Ok(record)
     }
 

@@ -35,8 +35,9 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         .and(warp::get())
         .and(with_state(state))
         .then(|state: AppState| async move {
-            let rooms = state.rooms.stats().await.ok().map(|s| s.rooms);
-            let (metadata, blobs) = state.storage.status().await;
+            let (room_stats, (metadata, blobs)) =
+                tokio::join!(state.rooms.stats(), state.storage.status());
+            let rooms = room_stats.ok().map(|s| s.rooms);
             let healthy = metadata.ok && blobs.ok;
             warp::reply::json(&Health {
                 status: if healthy { "ok" } else { "degraded" },

@@ -1,5 +1,6 @@
 //! MongoDB backend: pairings, devices, mailboxes and backup metadata in collections with TTL
-//! indexes, and backup blobs in GridFS (bucket `blobs`) when S3 is not configured.
+//! indexes, and backup blobs in the GridFS layout (collections `backup_files` and
+//! `backup_chunks`) when S3 is not configured.
 //!
 //! Reads filter on `expiresAt > now` themselves: a real `mongod` deletes TTL documents only in
 //! a sweep about every 60 s. Nothing relies on multi-document transactions (a standalone

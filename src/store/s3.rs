@@ -213,21 +213,37 @@ impl S3Blobs {
         &self,
         older_than: Option<Timestamp>,
     ) -> Result<usize, StoreError> {
-        let listed = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(PREFIX)
-            .send()
-            .await
-            .map_err(|e| {
-                unavailable(
-                    "list multipart uploads",
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+        // Page through every unfinished upload (1,000 per page) before aborting any.
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(PREFIX)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    unavailable(
+                        "list multipart uploads",
+                        aws_sdk_s3::error::DisplayErrorContext(e),
+                    )
+                })?;
+            uploads.extend(page.uploads().iter().cloned());
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
         let mut aborted = 0;
-        for u in listed.uploads() {
+        for u in &uploads {
             let started = u
                 .initiated()
                 .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
