@@ -141,6 +141,9 @@ pub enum BlobError {
     Store(#[from] StoreError),
 }
 
+/// Extra room [`fill`] reserves beyond its target for the last incoming chunk.
+const FILL_SLACK: usize = 512 * 1024;
+
 /// Reads from `body` into `buf` until it holds `target` bytes or the stream ends; returns
 /// whether it ended. Backends that write in fixed-size pieces (S3 parts, GridFS chunks) share
 /// this, so each holds one piece in memory at a time.
@@ -150,6 +153,9 @@ pub async fn fill(
     target: usize,
 ) -> Result<bool, BlobError> {
     use futures_util::StreamExt;
+    // One allocation per piece: room for the target plus the chunk that crosses it, so the
+    // buffer never doubles (which would leave twice the piece size with the allocator).
+    buf.reserve((target + FILL_SLACK).saturating_sub(buf.len()));
     while buf.len() < target {
         let Some(chunk) = body.next().await else {
             return Ok(true);
