@@ -164,3 +164,131 @@ async fn pending_signals_survive_a_kill_and_restart() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Sends SIGTERM and waits for a clean exit.
+fn terminate(server: &mut Server) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_restart() {
+    use tokio::io::AsyncWriteExt;
+    let data = tempfile::tempdir().unwrap();
+    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let http = reqwest::Client::new();
+    let storage = storage_env().await;
+    let mut server = Server::start(data.path(), secret, &storage);
+    let started = ok_json(
+        http.post(server.url("/api/pair/initiate"))
+            .json(&json!({ "deviceId": "a" }))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let couple = started["coupleId"].as_str().unwrap().to_owned();
+    let token = started["deviceToken"].as_str().unwrap().to_owned();
+    let upload = |body: Vec<u8>| {
+        http.post(server.url("/api/backup"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+    };
+    let first = ok_json(
+        upload(b"the good one".to_vec()).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // Half of a 16 MiB upload, then the server dies.
+    let mut tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 16777216\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![7u8; 8 << 20]).await.unwrap();
+    if storage.is_empty() {
+        // Embedded: wait (bounded) until part of it is on disk, so the kill is really mid-write.
+        let partial = data.path().join("blobs/.partial");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_dir(&partial)
+            .unwrap()
+            .flatten()
+            .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "upload never reached the disk"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(tcp);
+
+    let mut server = Server::start(data.path(), secret, &storage);
+    let res = http
+        .get(server.url(&format!("/api/backup/{couple}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["x-backup-id"],
+        first["backupId"].as_str().unwrap()
+    );
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"the good one");
+    let list = ok_json(
+        http.get(server.url(&format!("/api/backups/{couple}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+    terminate(&mut server);
+
+    // The restart already removed the leftovers: nothing partial, one complete blob.
+    let vars: std::collections::HashMap<_, _> = storage.into_iter().collect();
+    let config = our_memories::config::Config::from_vars(|k| vars.get(k).cloned()).unwrap();
+    let backends = our_memories::store::open(&config.storage, data.path())
+        .await
+        .unwrap();
+    assert_eq!(backends.blobs.clean_partial_writes(None).await.unwrap(), 0);
+    assert_eq!(backends.blobs.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_mongodb_stops_start_up_with_a_clear_message() {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_our-memories"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("DATA_DIR", tempfile::tempdir().unwrap().path())
+        .env("MONGODB_URI", "mongodb://127.0.0.1:9")
+        .env("STORAGE_TIMEOUT_SECS", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach MongoDB"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "bounded wait"
+    );
+}
