@@ -13,9 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
 use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::ws::UpgradeSlot;
 
 /// A client that has not sent its request headers by then is disconnected (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+pub const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
@@ -44,8 +47,10 @@ pub async fn accept_loop<S>(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: log and keep serving.
-                    tracing::warn!(cause = %e, "accept failed");
+                    // Out of file descriptors and the like: the error repeats until a
+                    // connection closes, so pause instead of spinning (and flooding the log).
+                    tracing::warn!(cause = %e, "accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
@@ -74,6 +79,9 @@ async fn serve_connection<S>(
     let _ = stream.set_nodelay(true);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
+        if let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+            req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
+        }
         service.clone().call(req)
     });
     let conn = http1::Builder::new()

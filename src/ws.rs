@@ -1,23 +1,175 @@
-//! `GET /ws`: upgrades to a WebSocket and hands it to a [`session`]. [`protocol`] is the wire
-//! format.
+//! `GET /ws`: the WebSocket upgrade, done here rather than by warp's `ws()` filter so the
+//! socket's buffers can be sized: tungstenite's default 128 KiB read buffer, zero-filled on the
+//! first read, would cost every idle connection that much memory. Then a [`session`] runs the
+//! socket; [`protocol`] is the wire format.
 
 pub mod protocol;
 pub mod session;
 
+use std::sync::{Arc, Mutex};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
+use crate::http::error::{ApiError, reject};
 use crate::state::{AppState, with_state};
+
+/// Read buffer of a socket: enough for typical signals; larger messages still work (the
+/// buffer is only the unit of each read).
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The connection's upgrade handle, moved out of the request by the accept loop so that this
+/// route (and nothing else) can take it. hyper's `OnUpgrade` is not `Clone`, which warp's
+/// extension filters require; the slot is.
+#[derive(Clone)]
+pub struct UpgradeSlot(Arc<Mutex<Option<OnUpgrade>>>);
+
+impl UpgradeSlot {
+    /// Wraps the request's upgrade handle.
+    #[must_use]
+    pub fn new(on_upgrade: OnUpgrade) -> Self {
+        Self(Arc::new(Mutex::new(Some(on_upgrade))))
+    }
+
+    fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The handshake headers a WebSocket upgrade must carry.
+struct Handshake {
+    connection: Option<String>,
+    upgrade: Option<String>,
+    version: Option<String>,
+    key: Option<String>,
+}
+
+impl Handshake {
+    /// The `Sec-WebSocket-Accept` value, if this is a valid RFC 6455 upgrade request.
+    fn accept_key(&self) -> Option<String> {
+        let connection_ok = self.connection.as_deref().is_some_and(|c| {
+            c.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+        let upgrade_ok = self
+            .upgrade
+            .as_deref()
+            .is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
+        let version_ok = self.version.as_deref().is_some_and(|v| v.trim() == "13");
+        let key = self
+            .key
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())?;
+        (connection_ok && upgrade_ok && version_ok).then(|| derive_accept_key(key.as_bytes()))
+    }
+}
+
+fn socket_config(state: &AppState) -> WebSocketConfig {
+    let max = state.ws.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
 
 /// The upgrade route.
 pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let handshake = warp::header::optional::<String>("connection")
+        .and(warp::header::optional::<String>("upgrade"))
+        .and(warp::header::optional::<String>("sec-websocket-version"))
+        .and(warp::header::optional::<String>("sec-websocket-key"))
+        .map(|connection, upgrade, version, key| Handshake {
+            connection,
+            upgrade,
+            version,
+            key,
+        });
     warp::path!("ws")
         .and(warp::get())
-        .and(warp::ws())
+        .and(handshake)
+        .and(warp::ext::optional::<UpgradeSlot>())
         .and(with_state(state))
-        .map(|ws: warp::ws::Ws, state: AppState| {
-            let max = state.ws.max_message_bytes;
-            ws.max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |socket| session::run(socket, state))
-        })
+        .and_then(upgrade)
+}
+
+async fn upgrade(
+    handshake: Handshake,
+    slot: Option<UpgradeSlot>,
+    state: AppState,
+) -> Result<warp::reply::Response, Rejection> {
+    let accept = handshake
+        .accept_key()
+        .ok_or_else(|| reject(ApiError::UpgradeRequired))?;
+    let on_upgrade = slot
+        .and_then(|s| s.take())
+        .ok_or_else(|| reject(ApiError::UpgradeRequired))?;
+    let accept = HeaderValue::from_str(&accept).map_err(|_| reject(ApiError::Internal))?;
+    let config = socket_config(&state);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::run(socket, state).await;
+            }
+            Err(e) => tracing::debug!(cause = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut response =
+        warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hs(connection: &str, upgrade: &str, version: &str, key: &str) -> Handshake {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Handshake {
+            connection: some(connection),
+            upgrade: some(upgrade),
+            version: some(version),
+            key: some(key),
+        }
+    }
+
+    #[test]
+    fn accepts_rfc_6455_handshakes_only() {
+        // The example from RFC 6455 section 1.3.
+        let ok = hs(
+            "keep-alive, Upgrade",
+            "WebSocket",
+            "13",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+        );
+        assert_eq!(
+            ok.accept_key().as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        for bad in [
+            hs("", "websocket", "13", "k"),
+            hs("close", "websocket", "13", "k"),
+            hs("upgrade", "h2c", "13", "k"),
+            hs("upgrade", "websocket", "8", "k"),
+            hs("upgrade", "websocket", "13", ""),
+        ] {
+            assert!(bad.accept_key().is_none());
+        }
+    }
 }

@@ -29,8 +29,8 @@ enum CallFailure<E> {
     Refused(E),
     /// The actor was gone (stopped or failed) before it took the message: safe to retry.
     Gone,
-    /// No answer in time: the actor may still act on it, so never retry.
-    TimedOut,
+    /// No answer (in time, or at all): the actor may have acted on it, so never retry.
+    NoAnswer,
 }
 
 /// Calls an actor, waiting at most `timeout`.
@@ -46,8 +46,10 @@ where
 {
     match actor.call(build, Some(timeout)).await {
         Ok(CallResult::Success(r)) => r.map_err(CallFailure::Refused),
-        Ok(CallResult::Timeout) => Err(CallFailure::TimedOut),
-        Ok(CallResult::SenderError) | Err(_) => Err(CallFailure::Gone),
+        // A timeout, or a reply port dropped because the actor failed while handling the
+        // message: either way it may have acted on it, so this is never retried.
+        Ok(CallResult::Timeout | CallResult::SenderError) => Err(CallFailure::NoAnswer),
+        Err(_) => Err(CallFailure::Gone),
     }
 }
 
@@ -59,7 +61,7 @@ fn settle<T>(r: Result<T, CallFailure<RoomError>>) -> Option<Result<T, RoomError
         Ok(v) => Some(Ok(v)),
         Err(CallFailure::Gone | CallFailure::Refused(RoomError::Unavailable)) => None,
         Err(CallFailure::Refused(e)) => Some(Err(e)),
-        Err(CallFailure::TimedOut) => Some(Err(RoomError::Unavailable)),
+        Err(CallFailure::NoAnswer) => Some(Err(RoomError::Unavailable)),
     }
 }
 
@@ -77,7 +79,7 @@ where
 {
     try_call(actor, build, timeout).await.map_err(|f| match f {
         CallFailure::Refused(e) => e,
-        CallFailure::Gone | CallFailure::TimedOut => unavailable,
+        CallFailure::Gone | CallFailure::NoAnswer => unavailable,
     })
 }
 
@@ -282,7 +284,15 @@ impl Rooms {
                 last_seq,
                 reply,
             };
-            if let Some(result) = settle(try_call(&room, join, self.timeout).await) {
+            let outcome = try_call(&room, join, self.timeout).await;
+            if matches!(outcome, Err(CallFailure::NoAnswer)) {
+                // The room may still take the join later: make it drop this socket again.
+                let _ = room.cast(RoomMsg::Leave {
+                    device: device.clone(),
+                    conn: conn_id,
+                });
+            }
+            if let Some(result) = settle(outcome) {
                 return result.map(|()| RoomLink {
                     room,
                     device: device.clone(),

@@ -206,6 +206,19 @@ struct Member {
 struct Seen {
     seq: Seq,
     expires_at: Timestamp,
+    /// While the original's write is in flight, resends wait here for its outcome instead of
+    /// hearing "accepted" before the signal is durable.
+    pending: Option<Vec<Origin>>,
+}
+
+/// What validating a send found.
+enum Checked {
+    /// A new signal for these recipients.
+    Fresh(Vec<DeviceId>),
+    /// A resend of a signal already taken.
+    Duplicate(Accepted),
+    /// A resend of a signal whose write is still in flight.
+    DuplicatePending,
 }
 
 /// Everything a room owns.
@@ -340,14 +353,19 @@ impl Actor for RoomActor {
         _me: ActorRef<RoomMsg>,
         st: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
+        // With writes still in flight their outcome will never be seen, so write everything
+        // (writes are idempotent, and stored acks hide what was acknowledged meanwhile).
+        let everything = st.writes_in_flight > 0;
         let pending: Vec<_> = st
             .members
             .iter_mut()
             .flat_map(|(d, m)| {
-                m.mailbox
-                    .take_unpersisted()
-                    .into_iter()
-                    .map(move |s| (d.clone(), s))
+                let signals = if everything {
+                    m.mailbox.iter().map(|e| Arc::clone(&e.signal)).collect()
+                } else {
+                    m.mailbox.take_unpersisted()
+                };
+                signals.into_iter().map(move |s| (d.clone(), s))
             })
             .collect();
         if !pending.is_empty() {
@@ -561,9 +579,15 @@ impl RoomState {
         let now = self.args.clock.now();
         let checked = self.check_send(&from, to, &payload, id.as_ref(), now);
         let recipients = match checked {
-            Ok(Ok(r)) => r,
-            Ok(Err(dup)) => {
+            Ok(Checked::Fresh(r)) => r,
+            Ok(Checked::Duplicate(dup)) => {
                 self.answer(me, &from, origin, id, Ok(dup));
+                return Ok(());
+            }
+            Ok(Checked::DuplicatePending) => {
+                if let Some(seen) = id.and_then(|id| self.seen.get_mut(&(from, id))) {
+                    seen.pending.get_or_insert_with(Vec::new).push(origin);
+                }
                 return Ok(());
             }
             Err(error) => {
@@ -601,6 +625,7 @@ impl RoomState {
             Seen {
                 seq,
                 expires_at: now.plus(self.args.settings.dedupe_window),
+                pending: None,
             },
         );
         let accepted = Accepted { id, seq };
@@ -625,6 +650,9 @@ impl RoomState {
                 (d, Arc::clone(&signal))
             })
             .collect();
+        if let Some(seen) = self.seen.get_mut(&dedupe_key) {
+            seen.pending = Some(Vec::new());
+        }
         self.spawn_write(
             me,
             PersistJob {
@@ -641,7 +669,7 @@ impl RoomState {
         Ok(())
     }
 
-    /// Validates a send. `Ok(Err(accepted))` means a resend of a signal already taken.
+    /// Validates a send: size, resend, recipients, mailbox bounds (all or nothing).
     fn check_send(
         &mut self,
         from: &DeviceId,
@@ -649,7 +677,7 @@ impl RoomState {
         payload: &Payload,
         id: Option<&SignalId>,
         now: Timestamp,
-    ) -> Result<Result<Vec<DeviceId>, Accepted>, RoomError> {
+    ) -> Result<Checked, RoomError> {
         let limit = self.args.settings.max_payload_bytes;
         if payload.len() > limit {
             return Err(RoomError::PayloadTooLarge { limit });
@@ -657,7 +685,10 @@ impl RoomState {
         if let Some(id) = id {
             let key = (from.clone(), id.clone());
             if let Some(seen) = self.seen.get(&key).filter(|s| s.expires_at > now) {
-                return Ok(Err(Accepted {
+                if seen.pending.is_some() {
+                    return Ok(Checked::DuplicatePending);
+                }
+                return Ok(Checked::Duplicate(Accepted {
                     id: id.clone(),
                     seq: seen.seq,
                 }));
@@ -673,7 +704,7 @@ impl RoomState {
                 return Err(RoomError::MailboxFull);
             }
         }
-        Ok(Ok(recipients))
+        Ok(Checked::Fresh(recipients))
     }
 
     fn mark_on_disk(&mut self, device: &DeviceId, seq: Seq) {
@@ -787,6 +818,11 @@ impl RoomState {
             return;
         };
         let id = waiter.client_id;
+        // Resends that arrived during the write hear the same outcome as the original.
+        let resends = waiter.dedupe_key.as_ref().and_then(|key| {
+            let seen = self.seen.get_mut(key)?;
+            seen.pending.take()
+        });
         let result = if ok {
             Ok(waiter.accepted)
         } else {
@@ -795,11 +831,14 @@ impl RoomState {
                     m.mailbox.remove(s.seq);
                 }
             }
-            if let Some(key) = waiter.dedupe_key {
-                self.seen.remove(&key);
+            if let Some(key) = &waiter.dedupe_key {
+                self.seen.remove(key);
             }
             Err(RoomError::StorageUnavailable)
         };
+        for origin in resends.into_iter().flatten() {
+            self.answer(me, &waiter.from, origin, id.clone(), result.clone());
+        }
         self.answer(me, &waiter.from, waiter.origin, id, result);
     }
 

@@ -213,11 +213,6 @@ pub async fn handle_rejection(r: Rejection) -> Result<warp::reply::Response, Inf
         ApiError::LengthRequired
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         ApiError::InvalidRequest(e.to_string())
-    } else if r
-        .find::<warp::filters::ws::MissingConnectionUpgrade>()
-        .is_some()
-    {
-        ApiError::UpgradeRequired
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {

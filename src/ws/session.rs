@@ -9,7 +9,9 @@ use actors::{Connection, Kick, Payload, RoomEvent, RoomLink};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use warp::ws::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::protocol::{ClientMsg, ServerMsg};
 use crate::http::auth::{parse_bearer, require_access};
@@ -47,7 +49,7 @@ impl Drop for Joined {
 }
 
 enum Event {
-    Frame(Option<Result<Message, warp::Error>>),
+    Frame(Option<Result<Message, WsError>>),
     Kicked(Result<Kick, oneshot::error::RecvError>),
     Heartbeat,
     Shutdown,
@@ -66,10 +68,7 @@ struct Session {
 /// Runs a session until the socket closes, the client times out or the server shuts down.
 pub async fn run<S>(socket: S, state: AppState)
 where
-    S: Sink<Message, Error = warp::Error>
-        + Stream<Item = Result<Message, warp::Error>>
-        + Send
-        + 'static,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Send + 'static,
 {
     let (sink, mut stream) = socket.split();
     let (events, events_rx) = mpsc::channel(state.ws.outbound_queue);
@@ -94,14 +93,15 @@ where
             () = shutdown.recv() => Event::Shutdown,
         };
         let close = match event {
-            Event::Frame(Some(Ok(msg))) if msg.is_close() => Some(None),
+            // The client closed (or the connection is gone): nothing to send back.
+            Event::Frame(Some(Ok(Message::Close(_))) | None) => Some(None),
             Event::Frame(Some(Ok(msg))) => {
-                last_seen = Instant::now();
                 session.on_frame(msg).await;
+                // After handling too: a slow join must not count as the client's silence.
+                last_seen = Instant::now();
                 None
             }
-            Event::Frame(Some(Err(e))) => Some(Some(read_error_close(&e))),
-            Event::Frame(None) => Some(None),
+            Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
             Event::Kicked(Ok(Kick::Replaced)) => {
                 Some(Some((CLOSE_REPLACED, "replaced by a newer connection")))
             }
@@ -117,7 +117,7 @@ where
                 Some(Some((CLOSE_TIMEOUT, "heartbeat timeout")))
             }
             Event::Heartbeat => {
-                session.frame(Message::ping(Vec::new()));
+                session.frame(Message::Ping(bytes::Bytes::new()));
                 None
             }
             Event::Shutdown => Some(Some((CLOSE_GOING_AWAY, "server shutting down"))),
@@ -125,7 +125,7 @@ where
         // A client that does not read its own replies is dropped without a close frame.
         if let Some(close) = close.or(session.stalled.then_some(None)) {
             if let Some((code, reason)) = close {
-                session.frame(Message::close_with(code, reason));
+                session.frame(close_frame(code, reason));
             }
             break;
         }
@@ -139,14 +139,21 @@ where
     }
 }
 
-/// The close frame for a read error: 1009 for an oversized message, else 1002.
-fn read_error_close(e: &warp::Error) -> (u16, &'static str) {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-        (CLOSE_TOO_BIG, "message too big")
-    } else {
-        (CLOSE_PROTOCOL_ERROR, "protocol error")
+/// The close frame owed for a read error: 1009 for an oversized message, 1002 for a
+/// protocol violation (invalid UTF-8 included), none when the connection is simply gone.
+fn read_error_close(e: &WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
+        WsError::Protocol(_) | WsError::Utf8(_) => Some((CLOSE_PROTOCOL_ERROR, "protocol error")),
+        _ => None,
     }
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }
 
 /// Resolves when the room drops this socket (kick) or disappears; never while not joined.
@@ -170,15 +177,14 @@ impl Session {
     }
 
     async fn on_frame(&mut self, msg: Message) {
-        if msg.is_binary() {
-            return self.send_error(&ApiError::BinaryFrame, None);
-        }
-        let Ok(text) = msg.to_str() else {
-            return; // ping / pong: the heartbeat already counted it
-        };
-        match ClientMsg::parse(text) {
-            Ok(m) => self.on_message(m).await,
-            Err(e) => self.send_error(&e, None),
+        match msg {
+            Message::Text(text) => match ClientMsg::parse(text.as_str()) {
+                Ok(m) => self.on_message(m).await,
+                Err(e) => self.send_error(&e, None),
+            },
+            Message::Binary(_) => self.send_error(&ApiError::BinaryFrame, None),
+            // Ping, pong, close: the heartbeat already counted them.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
     }
 
@@ -291,7 +297,7 @@ async fn write_loop<S>(
     mut events: mpsc::Receiver<RoomEvent>,
     mut frames: mpsc::Receiver<Message>,
 ) where
-    S: Sink<Message, Error = warp::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     loop {
         let msg = tokio::select! {
@@ -306,7 +312,7 @@ async fn write_loop<S>(
                 None => break,
             },
         };
-        let closing = msg.is_close();
+        let closing = matches!(msg, Message::Close(_));
         if sink.send(msg).await.is_err() || closing {
             break;
         }
