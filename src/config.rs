@@ -324,6 +324,9 @@ impl Config {
             call_timeout: d.call_timeout,
             backup_max_bytes: v.positive("BACKUP_MAX_BYTES", d.backup_max_bytes)?,
             backup_retention: v.positive("BACKUP_RETENTION", d.backup_retention)?,
+            backup_idle_timeout: v.secs("BACKUP_IDLE_TIMEOUT_SECS", d.backup_idle_timeout)?,
+            backup_upload_timeout: v.secs("BACKUP_UPLOAD_TIMEOUT_SECS", d.backup_upload_timeout)?,
+            backup_max_concurrent: v.positive("BACKUP_MAX_CONCURRENT", d.backup_max_concurrent)?,
         };
         let config = Config {
             environment,
@@ -376,6 +379,13 @@ impl Config {
                 "SIGNAL_TTL_SECS",
                 self.settings.signal_ttl.as_secs().to_string(),
                 "must be at most 3600 (acknowledgements are kept one hour)",
+            ));
+        }
+        if self.settings.backup_upload_timeout >= actors::backup::ORPHAN_AGE {
+            return Err(invalid(
+                "BACKUP_UPLOAD_TIMEOUT_SECS",
+                self.settings.backup_upload_timeout.as_secs().to_string(),
+                "must be under 3600 (unfinished uploads older than an hour are cleaned up)",
             ));
         }
         if self.ws.client_timeout <= self.ws.heartbeat {
@@ -475,6 +485,8 @@ mod tests {
             ("MONGODB_URI", "postgres://localhost"),
             ("STORAGE_TIMEOUT_SECS", "0"),
             ("SIGNAL_TTL_SECS", "3601"),
+            ("BACKUP_UPLOAD_TIMEOUT_SECS", "3600"),
+            ("BACKUP_MAX_CONCURRENT", "0"),
         ] {
             let err = from(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(var), "{var}: {err}");

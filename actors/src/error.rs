@@ -85,6 +85,12 @@ pub enum BackupError {
     /// The upload stream broke off (the client went away); nothing was kept.
     #[error("the upload was interrupted")]
     Interrupted,
+    /// The client sent nothing for the idle timeout, or the upload ran past its deadline.
+    #[error("the upload was too slow and was dropped")]
+    TooSlow,
+    /// Too many uploads are in progress; retry later.
+    #[error("too many uploads in progress; retry later")]
+    Busy,
     /// No such backup (or none yet) for this couple.
     #[error("no such backup")]
     NotFound,

@@ -8,7 +8,9 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, MessagingErr, RpcReplyPort, SpawnErr};
 use tokio::task::JoinHandle;
 
-use crate::backup::{BackupActor, BackupArgs, BackupMsg, Meter, ORPHAN_AGE, sweep_orphans};
+use crate::backup::{
+    BackupActor, BackupArgs, BackupMsg, Cut, Meter, ORPHAN_AGE, UploadLimits, sweep_orphans,
+};
 use crate::clock::{Clock, Timestamp};
 use crate::error::{BackupError, PairingError, RoomError};
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
@@ -155,7 +157,12 @@ impl Domain {
                 store: Arc::clone(&store),
                 blobs,
                 clock,
-                max_bytes: settings.backup_max_bytes,
+                limits: UploadLimits {
+                    max_bytes: settings.backup_max_bytes,
+                    idle: settings.backup_idle_timeout,
+                    total: settings.backup_upload_timeout,
+                },
+                uploads: Arc::new(tokio::sync::Semaphore::new(settings.backup_max_concurrent)),
                 timeout: settings.call_timeout,
             },
             rooms: Rooms {
@@ -419,7 +426,8 @@ pub struct Backups {
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     clock: Clock,
-    max_bytes: u64,
+    limits: UploadLimits,
+    uploads: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 }
 
@@ -436,7 +444,7 @@ impl Backups {
     /// The largest backup accepted.
     #[must_use]
     pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
+        self.limits.max_bytes
     }
 
     /// Streams `body` into storage and publishes it as the couple's latest backup. On any
@@ -449,23 +457,27 @@ impl Backups {
         info: UploadInfo,
         body: ByteStream,
     ) -> Result<BackupRecord, BackupError> {
+        let _slot = Arc::clone(&self.uploads)
+            .try_acquire_owned()
+            .map_err(|_| BackupError::Busy)?;
         let key = BlobKey {
             couple: couple.clone(),
             backup: BackupId::generate(),
         };
-        let (body, meter) = Meter::wrap(body, self.max_bytes);
+        let (body, meter) = Meter::wrap(body, self.limits);
         let written = self.blobs.put(&key, body).await;
         let measured = {
             let mut m = meter.lock().map_err(|_| BackupError::StorageUnavailable)?;
-            match written {
-                Ok(()) => m.finish(),
-                Err(_) if m.exceeded() => {
+            match (written, m.cut_off()) {
+                (Ok(()), _) => m.finish(),
+                (Err(_), Some(Cut::TooLarge)) => {
                     return Err(BackupError::TooLarge {
-                        limit: self.max_bytes,
+                        limit: self.limits.max_bytes,
                     });
                 }
-                Err(BlobError::Body(_)) => return Err(BackupError::Interrupted),
-                Err(BlobError::Store(e)) => return Err(e.into()),
+                (Err(_), Some(Cut::TooSlow)) => return Err(BackupError::TooSlow),
+                (Err(BlobError::Body(_)), None) => return Err(BackupError::Interrupted),
+                (Err(BlobError::Store(e)), None) => return Err(e.into()),
             }
         };
         let record = BackupRecord {

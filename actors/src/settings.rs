@@ -31,6 +31,14 @@ pub struct Settings {
     pub backup_max_bytes: u64,
     /// Backups kept per couple; older ones are deleted (3).
     pub backup_retention: usize,
+    /// Longest pause between two chunks of an upload before it is dropped (60 s).
+    pub backup_idle_timeout: Duration,
+    /// Longest upload (30 minutes); below the orphan sweep's age, so the sweep never takes
+    /// a live upload's parts.
+    pub backup_upload_timeout: Duration,
+    /// Uploads in progress at once; more get 503 (8). Bounds the memory and disk that
+    /// uploads in flight can hold.
+    pub backup_max_concurrent: usize,
 }
 
 impl Default for Settings {
@@ -51,6 +59,9 @@ impl Default for Settings {
             call_timeout: Duration::from_secs(5),
             backup_max_bytes: 100 * 1024 * 1024,
             backup_retention: 3,
+            backup_idle_timeout: Duration::from_mins(1),
+            backup_upload_timeout: Duration::from_mins(30),
+            backup_max_concurrent: 8,
         }
     }
 }

@@ -102,11 +102,12 @@ impl ApiError {
             | Self::Room(R::PayloadTooLarge { .. })
             | Self::Backup(B::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Backup(B::TooSlow) => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Room(R::MailboxFull) => StatusCode::TOO_MANY_REQUESTS,
             Self::Pairing(P::StorageUnavailable | P::Unavailable)
             | Self::Room(R::StorageUnavailable | R::Unavailable)
-            | Self::Backup(B::StorageUnavailable | B::Unavailable) => {
+            | Self::Backup(B::StorageUnavailable | B::Unavailable | B::Busy) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,6 +143,8 @@ impl ApiError {
             Self::Backup(B::TooLarge { .. }) => "backup_too_large",
             Self::Backup(B::ChecksumMismatch) => "checksum_mismatch",
             Self::Backup(B::Interrupted) => "upload_interrupted",
+            Self::Backup(B::TooSlow) => "upload_too_slow",
+            Self::Backup(B::Busy) => "uploads_busy",
             Self::Backup(B::NotFound) => "backup_not_found",
             Self::Pairing(P::StorageUnavailable)
             | Self::Room(R::StorageUnavailable)

@@ -209,6 +209,8 @@ impl MongoStore {
             .await?;
         self.op(self.acks().create_index(ttl("updatedAt", ACK_TTL)))
             .await?;
+        self.op(self.acks().create_index(keys(doc! { "coupleId": 1 })))
+            .await?;
         self.op(self
             .backups_coll()
             .create_index(keys(doc! { "coupleId": 1, "createdAt": -1 })))
@@ -349,7 +351,10 @@ impl Store for MongoStore {
         u64::try_from(epoch).map_err(corrupt)
     }
 
+    /// One upsert per signal (no transactions). If one fails, the ones already written are
+    /// deleted again (best effort), so a refused broadcast does not come back after a restart.
     async fn put_signals(&self, signals: &[StoredSignal]) -> Result<(), StoreError> {
+        let mut written = Vec::new();
         for s in signals {
             let doc = SignalDoc {
                 id: format!("{}/{}/{:020}", s.couple, s.to, s.seq.0),
@@ -362,11 +367,23 @@ impl Store for MongoStore {
                 created_at: dt(s.created_at),
                 expires_at: dt(s.expires_at),
             };
-            self.op(self
-                .signals()
-                .replace_one(doc! { "_id": &doc.id }, &doc)
-                .upsert(true))
-                .await?;
+            let put = self
+                .op(self
+                    .signals()
+                    .replace_one(doc! { "_id": &doc.id }, &doc)
+                    .upsert(true))
+                .await;
+            if let Err(e) = put {
+                if !written.is_empty() {
+                    let _ = self
+                        .op(self
+                            .signals()
+                            .delete_many(doc! { "_id": { "$in": written } }))
+                        .await;
+                }
+                return Err(e);
+            }
+            written.push(doc.id);
         }
         Ok(())
     }
@@ -521,6 +538,9 @@ impl GridFsBlobs {
             .options(IndexOptions::builder().unique(true).build())
             .build();
         blobs.op(blobs.chunks().create_index(index)).await?;
+        // The partial-upload sweep looks up first chunks (`n: 0`).
+        let first_chunks = IndexModel::builder().keys(doc! { "n": 1 }).build();
+        blobs.op(blobs.chunks().create_index(first_chunks)).await?;
         Ok(blobs)
     }
 

@@ -311,3 +311,74 @@ async fn a_100_mib_backup_round_trips() {
     assert_eq!(hex::encode(hasher.finalize()), sha);
     app.stop().await;
 }
+
+/// Opens an upload on a raw connection: the head and `sent` bytes of a body announced as
+/// `announced` bytes, then nothing more (the connection stays open).
+async fn stalled_upload(
+    app: &TestApp,
+    token: &str,
+    announced: usize,
+    sent: usize,
+) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {announced}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![1u8; sent]).await.unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_dropped_with_408_and_nothing_is_kept() {
+    let app = TestApp::spawn_with(|c| {
+        c.settings.backup_idle_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let couple = app.pair().await;
+    let mut tcp = stalled_upload(&app, &couple.a.token, 1 << 20, 1000).await;
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        crate::helpers::WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut response),
+    )
+    .await
+    .expect("the server answers and closes")
+    .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("upload_too_slow"), "{text}");
+    assert_eq!(app.stop_and_count_blobs().await, (0, 0));
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_concurrency_cap_get_503() {
+    if crate::helpers::Backend::from_env() != crate::helpers::Backend::Embedded {
+        return; // the wait below watches the embedded store's partial files
+    }
+    let app = TestApp::spawn_with(|c| c.settings.backup_max_concurrent = 1).await;
+    let couple = app.pair().await;
+    let first = stalled_upload(&app, &couple.a.token, 1 << 20, 1 << 19).await;
+    // Wait (bounded) until the first upload holds the only slot: its bytes reach the disk.
+    let partial = app.data_dir().join("blobs/.partial");
+    let deadline = std::time::Instant::now() + crate::helpers::WAIT;
+    while !std::fs::read_dir(&partial)
+        .unwrap()
+        .flatten()
+        .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first upload never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_error(
+        app.upload(&couple.b, b"second".to_vec(), &[]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "uploads_busy",
+    )
+    .await;
+    drop(first); // the client gives up; the slot and the partial file are released
+    assert_eq!(app.stop_and_count_blobs().await, (0, 0));
+}

@@ -39,7 +39,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 #[derive(Debug, Clone)]
@@ -175,7 +175,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             stop: Some(stop),
             server: Some(server),
-            _data: data,
+            data,
         }
     }
 
@@ -207,6 +207,10 @@ impl TestApp {
                 .expect("server stops in time")
                 .expect("server task ends cleanly");
         }
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     pub fn url(&self, path: &str) -> String {
