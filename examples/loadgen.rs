@@ -1,0 +1,1731 @@
+//! Load generator for a running Our Memories server.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- [flags]
+//! ```
+//!
+//! It talks only to a server on the loopback interface (`127.0.0.1`, `localhost` or `::1`),
+//! runs four bounded phases, prints a plain-text table and then one JSON line with every
+//! figure (the last line of stdout, for scripts: `... | tail -n 1 | jq .`), and stops by
+//! itself. Warnings and the error samples go to stderr. The exit status is 1 if any error was
+//! counted (failed pairing, refused join, lost signal, unexpected disconnect...), else 0.
+//!
+//! # Phases
+//!
+//! 1. **Pairing**: pairs `--couples` couples (`POST /api/pair/initiate` as device `a`, then
+//!    `POST /api/pair/confirm` as device `b`), `--concurrency` at a time. Reports pairings/s.
+//! 2. **Join**: opens a WebSocket (`GET /ws`, `TCP_NODELAY`, 4 KiB read buffer, unbuffered
+//!    writes) for both devices of every couple and sends `join-couple`, `--concurrency` at a
+//!    time. The join latency of one socket runs from the TCP connect to the `joined` frame.
+//!    Reports joins/s and the p50/p99 join latency.
+//! 3. **Relay**: in every couple at once, `a` sends `--messages` `webrtc-signal`s to `b`, each
+//!    with the payload `{"n":<index>,"t":<ns since a shared start>,"pad":"xxx..."}`. `b`
+//!    measures the latency on receipt, checks the order, and acknowledges (`ack`) every
+//!    `--ack-every` signals and at the end. At most `--window` signals per couple are in flight
+//!    (sent by `a`, not yet received by `b`), so with the acknowledgement lag a mailbox holds
+//!    at most `--window + --ack-every` signals and never reaches its bound (256 signals,
+//!    1 MiB by default). Reports messages/s (all couples together) and the latency
+//!    p50/p90/p99/max in microseconds.
+//! 4. **Idle**: pairs `ceil(--idle / 2)` more couples, opens `--idle` more sockets (both
+//!    devices of those couples) and joins them, then holds every socket open for
+//!    `--hold-secs` while reading it, so the client answers the server's pings. With
+//!    `--server-pid`, reads the server's `VmRSS` from `/proc/<pid>/status` before opening them
+//!    and once all have joined, and reports KiB per idle connection. At the end of the hold
+//!    it reports how many sockets (relay and idle) are still open. The KiB figure is the
+//!    growth of the server's RSS, so it is only meaningful on a server that has not held more
+//!    sockets before: memory freed by earlier sockets stays with the allocator and is reused,
+//!    and a repeated run on the same server shows a much smaller growth.
+//!
+//! All sockets are kept open and read from the moment they join until the end of the run
+//! (the server closes a socket that answers no ping for 8 s), then closed.
+//!
+//! # Flags
+//!
+//! | flag | default | meaning |
+//! |------|---------|---------|
+//! | `--url URL` | `http://127.0.0.1:3000` | server base URL; loopback hosts only, `http` only |
+//! | `--couples N` | 100 | couples paired and used for the relay |
+//! | `--concurrency C` | 32 | pairings / connection setups in flight at once |
+//! | `--messages M` | 200 | signals sent from `a` to `b` in each couple |
+//! | `--payload-bytes P` | 200 | length of the `pad` string in each payload |
+//! | `--window W` | 16 | signals in flight per couple |
+//! | `--ack-every E` | 32 | `b` acknowledges every E signals |
+//! | `--idle K` | 1000 | extra idle sockets (0 skips phase 4) |
+//! | `--hold-secs S` | 10 | how long the idle phase holds every socket (0 = no hold) |
+//! | `--timeout-secs T` | 60 | the relay phase gives up waiting after T seconds |
+//! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` |
+//! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` |
+//! | `-h`, `--help` | | print this usage |
+//!
+//! Flags take their value as the next argument or after `=` (`--couples=500`).
+//!
+//! # File descriptors
+//!
+//! The run needs `2 * (couples + ceil(idle / 2))` sockets in this process and as many in
+//! the server, and the default Linux soft limit of 1024 open files is too low for the
+//! defaults (about 1200). Raise it in the shell that starts each process, e.g.
+//! `ulimit -n 65536` (at most the hard limit, `ulimit -Hn`), before starting the server and
+//! before running the load generator.
+//! The load generator warns when its own limit (or the server's, with `--server-pid`) looks
+//! too low; failed connections are counted and reported, never a panic.
+//!
+//! # Example
+//!
+//! ```text
+//! ulimit -n 65536
+//! DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
+//! cargo run --release --example loadgen -- --server-pid $SERVER
+//! cargo run --release --example loadgen -- --couples 500 --idle 4000 --server-pid $SERVER
+//! kill -INT $SERVER
+//! ```
+//!
+//! The load generator and the server share the machine's cores, so the figures measure the
+//! pair of them; run it on an otherwise idle machine and say how many cores it had.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The server's default mailbox bound, in signals.
+const MAILBOX_SIGNALS: usize = 256;
+/// The server's default mailbox bound, in bytes.
+const MAILBOX_BYTES: usize = 1024 * 1024;
+/// Longest wait for one connection: TCP connect, handshake and `joined`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one HTTP request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for every socket task to close at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a receiver that has nothing to read rechecks whether it is done.
+const RECHECK: Duration = Duration::from_millis(100);
+/// Pause between the last join of the idle phase and the memory reading.
+const SETTLE: Duration = Duration::from_secs(1);
+/// Distinct error samples printed per phase.
+const SAMPLES: usize = 5;
+
+const USAGE: &str = "\
+usage: cargo run --release --example loadgen -- [flags]
+
+  --url URL            server base URL, loopback only   (default http://127.0.0.1:3000)
+  --couples N          couples paired and relayed       (default 100)
+  --concurrency C      pairings / joins in flight       (default 32)
+  --messages M         signals a -> b per couple        (default 200)
+  --payload-bytes P    filler bytes in each payload     (default 200)
+  --window W           signals in flight per couple     (default 16)
+  --ack-every E        b acknowledges every E signals   (default 32)
+  --idle K             extra idle WebSockets, 0 = skip  (default 1000)
+  --hold-secs S        hold all sockets open S seconds  (default 10)
+  --timeout-secs T     relay phase gives up after T s   (default 60)
+  --ids                give each signal an id (the server then answers `accepted`)
+  --server-pid PID     read the server's VmRSS from /proc/PID/status
+  -h, --help           this text
+
+Needs about 2 * (couples + idle/2) open files in this process and in the server:
+run `ulimit -n 65536` in the shells that start both.
+The last line of stdout is one JSON object with every figure.";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Args {
+    url: String,
+    couples: usize,
+    concurrency: usize,
+    messages: usize,
+    payload_bytes: usize,
+    window: usize,
+    ack_every: usize,
+    idle: usize,
+    hold: Duration,
+    timeout: Duration,
+    ids: bool,
+    server_pid: Option<u32>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:3000".to_owned(),
+            couples: 100,
+            concurrency: 32,
+            messages: 200,
+            payload_bytes: 200,
+            window: 16,
+            ack_every: 32,
+            idle: 1000,
+            hold: Duration::from_secs(10),
+            timeout: Duration::from_mins(1),
+            ids: false,
+            server_pid: None,
+        }
+    }
+}
+
+/// What the command line asked for.
+enum Command {
+    Run(Args),
+    Help,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: expected a non-negative integer, got {value:?}"))
+}
+
+fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut args = Args::default();
+    let mut it = cli.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(Command::Help);
+        }
+        if arg == "--ids" {
+            args.ids = true;
+            continue;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+            None => (arg.clone(), None),
+        };
+        if !flag.starts_with("--") {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
+        };
+        match flag.as_str() {
+            "--url" => args.url = value,
+            "--couples" => args.couples = number(&flag, &value)?,
+            "--concurrency" => args.concurrency = number(&flag, &value)?,
+            "--messages" => args.messages = number(&flag, &value)?,
+            "--payload-bytes" => args.payload_bytes = number(&flag, &value)?,
+            "--window" => args.window = number(&flag, &value)?,
+            "--ack-every" => args.ack_every = number(&flag, &value)?,
+            "--idle" => args.idle = number(&flag, &value)?,
+            "--hold-secs" => args.hold = Duration::from_secs(number(&flag, &value)?),
+            "--timeout-secs" => args.timeout = Duration::from_secs(number(&flag, &value)?),
+            "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    for (name, v) in [
+        ("--concurrency", args.concurrency),
+        ("--window", args.window),
+        ("--ack-every", args.ack_every),
+    ] {
+        if v == 0 {
+            return Err(format!("{name} must be at least 1"));
+        }
+    }
+    if args.timeout.is_zero() {
+        return Err("--timeout-secs must be at least 1".to_owned());
+    }
+    Ok(Command::Run(args))
+}
+
+/// Where the server is. Only loopback addresses are accepted.
+#[derive(Debug)]
+struct Target {
+    /// `http://host:port`, no trailing slash.
+    base: String,
+    /// `ws://host:port/ws`.
+    ws_url: String,
+    /// Host for `TcpStream::connect` (no brackets).
+    host: String,
+    port: u16,
+}
+
+fn parse_target(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url {url:?}: must start with http:// (no TLS)"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("--url {url:?}: unclosed ["))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => number::<u16>("--url port", p)?,
+        None => 80,
+    };
+    if !matches!(host, "127.0.0.1" | "localhost" | "::1") {
+        return Err(format!(
+            "--url {url:?}: only loopback servers (127.0.0.1, localhost, [::1]) may be loaded"
+        ));
+    }
+    let shown = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(Target {
+        base: format!("http://{shown}"),
+        ws_url: format!("ws://{shown}/ws"),
+        host: host.to_owned(),
+        port,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers: error counts, percentiles, /proc
+// ---------------------------------------------------------------------------------------------
+
+/// Errors by kind, with a count each.
+#[derive(Debug, Default)]
+struct Errors(BTreeMap<String, u64>);
+
+impl Errors {
+    fn add(&mut self, kind: impl Into<String>) {
+        *self.0.entry(kind.into()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Errors) {
+        for (k, n) in other.0 {
+            *self.0.entry(k).or_default() += n;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    fn to_json(&self) -> Value {
+        json!(self.0)
+    }
+
+    /// Prints the most frequent kinds to stderr.
+    fn report(&self, phase: &str) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut kinds: Vec<_> = self.0.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1));
+        for (kind, n) in kinds.into_iter().take(SAMPLES) {
+            eprintln!("  {phase} error x{n}: {kind}");
+        }
+    }
+}
+
+/// u64 to f64 for reporting; counts and nanoseconds here stay far below 2^53.
+#[allow(clippy::cast_precision_loss)]
+fn float(x: u64) -> f64 {
+    x as f64
+}
+
+fn count(x: usize) -> u64 {
+    u64::try_from(x).unwrap_or(u64::MAX)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 { float(n) / secs } else { 0.0 }
+}
+
+/// Nearest-rank percentiles of a sample, in nanoseconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Percentiles {
+    n: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+    mean: u64,
+}
+
+impl Percentiles {
+    fn of(mut sample: Vec<u64>) -> Self {
+        if sample.is_empty() {
+            return Self::default();
+        }
+        sample.sort_unstable();
+        let n = sample.len();
+        let rank = |p: usize| {
+            // nearest rank: ceil(p% of n), 1-based
+            let r = (p * n).div_ceil(100).max(1);
+            sample[r - 1]
+        };
+        let sum: u128 = sample.iter().map(|&x| u128::from(x)).sum();
+        Self {
+            n: count(n),
+            p50: rank(50),
+            p90: rank(90),
+            p99: rank(99),
+            max: sample[n - 1],
+            mean: u64::try_from(sum / u128::from(count(n))).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn micros_json(&self) -> Value {
+        json!({
+            "n": self.n,
+            "p50": self.p50 / 1_000,
+            "p90": self.p90 / 1_000,
+            "p99": self.p99 / 1_000,
+            "max": self.max / 1_000,
+            "mean": self.mean / 1_000,
+        })
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The soft limit on open files of a process (`self` or a pid), if readable.
+fn open_files_limit(pid: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+fn check_fd_limits(args: &Args) {
+    let sockets = count(2 * (args.couples + args.idle.div_ceil(2)));
+    let need = sockets + count(args.concurrency) + 64;
+    let check = |who: &str, pid: &str| {
+        if let Some(limit) = open_files_limit(pid)
+            && limit < need
+        {
+            eprintln!(
+                "warning: {who} may open {sockets} sockets but its open-files limit is {limit}; \
+                 connections beyond it will fail (run `ulimit -n 65536` before starting it)"
+            );
+        }
+    };
+    check("this process", "self");
+    if let Some(pid) = args.server_pid {
+        check("the server", &pid.to_string());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 1: pairing
+// ---------------------------------------------------------------------------------------------
+
+/// A paired couple and both device tokens.
+#[derive(Debug)]
+struct Couple {
+    id: String,
+    token_a: String,
+    token_b: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Initiated {
+    couple_id: String,
+    pairing_token: String,
+    device_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Confirmed {
+    device_token: String,
+}
+
+fn http_error(step: &str, e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connect failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_decode() {
+        "bad response body"
+    } else {
+        "request failed"
+    };
+    format!("{step}: {kind}")
+}
+
+async fn pair_one(client: &reqwest::Client, base: &str) -> Result<Couple, String> {
+    let resp = client
+        .post(format!("{base}/api/pair/initiate"))
+        .json(&json!({ "deviceId": "a" }))
+        .send()
+        .await
+        .map_err(|e| http_error("initiate", &e))?;
+    if resp.status() != reqwest::StatusCode::CREATED {
+        return Err(format!("initiate: HTTP {}", resp.status()));
+    }
+    let started: Initiated = resp.json().await.map_err(|e| http_error("initiate", &e))?;
+    let resp = client
+        .post(format!("{base}/api/pair/confirm"))
+        .json(&json!({
+            "coupleId": started.couple_id,
+            "pairingToken": started.pairing_token,
+            "deviceId": "b",
+        }))
+        .send()
+        .await
+        .map_err(|e| http_error("confirm", &e))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(format!("confirm: HTTP {}", resp.status()));
+    }
+    let done: Confirmed = resp.json().await.map_err(|e| http_error("confirm", &e))?;
+    Ok(Couple {
+        id: started.couple_id,
+        token_a: started.device_token,
+        token_b: done.device_token,
+    })
+}
+
+struct PairPhase {
+    couples: Vec<Couple>,
+    attempted: usize,
+    elapsed: Duration,
+    errors: Errors,
+}
+
+impl PairPhase {
+    fn rate(&self) -> f64 {
+        per_sec(count(self.couples.len()), self.elapsed)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "attempted": self.attempted,
+            "paired": self.couples.len(),
+            "elapsed_ms": self.elapsed.as_millis(),
+            "pairings_per_sec": round1(self.rate()),
+            "errors": self.errors.to_json(),
+        })
+    }
+}
+
+/// Pairs `n` couples with `concurrency` workers.
+async fn pair_many(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> PairPhase {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(n) {
+        let (client, base, next) = (client.clone(), base.to_owned(), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut done = Vec::new();
+            let mut errors = Errors::default();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                match pair_one(&client, &base).await {
+                    Ok(c) => done.push(c),
+                    Err(e) => errors.add(e),
+                }
+            }
+            (done, errors)
+        });
+    }
+    let mut phase = PairPhase {
+        couples: Vec::with_capacity(n),
+        attempted: n,
+        elapsed: Duration::ZERO,
+        errors: Errors::default(),
+    };
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok((done, errors)) => {
+                phase.couples.extend(done);
+                phase.errors.merge(errors);
+            }
+            Err(e) => phase.errors.add(format!("pairing worker died: {e}")),
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2 (and 4): connect and join
+// ---------------------------------------------------------------------------------------------
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dev {
+    A,
+    B,
+}
+
+impl Dev {
+    fn name(self) -> &'static str {
+        match self {
+            Dev::A => "a",
+            Dev::B => "b",
+        }
+    }
+}
+
+/// Any frame the server sends, reduced to the fields the load generator reads.
+#[derive(Deserialize)]
+struct ServerFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    seq: Option<u64>,
+    payload: Option<Probe>,
+    code: Option<String>,
+}
+
+/// The payload the load generator sends (`pad` is skipped when reading).
+#[derive(Deserialize)]
+struct Probe {
+    n: u64,
+    t: u64,
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: thousands of sockets in one process, little data on each.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Text of a close frame, or of the end of the stream, for error reports.
+fn end_reason(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> String {
+    match msg {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            format!(
+                "closed by server: {} {}",
+                u16::from(frame.code),
+                frame.reason
+            )
+        }
+        Some(Ok(Message::Close(None))) => "closed by server (no code)".to_owned(),
+        Some(Err(e)) => format!("socket error: {e}"),
+        None => "connection ended without close".to_owned(),
+        Some(Ok(other)) => format!("unexpected frame: {other:?}"),
+    }
+}
+
+/// TCP connect, WebSocket handshake, `join-couple`, wait for `joined`.
+async fn connect_join(target: &Target, couple: &Couple, dev: Dev) -> Result<Ws, String> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("tcp connect: {e}"))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+    let (mut ws, _response) =
+        tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(ws_config()))
+            .await
+            .map_err(|e| format!("websocket handshake: {e}"))?;
+    let token = match dev {
+        Dev::A => &couple.token_a,
+        Dev::B => &couple.token_b,
+    };
+    let join = json!({
+        "type": "join-couple",
+        "coupleId": couple.id,
+        "deviceId": dev.name(),
+        "token": token,
+    });
+    ws.send(Message::text(join.to_string()))
+        .await
+        .map_err(|e| format!("send join-couple: {e}"))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let frame: ServerFrame = serde_json::from_str(text.as_str())
+                    .map_err(|e| format!("unparsable frame before joined: {e}"))?;
+                match frame.kind.as_str() {
+                    "joined" => return Ok(ws),
+                    "error" => {
+                        return Err(format!("join refused: {}", frame.code.unwrap_or_default()));
+                    }
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            other => return Err(format!("before joined: {}", end_reason(other))),
+        }
+    }
+}
+
+struct JoinPhase<T> {
+    /// What `on_joined` returned for each joined socket.
+    joined: Vec<(usize, Dev, T)>,
+    attempted: usize,
+    latencies_ns: Vec<u64>,
+    elapsed: Duration,
+    errors: Errors,
+}
+
+impl<T> JoinPhase<T> {
+    fn rate(&self) -> f64 {
+        per_sec(count(self.joined.len()), self.elapsed)
+    }
+
+    fn to_json(&self) -> Value {
+        let p = Percentiles::of(self.latencies_ns.clone());
+        json!({
+            "attempted": self.attempted,
+            "joined": self.joined.len(),
+            "elapsed_ms": self.elapsed.as_millis(),
+            "joins_per_sec": round1(self.rate()),
+            "latency_us": p.micros_json(),
+            "errors": self.errors.to_json(),
+        })
+    }
+}
+
+/// Connects and joins both devices of every couple, `concurrency` at a time. Each joined socket
+/// is handed at once to `on_joined` (which spawns the task that keeps reading it).
+async fn join_all<T, F>(
+    target: &Arc<Target>,
+    couples: &Arc<Vec<Couple>>,
+    sockets: usize,
+    concurrency: usize,
+    on_joined: F,
+) -> JoinPhase<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, Dev, Ws) -> T + Send + Sync + 'static,
+{
+    let sockets = sockets.min(2 * couples.len());
+    let next = Arc::new(AtomicUsize::new(0));
+    let on_joined = Arc::new(on_joined);
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(sockets) {
+        let (target, couples) = (Arc::clone(target), Arc::clone(couples));
+        let (next, on_joined) = (Arc::clone(&next), Arc::clone(&on_joined));
+        workers.spawn(async move {
+            let mut joined = Vec::new();
+            let mut latencies = Vec::new();
+            let mut errors = Errors::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= sockets {
+                    break;
+                }
+                let (c, dev) = (i / 2, if i % 2 == 0 { Dev::A } else { Dev::B });
+                let t0 = Instant::now();
+                match tokio::time::timeout(JOIN_TIMEOUT, connect_join(&target, &couples[c], dev))
+                    .await
+                {
+                    Ok(Ok(ws)) => {
+                        latencies.push(nanos(t0.elapsed()));
+                        joined.push((c, dev, on_joined(c, dev, ws)));
+                    }
+                    Ok(Err(e)) => errors.add(e),
+                    Err(_) => errors.add(format!("no joined within {JOIN_TIMEOUT:?}")),
+                }
+            }
+            (joined, latencies, errors)
+        });
+    }
+    let mut phase = JoinPhase {
+        joined: Vec::with_capacity(sockets),
+        attempted: sockets,
+        latencies_ns: Vec::with_capacity(sockets),
+        elapsed: Duration::ZERO,
+        errors: Errors::default(),
+    };
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok((joined, latencies, errors)) => {
+                phase.joined.extend(joined);
+                phase.latencies_ns.extend(latencies);
+                phase.errors.merge(errors);
+            }
+            Err(e) => phase.errors.add(format!("join worker died: {e}")),
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket tasks: hold, relay
+// ---------------------------------------------------------------------------------------------
+
+/// Reads (so pings are answered) and discards frames until `signal` holds a value accepted
+/// by `until`. `Err` if the socket ends first. Only for sockets that expect nothing useful
+/// meanwhile: `b` never waits here (see [`relay_socket`]).
+async fn read_until<V>(
+    ws: &mut Ws,
+    signal: &mut watch::Receiver<V>,
+    until: impl FnMut(&V) -> bool,
+) -> Result<(), String> {
+    let wait = signal.wait_for(until);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            // The sender lives until the end of the run; if it is gone, stop too.
+            _ = &mut wait => return Ok(()),
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)
+                    | Message::Pong(_) | Message::Frame(_))) => {}
+                other => return Err(end_reason(other)),
+            },
+        }
+    }
+}
+
+/// Holds a socket open, reading it, until `stop`; then closes it. `Some(reason)` if the
+/// socket ended before.
+async fn hold(mut ws: Ws, stop: &mut watch::Receiver<bool>) -> Option<String> {
+    match read_until(&mut ws, stop, |s| *s).await {
+        Ok(()) => {
+            let _ = ws.close(None).await;
+            None
+        }
+        Err(reason) => Some(reason),
+    }
+}
+
+/// Sockets still open (joined and not ended unexpectedly).
+#[derive(Debug, Default)]
+struct Alive {
+    relay: AtomicU64,
+    idle: AtomicU64,
+}
+
+/// What the two sockets of one couple share during the relay.
+#[derive(Debug)]
+struct CoupleShared {
+    /// Permits for signals in flight: `a` takes one per send, `b` returns one per receipt.
+    window: Semaphore,
+    /// Signals `b` should not wait for: refused by the server, or never sent.
+    not_coming: AtomicU64,
+    /// Both devices joined; only such couples take part in the relay.
+    active: AtomicBool,
+    /// `b` has stopped receiving: `a` stops watching for refusals.
+    receiver_done: Notify,
+}
+
+/// Relay settings shared by every socket task.
+#[derive(Debug)]
+struct RelayOpts {
+    messages: u64,
+    ack_every: u64,
+    /// Give every signal an `id`, so the server answers `accepted`.
+    ids: bool,
+    pad: String,
+    /// Payload timestamps are nanoseconds since this instant.
+    epoch: Instant,
+}
+
+/// What one relay socket did.
+#[derive(Debug)]
+enum Report {
+    /// The couple was incomplete (a device failed to join).
+    Skipped,
+    /// `a`'s socket ended before the relay started.
+    Lost,
+    Sender {
+        sent: u64,
+        accepted: u64,
+        refused: Errors,
+    },
+    Receiver(Tally),
+}
+
+/// What device `b` saw.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_ns: Vec<u64>,
+    /// Distinct signals, in order or not.
+    received: u64,
+    /// Times a signal arrived while earlier ones were still missing.
+    out_of_order: u64,
+    duplicates: u64,
+    acks: u64,
+    last_seq: Option<u64>,
+    acked_seq: Option<u64>,
+    last_receipt: Option<Instant>,
+    timed_out: bool,
+    /// Where signals were missing, and what the seq did across the hole.
+    gaps: Errors,
+    other_errors: Errors,
+    /// The `n` expected next.
+    next_n: u64,
+}
+
+impl Tally {
+    /// Records one signal received at `now_ns`.
+    fn on_signal(&mut self, probe: &Probe, seq: u64, now_ns: u64) {
+        self.last_receipt = Some(Instant::now());
+        self.latencies_ns.push(now_ns.saturating_sub(probe.t));
+        if probe.n < self.next_n {
+            self.duplicates += 1;
+        } else {
+            if probe.n > self.next_n {
+                // Did the server give the missing signals a seq? If the seq moved by one,
+                // they never reached the mailbox. (The low 24 bits of a seq count the
+                // room's signals.)
+                self.out_of_order += 1;
+                let skipped = probe.n - self.next_n;
+                self.gaps.add(match self.last_seq {
+                    Some(l) => format!(
+                        "{skipped} signal(s) skipped mid-stream, seq advanced by {}",
+                        seq.wrapping_sub(l)
+                    ),
+                    None => format!(
+                        "first {skipped} signal(s) never arrived (first seq counter {})",
+                        seq & 0xff_ffff
+                    ),
+                });
+            }
+            self.next_n = probe.n + 1;
+            self.received += 1;
+        }
+        self.last_seq = Some(seq);
+    }
+
+    /// Acknowledges everything received so far.
+    async fn ack(&mut self, ws: &mut Ws) -> Result<(), String> {
+        let Some(seq) = self.last_seq else {
+            return Ok(());
+        };
+        let ack = format!(r#"{{"type":"ack","seq":{seq}}}"#);
+        ws.send(Message::text(ack))
+            .await
+            .map_err(|e| format!("send ack: {e}"))?;
+        self.acked_seq = Some(seq);
+        self.acks += 1;
+        Ok(())
+    }
+}
+
+/// Everything one relay socket task needs.
+struct RelayCtx {
+    shared: Arc<CoupleShared>,
+    opts: Arc<RelayOpts>,
+    /// `Some(deadline)` once the relay starts.
+    go: watch::Receiver<Option<Instant>>,
+    stop: watch::Receiver<bool>,
+    report: oneshot::Sender<Report>,
+    alive: Arc<Alive>,
+}
+
+/// One relay socket, from its join to the end of the run.
+async fn relay_socket(mut ws: Ws, dev: Dev, mut ctx: RelayCtx) -> Option<String> {
+    ctx.alive.relay.fetch_add(1, Ordering::Relaxed);
+    let (report, ended) = match dev {
+        // `b` handles signals from the moment it joined. Waiting for "go" first and dropping
+        // what arrives meanwhile would race with `a`'s first signals: `a` may see "go", send,
+        // and the server relay, before `b`'s task has seen "go" (observed: 12 signals lost).
+        Dev::B => receive_side(&mut ws, &ctx.shared, &ctx.opts, &ctx.go).await,
+        Dev::A => match read_until(&mut ws, &mut ctx.go, Option::is_some).await {
+            Err(reason) => {
+                ctx.shared
+                    .not_coming
+                    .fetch_add(ctx.opts.messages, Ordering::Relaxed);
+                (Report::Lost, Some(reason))
+            }
+            Ok(()) if !ctx.shared.active.load(Ordering::Relaxed) => (Report::Skipped, None),
+            Ok(()) => {
+                // A dropped go channel also ends the wait; the deadline then is "now".
+                let deadline = ctx.go.borrow().unwrap_or_else(Instant::now);
+                send_side(&mut ws, &ctx.shared, &ctx.opts, deadline).await
+            }
+        },
+    };
+    let _ = ctx.report.send(report);
+    let reason = match ended {
+        Some(reason) => Some(reason),
+        None => hold(ws, &mut ctx.stop).await,
+    };
+    if reason.is_some() {
+        ctx.alive.relay.fetch_sub(1, Ordering::Relaxed);
+    }
+    reason
+}
+
+/// Device `a`: sends `messages` signals to `b`, never more than the window in flight, then
+/// keeps reading its socket (for `accepted` and refusals) until `b` is done.
+async fn send_side(
+    ws: &mut Ws,
+    shared: &CoupleShared,
+    opts: &RelayOpts,
+    deadline: Instant,
+) -> (Report, Option<String>) {
+    let (mut sent, mut accepted) = (0u64, 0u64);
+    let mut refused = Errors::default();
+    let mut ended = None;
+    let timeout = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(timeout);
+    let receiver_done = shared.receiver_done.notified();
+    tokio::pin!(receiver_done);
+    let mut b_done = false;
+    loop {
+        let sending = sent < opts.messages;
+        // Once b is done, wait only for the answers still due (with ids: one per signal).
+        if b_done && (!opts.ids || accepted + refused.total() >= sent) {
+            break;
+        }
+        tokio::select! {
+            permit = shared.window.acquire(), if sending => {
+                let Ok(permit) = permit else { break }; // b is gone
+                permit.forget();
+                let t = nanos(opts.epoch.elapsed());
+                let id = if opts.ids { format!(r#","id":"s{sent}""#) } else { String::new() };
+                let text = format!(
+                    r#"{{"type":"webrtc-signal","to":"b"{id},"payload":{{"n":{sent},"t":{t},"pad":"{}"}}}}"#,
+                    opts.pad
+                );
+                if let Err(e) = ws.send(Message::text(text)).await {
+                    ended = Some(format!("send webrtc-signal: {e}"));
+                    break;
+                }
+                sent += 1;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                        Ok(f) if f.kind == "accepted" => accepted += 1,
+                        Ok(f) if f.kind == "error" => {
+                            // A refused signal never reaches b: free its window slot.
+                            refused.add(f.code.unwrap_or_default());
+                            shared.not_coming.fetch_add(1, Ordering::Relaxed);
+                            shared.window.add_permits(1);
+                        }
+                        Ok(_) => {}
+                        Err(e) => refused.add(format!("unparsable frame: {e}")),
+                    }
+                }
+                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)
+                    | Message::Frame(_))) => {}
+                other => {
+                    ended = Some(end_reason(other));
+                    break;
+                }
+            },
+            () = &mut receiver_done, if !b_done => b_done = true,
+            () = &mut timeout => break,
+        }
+    }
+    shared
+        .not_coming
+        .fetch_add(opts.messages - sent, Ordering::Relaxed);
+    (
+        Report::Sender {
+            sent,
+            accepted,
+            refused,
+        },
+        ended,
+    )
+}
+
+/// Device `b`: receives until every signal arrived or will not come, or the deadline (set
+/// with "go"). Starts as soon as `b` joined; an incomplete couple is released by `run`, which
+/// marks all its signals as not coming.
+async fn receive_side(
+    ws: &mut Ws,
+    shared: &CoupleShared,
+    opts: &RelayOpts,
+    go: &watch::Receiver<Option<Instant>>,
+) -> (Report, Option<String>) {
+    let mut tally = Tally {
+        latencies_ns: Vec::with_capacity(usize::try_from(opts.messages).unwrap_or(0)),
+        ..Tally::default()
+    };
+    let mut ended = None;
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while tally.received + shared.not_coming.load(Ordering::Relaxed) < opts.messages {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let now = nanos(opts.epoch.elapsed());
+                    let frame = match serde_json::from_str::<ServerFrame>(text.as_str()) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tally.other_errors.add(format!("unparsable frame: {e}"));
+                            continue;
+                        }
+                    };
+                    match (frame.kind.as_str(), frame.payload, frame.seq) {
+                        ("webrtc-signal", Some(probe), Some(seq)) => {
+                            tally.on_signal(&probe, seq, now);
+                            shared.window.add_permits(1);
+                            if tally.received.is_multiple_of(opts.ack_every)
+                                && let Err(e) = tally.ack(ws).await
+                            {
+                                ended = Some(e);
+                                break;
+                            }
+                        }
+                        ("error", _, _) => tally.other_errors.add(frame.code.unwrap_or_default()),
+                        ("webrtc-signal", _, _) => {
+                            tally.other_errors.add("signal without probe/seq");
+                        }
+                        _ => {} // peer-joined, peer-left
+                    }
+                }
+                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)
+                    | Message::Frame(_))) => {}
+                other => {
+                    ended = Some(end_reason(other));
+                    break;
+                }
+            },
+            _ = recheck.tick() => {
+                let deadline = *go.borrow();
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    tally.timed_out = true;
+                    break;
+                }
+            }
+        }
+    }
+    // Free a sender still waiting on the window (timeout, disconnect).
+    shared.window.close();
+    shared.receiver_done.notify_one();
+    if !shared.active.load(Ordering::Relaxed) && tally.received == 0 {
+        return (Report::Skipped, ended);
+    }
+    if ended.is_none()
+        && tally.acked_seq != tally.last_seq
+        && let Err(e) = tally.ack(ws).await
+    {
+        ended = Some(e);
+    }
+    (Report::Receiver(tally), ended)
+}
+
+/// One idle socket, from its join to the end of the run.
+async fn idle_socket(ws: Ws, mut stop: watch::Receiver<bool>, alive: Arc<Alive>) -> Option<String> {
+    alive.idle.fetch_add(1, Ordering::Relaxed);
+    let reason = hold(ws, &mut stop).await;
+    if reason.is_some() {
+        alive.idle.fetch_sub(1, Ordering::Relaxed);
+    }
+    reason
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 3 results
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct RelayPhase {
+    couples: usize,
+    expected: u64,
+    sent: u64,
+    accepted: u64,
+    received: u64,
+    out_of_order: u64,
+    duplicates: u64,
+    acks: u64,
+    timed_out: u64,
+    lost_before_start: u64,
+    elapsed: Duration,
+    latency: Percentiles,
+    /// Where `b` saw signals missing, by how far the seq moved across the hole.
+    gaps: Errors,
+    errors: Errors,
+}
+
+impl RelayPhase {
+    fn rate(&self) -> f64 {
+        per_sec(self.received, self.elapsed)
+    }
+
+    fn error_count(&self) -> u64 {
+        self.errors.total()
+            + self.expected.saturating_sub(self.received)
+            + self.out_of_order
+            + self.duplicates
+            + self.lost_before_start
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "couples": self.couples,
+            "expected": self.expected,
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "received": self.received,
+            "missing": self.expected.saturating_sub(self.received),
+            "out_of_order": self.out_of_order,
+            "duplicates": self.duplicates,
+            "acks": self.acks,
+            "receivers_timed_out": self.timed_out,
+            "sockets_lost_before_start": self.lost_before_start,
+            "gaps": self.gaps.to_json(),
+            "elapsed_ms": self.elapsed.as_millis(),
+            "msgs_per_sec": round1(self.rate()),
+            "latency_us": self.latency.micros_json(),
+            "errors": self.errors.to_json(),
+        })
+    }
+}
+
+async fn collect_relay(
+    reports: Vec<oneshot::Receiver<Report>>,
+    go_at: Instant,
+    active: usize,
+    messages: u64,
+) -> RelayPhase {
+    let mut phase = RelayPhase {
+        couples: active,
+        expected: count(active) * messages,
+        ..RelayPhase::default()
+    };
+    let mut latencies = Vec::with_capacity(usize::try_from(phase.expected).unwrap_or(0));
+    let mut finished = go_at;
+    for rx in reports {
+        match rx.await {
+            Ok(Report::Skipped) => {}
+            Ok(Report::Lost) => phase.lost_before_start += 1,
+            Ok(Report::Sender {
+                sent,
+                accepted,
+                refused,
+            }) => {
+                phase.sent += sent;
+                phase.accepted += accepted;
+                for (k, n) in refused.0 {
+                    *phase
+                        .errors
+                        .0
+                        .entry(format!("signal refused: {k}"))
+                        .or_default() += n;
+                }
+            }
+            Ok(Report::Receiver(t)) => {
+                latencies.extend(t.latencies_ns);
+                phase.received += t.received;
+                phase.out_of_order += t.out_of_order;
+                phase.duplicates += t.duplicates;
+                phase.acks += t.acks;
+                phase.timed_out += u64::from(t.timed_out);
+                if let Some(at) = t.last_receipt {
+                    finished = finished.max(at);
+                }
+                phase.gaps.merge(t.gaps);
+                phase.errors.merge(t.other_errors);
+            }
+            Err(_) => phase.errors.add("relay task died without a report"),
+        }
+    }
+    phase.elapsed = finished.saturating_duration_since(go_at);
+    phase.latency = Percentiles::of(latencies);
+    phase
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.2} ms", float(ns) / 1e6)
+}
+
+fn us(ns: u64) -> String {
+    format!("{} us", ns / 1_000)
+}
+
+/// A plain-text table: phase, metric, value.
+#[derive(Default)]
+struct Table(String);
+
+impl Table {
+    fn row(&mut self, phase: &str, metric: &str, value: impl std::fmt::Display) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "{phase:<10} {metric:<34} {value}");
+    }
+}
+
+fn join_rows<T>(table: &mut Table, phase: &str, j: &JoinPhase<T>) {
+    let p = Percentiles::of(j.latencies_ns.clone());
+    table.row(
+        phase,
+        "sockets joined / attempted",
+        format!(
+            "{} / {} ({} errors)",
+            j.joined.len(),
+            j.attempted,
+            j.errors.total()
+        ),
+    );
+    table.row(
+        phase,
+        "setup rate (connect+join)",
+        format!("{:.1} joins/s", j.rate()),
+    );
+    table.row(
+        phase,
+        "join latency p50 / p99",
+        format!("{} / {}", ms(p.p50), ms(p.p99)),
+    );
+    table.row(phase, "join latency max", ms(p.max));
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn warn_about_window(args: &Args) {
+    let in_mailbox = args.window + args.ack_every;
+    if in_mailbox > MAILBOX_SIGNALS {
+        eprintln!(
+            "warning: --window + --ack-every = {in_mailbox} exceeds the default mailbox bound of \
+             {MAILBOX_SIGNALS} signals; expect `mailbox_full` refusals"
+        );
+    }
+    // The server counts the payload: the pad plus under 64 bytes of `{"n":..,"t":..,"pad":""}`.
+    let bytes = in_mailbox * (args.payload_bytes + 64);
+    if bytes > MAILBOX_BYTES {
+        eprintln!(
+            "warning: (--window + --ack-every) * --payload-bytes is about {bytes} bytes, over the \
+             default mailbox bound of {MAILBOX_BYTES} bytes; expect `mailbox_full` refusals"
+        );
+    }
+}
+
+/// Runs every phase; returns the number of errors counted.
+#[allow(clippy::too_many_lines)] // one straight sequence of phases reads best in one place
+async fn run(args: Args) -> Result<u64, String> {
+    let target = Arc::new(parse_target(&args.url)?);
+    check_fd_limits(&args);
+    warn_about_window(&args);
+    let client = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let rss = || args.server_pid.and_then(rss_kib);
+    let run_started = Instant::now();
+    let mut table = Table::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let alive = Arc::new(Alive::default());
+    let rss_start = rss();
+
+    // Phase 1: pairing.
+    eprintln!("pairing {} couples...", args.couples);
+    let pair = pair_many(&client, &target.base, args.couples, args.concurrency).await;
+    pair.errors.report("pairing");
+    table.row(
+        "pairing",
+        "couples paired / attempted",
+        format!(
+            "{} / {} ({} errors)",
+            pair.couples.len(),
+            pair.attempted,
+            pair.errors.total()
+        ),
+    );
+    table.row("pairing", "rate", format!("{:.1} pairings/s", pair.rate()));
+    let pair_json = pair.to_json();
+    let couples = Arc::new(pair.couples);
+    let pair_errors = pair.errors.total();
+
+    // Phase 2: connect and join both devices; each socket task then waits for "go".
+    let shared: Arc<Vec<Arc<CoupleShared>>> = Arc::new(
+        (0..couples.len())
+            .map(|_| {
+                Arc::new(CoupleShared {
+                    window: Semaphore::new(args.window),
+                    not_coming: AtomicU64::new(0),
+                    active: AtomicBool::new(false),
+                    receiver_done: Notify::new(),
+                })
+            })
+            .collect(),
+    );
+    let opts = Arc::new(RelayOpts {
+        messages: count(args.messages),
+        ack_every: count(args.ack_every),
+        ids: args.ids,
+        pad: "x".repeat(args.payload_bytes),
+        epoch: Instant::now(),
+    });
+    let (go_tx, go_rx) = watch::channel(None::<Instant>);
+    eprintln!("joining {} sockets...", 2 * couples.len());
+    let join = {
+        let (shared, opts, stop_rx, alive) = (
+            Arc::clone(&shared),
+            Arc::clone(&opts),
+            stop_rx.clone(),
+            Arc::clone(&alive),
+        );
+        join_all(
+            &target,
+            &couples,
+            2 * couples.len(),
+            args.concurrency,
+            move |c, dev, ws| {
+                let (report, report_rx) = oneshot::channel();
+                let ctx = RelayCtx {
+                    shared: Arc::clone(&shared[c]),
+                    opts: Arc::clone(&opts),
+                    go: go_rx.clone(),
+                    stop: stop_rx.clone(),
+                    report,
+                    alive: Arc::clone(&alive),
+                };
+                (tokio::spawn(relay_socket(ws, dev, ctx)), report_rx)
+            },
+        )
+        .await
+    };
+    join.errors.report("join");
+    join_rows(&mut table, "join", &join);
+
+    // Phase 3: relay in every couple whose two devices joined.
+    let mut both = vec![0u8; couples.len()];
+    for (c, _, _) in &join.joined {
+        both[*c] += 1;
+    }
+    let mut active = 0;
+    for (c, n) in both.iter().enumerate() {
+        if *n == 2 {
+            shared[c].active.store(true, Ordering::Relaxed);
+            active += 1;
+        } else {
+            // Releases a `b` that joined without its `a`.
+            shared[c].not_coming.store(opts.messages, Ordering::Relaxed);
+        }
+    }
+    eprintln!(
+        "relaying {} signals in each of {active} couples...",
+        args.messages
+    );
+    let go_at = Instant::now();
+    // Receivers still on the air stop waiting at the deadline. Only the receivers listen, so
+    // a send error just means every socket task is gone already.
+    let _ = go_tx.send(Some(go_at + args.timeout));
+    let mut relay_tasks: Vec<JoinHandle<Option<String>>> = Vec::with_capacity(join.joined.len());
+    let mut reports = Vec::with_capacity(join.joined.len());
+    let join_json = join.to_json();
+    let join_errors = join.errors.total();
+    for (_, _, (task, report)) in join.joined {
+        relay_tasks.push(task);
+        reports.push(report);
+    }
+    let relay = collect_relay(reports, go_at, active, opts.messages).await;
+    relay.errors.report("relay");
+    relay.gaps.report("relay gap");
+    table.row(
+        "relay",
+        "signals received / expected",
+        format!(
+            "{} / {} ({} couples, {} sent)",
+            relay.received, relay.expected, relay.couples, relay.sent
+        ),
+    );
+    if args.ids {
+        table.row("relay", "accepted by the server", relay.accepted);
+    }
+    table.row(
+        "relay",
+        "missing / out of order / duplicate",
+        format!(
+            "{} / {} / {}",
+            relay.expected.saturating_sub(relay.received),
+            relay.out_of_order,
+            relay.duplicates
+        ),
+    );
+    table.row("relay", "throughput", format!("{:.1} msgs/s", relay.rate()));
+    table.row(
+        "relay",
+        "latency p50 / p90 / p99",
+        format!(
+            "{} / {} / {}",
+            us(relay.latency.p50),
+            us(relay.latency.p90),
+            us(relay.latency.p99)
+        ),
+    );
+    table.row(
+        "relay",
+        "latency max / mean",
+        format!("{} / {}", us(relay.latency.max), us(relay.latency.mean)),
+    );
+    let rss_after_relay = rss();
+
+    // Phase 4: idle sockets.
+    let mut idle_tasks: Vec<JoinHandle<Option<String>>> = Vec::new();
+    let mut idle_json = Value::Null;
+    let mut idle_errors = 0;
+    let (mut rss_before_idle, mut rss_idle_joined, mut rss_after_hold) = (None, None, None);
+    if args.idle > 0 {
+        let extra = args.idle.div_ceil(2);
+        eprintln!("pairing {extra} couples for idle sockets...");
+        let pair = pair_many(&client, &target.base, extra, args.concurrency).await;
+        pair.errors.report("idle pairing");
+        table.row(
+            "idle",
+            "couples paired / attempted",
+            format!(
+                "{} / {} ({} errors)",
+                pair.couples.len(),
+                pair.attempted,
+                pair.errors.total()
+            ),
+        );
+        table.row(
+            "idle",
+            "pairing rate",
+            format!("{:.1} pairings/s", pair.rate()),
+        );
+        let idle_pair_json = pair.to_json();
+        idle_errors += pair.errors.total();
+        let idle_couples = Arc::new(pair.couples);
+        rss_before_idle = rss();
+        eprintln!("joining {} idle sockets...", args.idle);
+        let join = {
+            let (stop_rx, alive) = (stop_rx.clone(), Arc::clone(&alive));
+            join_all(
+                &target,
+                &idle_couples,
+                args.idle,
+                args.concurrency,
+                move |_, _, ws| tokio::spawn(idle_socket(ws, stop_rx.clone(), Arc::clone(&alive))),
+            )
+            .await
+        };
+        join.errors.report("idle join");
+        join_rows(&mut table, "idle", &join);
+        idle_errors += join.errors.total();
+        tokio::time::sleep(SETTLE).await;
+        rss_idle_joined = rss();
+        let per_conn = match (rss_before_idle, rss_idle_joined) {
+            (Some(before), Some(after)) if !join.joined.is_empty() => {
+                let kib = float(after.saturating_sub(before)) / float(count(join.joined.len()));
+                table.row(
+                    "idle",
+                    "server RSS before / after join",
+                    format!("{before} KiB / {after} KiB"),
+                );
+                table.row(
+                    "idle",
+                    "server RSS per idle socket",
+                    format!("{kib:.1} KiB"),
+                );
+                Some(round1(kib))
+            }
+            _ => None,
+        };
+        if !args.hold.is_zero() {
+            eprintln!("holding every socket open for {:?}...", args.hold);
+            tokio::time::sleep(args.hold).await;
+        }
+        rss_after_hold = rss();
+        let (alive_relay, alive_idle) = (
+            alive.relay.load(Ordering::Relaxed),
+            alive.idle.load(Ordering::Relaxed),
+        );
+        table.row(
+            "idle",
+            &format!("open after {}s hold: relay / idle", args.hold.as_secs()),
+            format!(
+                "{alive_relay} / {} , {alive_idle} / {}",
+                relay_tasks.len(),
+                join.joined.len()
+            ),
+        );
+        if let Some(kib) = rss_after_hold {
+            table.row("idle", "server RSS after hold", format!("{kib} KiB"));
+        }
+        idle_json = json!({
+            "pairing": idle_pair_json,
+            "join": join.to_json(),
+            "server_rss_kib_before": rss_before_idle,
+            "server_rss_kib_joined": rss_idle_joined,
+            "server_rss_kib_after_hold": rss_after_hold,
+            "server_kib_per_idle_socket": per_conn,
+            "hold_secs": args.hold.as_secs(),
+            "open_after_hold": { "relay": alive_relay, "idle": alive_idle },
+        });
+        idle_tasks = join.joined.into_iter().map(|(_, _, task)| task).collect();
+    }
+
+    // Close everything and collect unexpected disconnects.
+    eprintln!(
+        "closing {} sockets...",
+        relay_tasks.len() + idle_tasks.len()
+    );
+    // Every socket task holds a receiver until it ends; a send error means all have ended.
+    let _ = stop_tx.send(true);
+    let mut disconnects = Errors::default();
+    let closing = async {
+        for (kind, tasks) in [("relay", relay_tasks), ("idle", idle_tasks)] {
+            for task in tasks {
+                match task.await {
+                    Ok(Some(reason)) => disconnects.add(format!("{kind} socket: {reason}")),
+                    Ok(None) => {}
+                    Err(e) => disconnects.add(format!("{kind} socket task died: {e}")),
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        disconnects.add("sockets still closing after the close timeout");
+    }
+    disconnects.report("socket");
+    table.row("run", "unexpected disconnects", disconnects.total());
+    table.row(
+        "run",
+        "total time",
+        format!("{:.1} s", run_started.elapsed().as_secs_f64()),
+    );
+    if let Some(kib) = rss() {
+        table.row(
+            "run",
+            "server RSS start / end",
+            format!("{} / {kib} KiB", rss_start.unwrap_or(0)),
+        );
+    }
+    let errors =
+        pair_errors + join_errors + relay.error_count() + idle_errors + disconnects.total();
+    table.row("run", "errors (all kinds)", errors);
+
+    println!("Our Memories load generator: {}", target.base);
+    println!(
+        "couples={} concurrency={} messages={} payload-bytes={} window={} ack-every={} idle={} \
+         hold-secs={} ids={} server-pid={}",
+        args.couples,
+        args.concurrency,
+        args.messages,
+        args.payload_bytes,
+        args.window,
+        args.ack_every,
+        args.idle,
+        args.hold.as_secs(),
+        args.ids,
+        args.server_pid
+            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+    );
+    println!();
+    print!("{}", table.0);
+    println!();
+    let summary = json!({
+        "target": target.base,
+        "args": {
+            "couples": args.couples,
+            "concurrency": args.concurrency,
+            "messages": args.messages,
+            "payload_bytes": args.payload_bytes,
+            "window": args.window,
+            "ack_every": args.ack_every,
+            "idle": args.idle,
+            "hold_secs": args.hold.as_secs(),
+            "timeout_secs": args.timeout.as_secs(),
+            "ids": args.ids,
+            "server_pid": args.server_pid,
+        },
+        "pairing": pair_json,
+        "join": join_json,
+        "relay": relay.to_json(),
+        "idle": idle_json,
+        "server_rss_kib": {
+            "start": rss_start,
+            "after_relay": rss_after_relay,
+            "before_idle": rss_before_idle,
+            "idle_joined": rss_idle_joined,
+            "after_hold": rss_after_hold,
+            "end": rss(),
+        },
+        "disconnects": disconnects.to_json(),
+        "errors_total": errors,
+        "elapsed_ms": run_started.elapsed().as_millis(),
+    });
+    println!("{summary}");
+    Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let p = Percentiles::of((1..=100).collect());
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50, 90, 99, 100));
+        let one = Percentiles::of(vec![7]);
+        assert_eq!((one.p50, one.p99, one.max), (7, 7, 7));
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(parse_target("http://127.0.0.1:3000").is_ok());
+        assert!(parse_target("http://localhost:8080/").is_ok());
+        assert_eq!(
+            parse_target("http://[::1]:9").map(|t| t.ws_url).ok(),
+            Some("ws://[::1]:9/ws".to_owned())
+        );
+        assert!(parse_target("http://example.com:3000").is_err());
+        assert!(parse_target("https://127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let argv = ["--couples=5", "--idle", "0", "--server-pid", "42"].map(str::to_owned);
+        let Ok(Command::Run(a)) = parse_args(argv) else {
+            panic!("flags did not parse")
+        };
+        assert_eq!((a.couples, a.idle, a.server_pid), (5, 0, Some(42)));
+        assert!(parse_args(["--window", "0"].map(str::to_owned)).is_err());
+        assert!(parse_args(["--bogus", "1"].map(str::to_owned)).is_err());
+    }
+}
