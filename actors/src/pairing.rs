@@ -15,6 +15,10 @@ use crate::store::{DeviceRecord, PairingRecord, Store, StoreError};
 use crate::supervisor::SupervisorMsg;
 use crate::token::{DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims};
 
+/// How long a pairing record (its token hash and counters) outlives its expiry, so a late
+/// confirm still gets `pairing_expired` or `pairing_used` rather than `pairing_not_found`.
+pub const PAIRING_KEPT_AFTER_EXPIRY: std::time::Duration = std::time::Duration::from_hours(24);
+
 /// The answer to a successful initiate.
 #[derive(Debug, Clone)]
 pub struct Initiated {
@@ -99,7 +103,7 @@ impl PairingArgs {
             couple: couple.clone(),
             token_hash: token.hash(),
             expires_at,
-            purge_at: expires_at.plus(self.settings.pairing_ttl),
+            purge_at: expires_at.plus(PAIRING_KEPT_AFTER_EXPIRY),
             failed_attempts: 0,
             consumed: false,
         }

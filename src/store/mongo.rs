@@ -197,7 +197,11 @@ impl MongoStore {
         let keys = |keys: Document| IndexModel::builder().keys(keys).build();
         self.op(self.devices().create_index(keys(doc! { "coupleId": 1 })))
             .await?;
-        self.op(self.pairings().create_index(ttl("purgeAt", Duration::ZERO)))
+        // The seed's TTL index on pairings.expiresAt, deleting a record one day after it
+        // expires (`purgeAt` says the same; `purge_expired` uses it).
+        self.op(self
+            .pairings()
+            .create_index(ttl("expiresAt", actors::pairing::PAIRING_KEPT_AFTER_EXPIRY)))
             .await?;
         self.op(self
             .signals()
