@@ -272,8 +272,8 @@ mod tests {
 
     const LIMITS: UploadLimits = UploadLimits {
         max_bytes: 100,
-        idle: Duration::from_secs(60),
-        total: Duration::from_secs(600),
+        idle: Duration::from_mins(1),
+        total: Duration::from_mins(10),
     };
 
     #[tokio::test]

@@ -42,7 +42,7 @@ async fn pair(d: &Domain) -> CoupleId {
 async fn idle_rooms_stop_and_a_later_request_restarts_them_with_their_mailboxes() {
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
-        room_idle_after: Duration::from_secs(60),
+        room_idle_after: Duration::from_mins(1),
         room_tick: Duration::from_secs(5),
         ..Settings::default()
     };
