@@ -70,7 +70,12 @@ impl App {
             cause,
         })?;
         let shutdown = Shutdown::default();
-        let state = AppState::new(&domain, config.ws.clone(), shutdown.listener());
+        let state = AppState::new(
+            &domain,
+            config.ws.clone(),
+            config.allowed_origins.clone(),
+            shutdown.listener(),
+        );
         Ok(Self {
             listener,
             addr,

@@ -142,6 +142,8 @@ pub struct Config {
     pub secret: SecretSource,
     /// Storage backends.
     pub storage: StorageConfig,
+    /// `ALLOWED_ORIGINS`: browser origins for CORS and WebSocket upgrades.
+    pub allowed_origins: crate::http::browser::AllowedOrigins,
     /// Domain TTLs and bounds.
     pub settings: Settings,
     /// Socket limits.
@@ -337,6 +339,9 @@ impl Config {
             ),
             secret,
             storage,
+            allowed_origins: crate::http::browser::AllowedOrigins::parse(
+                &v.get("ALLOWED_ORIGINS").unwrap_or_default(),
+            ),
             settings,
             ws: WsConfig {
                 heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod browser;
 pub mod error;
 pub mod health;
 pub mod pairing;
@@ -25,12 +26,20 @@ pub const SIGNAL_BODY_LIMIT: u64 = 72 * 1024;
 pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
-    health::route(state.clone())
+    let origins = state.origins.clone();
+    let api = browser::preflight()
+        .or(health::route(state.clone()))
         .or(pairing::routes(state.clone()))
         .or(signals::routes(state.clone()))
         .or(backup::routes(state.clone()))
         .or(ws::route(state))
         .recover(handle_rejection)
+        .map(Reply::into_response);
+    warp::header::headers_cloned()
+        .and(api)
+        .map(move |request: warp::http::HeaderMap, response| {
+            browser::decorate(&origins, &request, response)
+        })
         .with(warp::trace::request())
 }
 

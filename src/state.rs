@@ -9,6 +9,7 @@ use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
 use warp::Filter;
 
 use crate::config::WsConfig;
+use crate::http::browser::AllowedOrigins;
 use crate::shutdown::ShutdownListener;
 
 /// Cloned into every request; everything inside is a handle or immutable.
@@ -22,6 +23,8 @@ pub struct AppState {
     pub backups: Backups,
     /// Storage health.
     pub storage: Storage,
+    /// Browser origins allowed by CORS and on WebSocket upgrades.
+    pub origins: AllowedOrigins,
     /// Socket limits.
     pub ws: Arc<WsConfig>,
     /// For `/health` uptime.
@@ -34,12 +37,18 @@ pub struct AppState {
 impl AppState {
     /// Builds the state.
     #[must_use]
-    pub fn new(domain: &Domain, ws: WsConfig, shutdown: ShutdownListener) -> Self {
+    pub fn new(
+        domain: &Domain,
+        ws: WsConfig,
+        origins: AllowedOrigins,
+        shutdown: ShutdownListener,
+    ) -> Self {
         Self {
             rooms: domain.rooms.clone(),
             pairing: domain.pairing.clone(),
             backups: domain.backups.clone(),
             storage: domain.storage.clone(),
+            origins,
             ws: Arc::new(ws),
             started: Instant::now(),
             shutdown,

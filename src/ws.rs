@@ -93,6 +93,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         });
     warp::path!("ws")
         .and(warp::get())
+        .and(warp::header::optional::<String>("origin"))
         .and(handshake)
         .and(warp::ext::optional::<UpgradeSlot>())
         .and(with_state(state))
@@ -100,10 +101,14 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
 }
 
 async fn upgrade(
+    origin: Option<String>,
     handshake: Handshake,
     slot: Option<UpgradeSlot>,
     state: AppState,
 ) -> Result<warp::reply::Response, Rejection> {
+    if !state.origins.permits(origin.as_deref()) {
+        return Err(reject(ApiError::OriginNotAllowed));
+    }
     let accept = handshake
         .accept_key()
         .ok_or_else(|| reject(ApiError::UpgradeRequired))?;

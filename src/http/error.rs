@@ -29,6 +29,9 @@ pub enum ApiError {
     /// No `Authorization: Bearer` header (or not a bearer one).
     #[error("missing Authorization: Bearer <deviceToken>")]
     MissingToken,
+    /// A browser page from an origin not in `ALLOWED_ORIGINS` tried to open a WebSocket.
+    #[error("this origin may not open a WebSocket here")]
+    OriginNotAllowed,
     /// The token is valid but for another couple or device than the request touches.
     #[error("this token does not grant access to that couple or device")]
     Forbidden,
@@ -87,7 +90,9 @@ impl ApiError {
             Self::MissingToken | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::Forbidden | Self::Pairing(P::WrongDevice) => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::OriginNotAllowed | Self::Pairing(P::WrongDevice) => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotFound
             | Self::Pairing(P::NotFound)
             | Self::Room(R::UnknownDevice)
@@ -128,6 +133,7 @@ impl ApiError {
             Self::AlreadyJoined => "already_joined",
             Self::MissingToken => "missing_token",
             Self::Forbidden | Self::Pairing(P::WrongDevice) => "forbidden",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::Pairing(P::InvalidToken(_)) => "invalid_token",
             Self::Pairing(P::NotFound) => "pairing_not_found",
             Self::Pairing(P::WrongToken) => "invalid_pairing_token",

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on an ephemeral port, real HTTP and WebSocket clients.
 
 mod backup;
+mod browser;
 mod conformance;
 mod helpers;
 mod pairing;

@@ -1,0 +1,135 @@
+//! Rules for browsers: security headers equivalent to helmet's defaults on every response,
+//! CORS for the origins in `ALLOWED_ORIGINS` (preflight answered; other origins get no CORS
+//! headers), and the same list checked against the `Origin` of WebSocket upgrades.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
+use warp::{Filter, Rejection, Reply};
+
+/// Methods a cross-origin browser may use.
+const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+/// Request headers a cross-origin browser may send.
+const ALLOW_HEADERS: &str = "authorization, content-type, x-backup-meta, x-content-sha256";
+/// Response headers a cross-origin browser may read.
+const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE_SECS: &str = "600";
+
+/// The browser origins allowed to call the API and open WebSockets. Empty: none (native apps
+/// send no `Origin` and are unaffected).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedOrigins(Arc<HashSet<String>>);
+
+impl AllowedOrigins {
+    /// From the comma-separated `ALLOWED_ORIGINS` value.
+    #[must_use]
+    pub fn parse(list: &str) -> Self {
+        Self(Arc::new(
+            list.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        ))
+    }
+
+    /// Whether a request with this `Origin` (if any) may proceed. No `Origin`: not a browser.
+    #[must_use]
+    pub fn permits(&self, origin: Option<&str>) -> bool {
+        origin.is_none_or(|o| self.0.contains(o))
+    }
+
+    fn allowed<'a>(&self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        self.0.contains(origin.to_str().ok()?).then_some(origin)
+    }
+}
+
+/// helmet's default headers (v7), for every response.
+fn security_headers(h: &mut HeaderMap) {
+    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        "content-security-policy",
+        "default-src 'self';base-uri 'self';font-src 'self' https: data:;form-action 'self';frame-ancestors 'self';img-src 'self' data:;object-src 'none';script-src 'self';script-src-attr 'none';style-src 'self' https: 'unsafe-inline';upgrade-insecure-requests",
+    );
+    set(h, "cross-origin-opener-policy", "same-origin");
+    set(h, "cross-origin-resource-policy", "same-origin");
+    set(h, "origin-agent-cluster", "?1");
+    set(h, "referrer-policy", "no-referrer");
+    set(
+        h,
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    );
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-dns-prefetch-control", "off");
+    set(h, "x-download-options", "noopen");
+    set(h, "x-frame-options", "SAMEORIGIN");
+    set(h, "x-permitted-cross-domain-policies", "none");
+    set(h, "x-xss-protection", "0");
+}
+
+/// Answers CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) with 204; the
+/// CORS headers themselves are added by [`decorate`], only for allowed origins.
+pub fn preflight() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::options()
+        .and(warp::header::<String>("access-control-request-method"))
+        .map(|_method: String| {
+            warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
+        })
+}
+
+/// Adds the security headers, and the CORS headers when the request's `Origin` is allowed.
+pub fn decorate(
+    origins: &AllowedOrigins,
+    request: &HeaderMap,
+    mut response: warp::reply::Response,
+) -> warp::reply::Response {
+    let preflight = request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let h = response.headers_mut();
+    security_headers(h);
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    if let Some(origin) = origins.allowed(request) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOW_METHODS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(ALLOW_HEADERS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static(PREFLIGHT_MAX_AGE_SECS),
+            );
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSE_HEADERS),
+            );
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_and_requests_without_origin_pass() {
+        let o = AllowedOrigins::parse("https://app.example, http://localhost:5173/ ,");
+        assert!(o.permits(None));
+        assert!(o.permits(Some("https://app.example")));
+        assert!(o.permits(Some("http://localhost:5173")));
+        assert!(!o.permits(Some("https://evil.example")));
+        assert!(!o.permits(Some("https://app.example.evil")));
+        assert!(!AllowedOrigins::default().permits(Some("https://app.example")));
+    }
+}

@@ -1,0 +1,143 @@
+//! Browser rules: helmet-equivalent security headers, CORS for `ALLOWED_ORIGINS`, and the same
+//! list checked on WebSocket upgrades.
+
+use our_memories::http::browser::AllowedOrigins;
+use reqwest::StatusCode;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::helpers::{TestApp, assert_error};
+
+const APP: &str = "https://app.example";
+const EVIL: &str = "https://evil.example";
+
+async fn spawn() -> TestApp {
+    TestApp::spawn_with(|c| c.allowed_origins = AllowedOrigins::parse(APP)).await
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = spawn().await;
+    for path in ["/health", "/nowhere"] {
+        let res = app.http.get(app.url(path)).send().await.unwrap();
+        let h = res.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "SAMEORIGIN");
+        assert_eq!(
+            h["strict-transport-security"],
+            "max-age=31536000; includeSubDomains"
+        );
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["cross-origin-opener-policy"], "same-origin");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'self'")
+        );
+        assert_eq!(h["x-xss-protection"], "0");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_answers_allowed_origins_only() {
+    let app = spawn().await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/api/signal"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let ok = preflight(APP).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    assert_eq!(ok.headers()["access-control-allow-origin"], APP);
+    assert!(
+        ok.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let denied = preflight(EVIL).await.unwrap();
+    assert!(
+        denied
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let res = app
+        .http
+        .get(app.url("/health"))
+        .header("origin", APP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], APP);
+    assert!(
+        res.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("etag")
+    );
+    let res = app
+        .http
+        .get(app.url("/health"))
+        .header("origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "a disallowed origin gets the response, just no CORS"
+    );
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrades_check_the_browser_origin() {
+    let app = spawn().await;
+    let connect = |origin: Option<&'static str>| {
+        let mut req = format!("ws://{}/ws", app.addr)
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    assert!(connect(Some(APP)).await.is_ok());
+    assert!(connect(None).await.is_ok(), "native apps send no Origin");
+    match connect(Some(EVIL)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    // The same refusal over plain HTTP shows the JSON error.
+    let res = app
+        .http
+        .get(app.url("/ws"))
+        .header("origin", EVIL)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, StatusCode::FORBIDDEN, "origin_not_allowed").await;
+    app.stop().await;
+}
