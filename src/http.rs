@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod backup;
 pub mod browser;
+pub mod devices;
 pub mod error;
 pub mod health;
 pub mod pairing;
@@ -32,6 +33,7 @@ pub fn routes(
         .or(pairing::routes(state.clone()))
         .or(signals::routes(state.clone()))
         .or(backup::routes(state.clone()))
+        .or(devices::routes(state.clone()))
         .or(ws::route(state))
         .recover(handle_rejection)
         .map(Reply::into_response);

@@ -62,6 +62,12 @@ pub enum PairingError {
     /// The token is valid but speaks for another device than the request names.
     #[error("the token does not belong to this device")]
     WrongDevice,
+    /// The device to revoke is not a device of the couple.
+    #[error("no such device in this couple")]
+    UnknownDevice,
+    /// A device cannot revoke itself; another device of the couple must.
+    #[error("a device cannot revoke itself; revoke it from another device of the couple")]
+    SelfRevocation,
     /// The store failed; nothing was changed.
     #[error("storage is unavailable")]
     StorageUnavailable,

@@ -18,7 +18,9 @@ use crate::mailbox::{Payload, Signal};
 use crate::pairing::{Confirmed, Initiated, PairingActor, PairingArgs, PairingMsg};
 use crate::room::{Accepted, ConnId, Connection, Origin, RoomMsg};
 use crate::settings::Settings;
-use crate::store::{BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store};
+use crate::store::{
+    BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, Store,
+};
 use crate::supervisor::{RoomSupervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
 use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError};
 
@@ -586,6 +588,23 @@ impl Pairing {
             PairingError::Unavailable,
         )
         .await
+    }
+
+    /// Revokes `device` of the caller's couple: its token stops working and its socket is
+    /// closed at once.
+    pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        call(
+            &self.actor,
+            |reply| PairingMsg::Revoke { by, device, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// The devices of a couple.
+    pub async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, PairingError> {
+        Ok(self.store.devices(couple).await?)
     }
 
     /// Verifies a device token: the signature (constant time) and that the device is still

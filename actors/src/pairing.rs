@@ -53,6 +53,15 @@ pub enum PairingMsg {
         /// The result.
         reply: RpcReplyPort<Result<Initiated, PairingError>>,
     },
+    /// Remove another device of the caller's couple; its token stops working at once.
+    Revoke {
+        /// The verified caller.
+        by: TokenClaims,
+        /// The device to remove.
+        device: DeviceId,
+        /// Done (or why not).
+        reply: RpcReplyPort<Result<(), PairingError>>,
+    },
     /// Join a couple with its pairing token.
     Confirm {
         /// The couple to join.
@@ -219,6 +228,23 @@ impl PairingArgs {
     }
 }
 
+impl PairingArgs {
+    async fn revoke(&self, by: &TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        if by.device == device {
+            return Err(PairingError::SelfRevocation);
+        }
+        if self.store.device(&by.couple, &device).await?.is_none() {
+            return Err(PairingError::UnknownDevice);
+        }
+        self.store.remove_device(&by.couple, &device).await?;
+        let _ = self.rooms.cast(SupervisorMsg::Forward {
+            couple: by.couple.clone(),
+            msg: RoomMsg::DeviceRevoked(device),
+        });
+        Ok(())
+    }
+}
+
 impl Actor for PairingActor {
     type Msg = PairingMsg;
     type State = PairingArgs;
@@ -241,6 +267,9 @@ impl Actor for PairingActor {
         match msg {
             PairingMsg::Initiate { device, by, reply } => {
                 let _ = reply.send(st.initiate(device, by).await);
+            }
+            PairingMsg::Revoke { by, device, reply } => {
+                let _ = reply.send(st.revoke(&by, device).await);
             }
             PairingMsg::Confirm {
                 couple,

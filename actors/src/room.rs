@@ -60,6 +60,8 @@ pub enum Kick {
     Replaced,
     /// The socket's outbound queue was full: the client reads too slowly.
     SlowConsumer,
+    /// The device was revoked by another device of the couple.
+    Revoked,
 }
 
 /// A socket's membership in a room: where to send events, and how to tell it it was dropped.
@@ -144,6 +146,8 @@ pub enum RoomMsg {
     },
     /// A device was paired into the couple while the room was running.
     DeviceAdded(DeviceId),
+    /// A device was revoked: its socket is closed and its mailbox dropped.
+    DeviceRevoked(DeviceId),
     /// A background write of signals finished.
     Persisted {
         /// What was written.
@@ -330,6 +334,7 @@ impl Actor for RoomActor {
             RoomMsg::DeviceAdded(device) => {
                 st.members.entry(device).or_default();
             }
+            RoomMsg::DeviceRevoked(device) => st.revoke(&me, &device),
             RoomMsg::Persisted { job, ok } => st.persisted(&me, job, ok),
             RoomMsg::Tick => st.tick(&me),
             RoomMsg::StopIfIdle(reply) => {
@@ -525,6 +530,19 @@ impl RoomState {
         self.members.entry(device.clone()).or_default().conn = Some(conn);
         if !was_connected {
             self.broadcast(me, device, &RoomEvent::PeerJoined(device.clone()));
+        }
+    }
+
+    /// Closes a revoked device's socket and forgets its mailbox, here and in the store (an
+    /// acknowledgement up to the newest seq, so a device paired again under the same id does
+    /// not receive the old one's signals).
+    fn revoke(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId) {
+        if let Some(conn) = self.members.get_mut(device).and_then(|m| m.conn.take()) {
+            let _ = conn.kick.send(Kick::Revoked);
+            self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
+        }
+        if self.members.remove(device).is_some() {
+            self.spawn_ack(device, self.clamp(Seq(u64::MAX)));
         }
     }
 

@@ -215,6 +215,9 @@ pub trait Store: Send + Sync + 'static {
         pairing: &PairingRecord,
     ) -> Result<(), StoreError>;
 
+    /// Unregisters a device (revocation): its token stops working at once. Idempotent.
+    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError>;
+
     /// One device of a couple, if registered.
     async fn device(
         &self,

@@ -86,7 +86,8 @@ impl ApiError {
             | Self::BinaryFrame
             | Self::NotJoined
             | Self::AlreadyJoined
-            | Self::Room(R::SelfRecipient) => StatusCode::BAD_REQUEST,
+            | Self::Room(R::SelfRecipient)
+            | Self::Pairing(P::SelfRevocation) => StatusCode::BAD_REQUEST,
             Self::MissingToken | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -94,7 +95,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             Self::NotFound
-            | Self::Pairing(P::NotFound)
+            | Self::Pairing(P::NotFound | P::UnknownDevice)
             | Self::Room(R::UnknownDevice)
             | Self::Backup(B::NotFound) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -142,7 +143,8 @@ impl ApiError {
             Self::Pairing(P::AlreadyUsed) => "pairing_used",
             Self::Pairing(P::DeviceTaken) => "device_id_taken",
             Self::Pairing(P::CoupleFull { .. }) => "couple_full",
-            Self::Room(R::UnknownDevice) => "unknown_device",
+            Self::Room(R::UnknownDevice) | Self::Pairing(P::UnknownDevice) => "unknown_device",
+            Self::Pairing(P::SelfRevocation) => "cannot_revoke_self",
             Self::Room(R::SelfRecipient) => "invalid_recipient",
             Self::Room(R::MailboxFull) => "mailbox_full",
             Self::Room(R::PayloadTooLarge { .. }) => "payload_too_large",

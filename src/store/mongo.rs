@@ -269,6 +269,14 @@ impl Store for MongoStore {
         Ok(())
     }
 
+    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+        self.op(self
+            .devices()
+            .delete_one(doc! { "_id": format!("{couple}/{device}") }))
+            .await?;
+        Ok(())
+    }
+
     async fn device(
         &self,
         couple: &CoupleId,

@@ -29,6 +29,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_REPLACED: u16 = 4000;
 /// Close code when the client read too slowly and its queue filled.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
+/// Close code when another device of the couple revoked this one.
+pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code when the client stayed silent past the client timeout.
 pub const CLOSE_TIMEOUT: u16 = 4002;
 /// The session's own frames (pongs, errors, pings, close) queued for the writer.
@@ -105,6 +107,7 @@ where
             Event::Kicked(Ok(Kick::Replaced)) => {
                 Some(Some((CLOSE_REPLACED, "replaced by a newer connection")))
             }
+            Event::Kicked(Ok(Kick::Revoked)) => Some(Some((CLOSE_REVOKED, "device revoked"))),
             Event::Kicked(Ok(Kick::SlowConsumer)) => {
                 Some(Some((CLOSE_SLOW_CONSUMER, "outbound queue full")))
             }

@@ -3,6 +3,7 @@
 mod backup;
 mod browser;
 mod conformance;
+mod devices;
 mod helpers;
 mod pairing;
 mod rest;

@@ -118,6 +118,20 @@ async fn devices_and_pairings(store: &dyn Store) {
     ids.sort();
     assert_eq!(ids, ["a", "b"], "devices of one couple only");
 
+    // Revocation removes exactly one device, and may be repeated.
+    let zed = device(&c, "zed");
+    store
+        .save_device_and_pairing(&zed, &consumed)
+        .await
+        .expect("save");
+    store.remove_device(&c, &zed.device).await.expect("remove");
+    store
+        .remove_device(&c, &zed.device)
+        .await
+        .expect("removing twice is fine");
+    assert!(store.device(&c, &zed.device).await.expect("read").is_none());
+    assert_eq!(store.devices(&c).await.expect("read").len(), 2);
+
     let p = store
         .pairing(&c)
         .await
