@@ -8,9 +8,13 @@ use actors::{BlobStore, Clock, Domain, Rooms, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::http::rate::RateLimits;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::{http, secret, serve, store};
+
+/// How often rate limiters forget clients whose budget is full again.
+const RATE_LIMIT_SWEEP: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,7 @@ impl App {
             &domain,
             config.ws.clone(),
             config.allowed_origins.clone(),
+            RateLimits::new(&config.rate),
             shutdown.listener(),
         );
         Ok(Self {
@@ -120,8 +125,17 @@ impl App {
         } = self;
         let (metadata, blobs) = state.storage.backends();
         tracing::info!(%addr, metadata, blobs, "listening");
+        let limits = state.limits.clone();
+        let forget = tokio::spawn(async move {
+            let mut every = tokio::time::interval(RATE_LIMIT_SWEEP);
+            loop {
+                every.tick().await;
+                limits.forget_idle_keys();
+            }
+        });
         let service = warp::service(http::routes(state));
         serve::accept_loop(listener, service, &shutdown, stop).await;
+        forget.abort();
         tracing::info!("shutting down");
         if !shutdown.trigger_and_wait(config.shutdown_timeout).await {
             tracing::warn!("connections still open at the shutdown deadline");

@@ -144,6 +144,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `ALLOWED_ORIGINS`: browser origins for CORS and WebSocket upgrades.
     pub allowed_origins: crate::http::browser::AllowedOrigins,
+    /// Rate limits.
+    pub rate: crate::http::rate::RateConfig,
     /// Domain TTLs and bounds.
     pub settings: Settings,
     /// Socket limits.
@@ -268,6 +270,32 @@ fn storage<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<StorageConfig, 
     })
 }
 
+/// Reads `RATE_LIMIT`, `TRUST_PROXY` and the `RATE_LIMIT_*` sizes.
+fn rate<F: Fn(&str) -> Option<String>>(
+    v: &Vars<F>,
+) -> Result<crate::http::rate::RateConfig, ConfigError> {
+    let d = crate::http::rate::RateConfig::default();
+    let switch = |var: &'static str, default: bool| match v.get(var).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("on" | "true" | "1") => Ok(true),
+        Some("off" | "false" | "0") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            var,
+            value: other.to_owned(),
+            reason: "expected on or off".to_owned(),
+        }),
+    };
+    Ok(crate::http::rate::RateConfig {
+        enabled: switch("RATE_LIMIT", d.enabled)?,
+        trust_proxy: switch("TRUST_PROXY", d.trust_proxy)?,
+        pairing_per_15min: v.positive("RATE_LIMIT_PAIRING_PER_15MIN", d.pairing_per_15min)?,
+        confirm_per_15min: v.positive("RATE_LIMIT_CONFIRM_PER_15MIN", d.confirm_per_15min)?,
+        signals_per_sec: v.positive("RATE_LIMIT_SIGNALS_PER_SEC", d.signals_per_sec)?,
+        signals_burst: v.positive("RATE_LIMIT_SIGNALS_BURST", d.signals_burst)?,
+        backups_per_hour: v.positive("RATE_LIMIT_BACKUPS_PER_HOUR", d.backups_per_hour)?,
+    })
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -342,6 +370,7 @@ impl Config {
             allowed_origins: crate::http::browser::AllowedOrigins::parse(
                 &v.get("ALLOWED_ORIGINS").unwrap_or_default(),
             ),
+            rate: rate(&v)?,
             settings,
             ws: WsConfig {
                 heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,
@@ -492,6 +521,9 @@ mod tests {
             ("SIGNAL_TTL_SECS", "3601"),
             ("BACKUP_UPLOAD_TIMEOUT_SECS", "3600"),
             ("BACKUP_MAX_CONCURRENT", "0"),
+            ("RATE_LIMIT", "maybe"),
+            ("TRUST_PROXY", "yes please"),
+            ("RATE_LIMIT_SIGNALS_BURST", "0"),
         ] {
             let err = from(&[(var, value)]).unwrap_err().to_string();
             assert!(err.starts_with(var), "{var}: {err}");

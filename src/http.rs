@@ -8,6 +8,7 @@ pub mod devices;
 pub mod error;
 pub mod health;
 pub mod pairing;
+pub mod rate;
 pub mod signals;
 
 use bytes::Bytes;

@@ -16,9 +16,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match App::build(config, Clock::System).await {
+    match Box::pin(App::build(config, Clock::System)).await {
         Ok(app) => {
-            app.run_until_stopped(shutdown::signal()).await;
+            Box::pin(app.run_until_stopped(shutdown::signal())).await;
             ExitCode::SUCCESS
         }
         Err(e) => {

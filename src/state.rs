@@ -10,6 +10,7 @@ use warp::Filter;
 
 use crate::config::WsConfig;
 use crate::http::browser::AllowedOrigins;
+use crate::http::rate::RateLimits;
 use crate::shutdown::ShutdownListener;
 
 /// Cloned into every request; everything inside is a handle or immutable.
@@ -25,6 +26,8 @@ pub struct AppState {
     pub storage: Storage,
     /// Browser origins allowed by CORS and on WebSocket upgrades.
     pub origins: AllowedOrigins,
+    /// Rate limits.
+    pub limits: RateLimits,
     /// Socket limits.
     pub ws: Arc<WsConfig>,
     /// For `/health` uptime.
@@ -41,6 +44,7 @@ impl AppState {
         domain: &Domain,
         ws: WsConfig,
         origins: AllowedOrigins,
+        limits: RateLimits,
         shutdown: ShutdownListener,
     ) -> Self {
         Self {
@@ -49,6 +53,7 @@ impl AppState {
             backups: domain.backups.clone(),
             storage: domain.storage.clone(),
             origins,
+            limits,
             ws: Arc::new(ws),
             started: Instant::now(),
             shutdown,

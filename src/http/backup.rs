@@ -13,6 +13,7 @@ use warp::{Filter, Rejection, Reply};
 use super::auth::{authenticated, require_access};
 use super::error::{ApiError, reject};
 use super::pairing::rfc3339;
+use super::rate::{DeviceLimit, authenticated_within};
 use crate::state::{AppState, with_state};
 
 /// Largest `X-Backup-Meta` header value.
@@ -58,7 +59,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
     let upload = warp::path!("api" / "backup")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authenticated_within(state.clone(), DeviceLimit::Backup))
         .and(warp::header::optional::<String>(META_HEADER))
         .and(warp::header::optional::<String>(SHA256_HEADER))
         .and(warp::header::optional::<u64>("content-length"))

@@ -59,6 +59,16 @@ pub enum ApiError {
     /// `GET /ws` without a WebSocket upgrade.
     #[error("this endpoint needs a WebSocket upgrade")]
     UpgradeRequired,
+    /// A rate limit was hit; `Retry-After` says when to try again.
+    #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// How long until the next request would pass.
+        retry_after: std::time::Duration,
+        /// The limit's size, for `RateLimit-Limit`.
+        limit: u32,
+        /// The limit's window, for `RateLimit-Policy`.
+        window: std::time::Duration,
+    },
     /// A bug or an unexpected failure; the cause is logged, never sent.
     #[error("internal error")]
     Internal,
@@ -110,7 +120,7 @@ impl ApiError {
             Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Backup(B::TooSlow) => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            Self::Room(R::MailboxFull) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Room(R::MailboxFull) | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Pairing(P::StorageUnavailable | P::Unavailable)
             | Self::Room(R::StorageUnavailable | R::Unavailable)
             | Self::Backup(B::StorageUnavailable | B::Unavailable | B::Busy) => {
@@ -165,6 +175,7 @@ impl ApiError {
             Self::BodyTooLarge => "body_too_large",
             Self::LengthRequired => "length_required",
             Self::UpgradeRequired => "upgrade_required",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -202,7 +213,26 @@ impl ApiError {
                 message: self.public_message(),
             },
         };
-        warp::reply::with_status(warp::reply::json(&body), self.status()).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if let Self::RateLimited {
+            retry_after,
+            limit,
+            window,
+        } = self
+        {
+            // Whole seconds, rounded up: a client that waits this long will pass.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let h = response.headers_mut();
+            h.insert("retry-after", secs.into());
+            h.insert("ratelimit-limit", limit.into());
+            h.insert("ratelimit-remaining", 0.into());
+            h.insert("ratelimit-reset", secs.into());
+            if let Ok(policy) = format!("{limit};w={}", window.as_secs()).parse() {
+                h.insert("ratelimit-policy", policy);
+            }
+        }
+        response
     }
 }
 

@@ -7,6 +7,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::auth::bearer;
 use super::error::reject;
+use super::rate::{IpLimit, limit_ip};
 use super::{PAIRING_BODY_LIMIT, json_body};
 use crate::state::{AppState, with_state};
 
@@ -50,12 +51,15 @@ pub fn rfc3339(t: Timestamp) -> String {
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let initiate = warp::path!("api" / "pair" / "initiate")
         .and(warp::post())
+        .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(with_state(state.clone()))
         .and(bearer())
         .and(json_body::<InitiateBody>(PAIRING_BODY_LIMIT))
         .and_then(initiate);
     let confirm = warp::path!("api" / "pair" / "confirm")
         .and(warp::post())
+        .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
+        .and(limit_ip(state.limits.clone(), IpLimit::Confirm))
         .and(with_state(state))
         .and(json_body::<ConfirmBody>(PAIRING_BODY_LIMIT))
         .and_then(confirm);

@@ -8,9 +8,10 @@ use serde_json::value::RawValue;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::{authenticated, require_access};
+use super::auth::require_access;
 use super::error::{ApiError, reject};
 use super::pairing::rfc3339;
+use super::rate::{DeviceLimit, authenticated_within};
 use super::{SIGNAL_BODY_LIMIT, json_body};
 use crate::state::{AppState, with_state};
 
@@ -55,13 +56,13 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
     let send = warp::path!("api" / "signal")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(authenticated_within(state.clone(), DeviceLimit::Signal))
         .and(json_body::<SendBody>(SIGNAL_BODY_LIMIT))
         .and_then(send);
     let fetch = warp::path!("api" / "signals" / String / String)
         .and(warp::get())
         .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(authenticated_within(state, DeviceLimit::Signal))
         .and(warp::query::<FetchQuery>())
         .and_then(fetch);
     send.or(fetch)

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::protocol::{ClientMsg, ServerMsg};
 use crate::http::auth::{parse_bearer, require_access};
 use crate::http::error::ApiError;
+use crate::http::rate::DeviceLimit;
 use crate::http::signals::raw_json;
 use crate::state::AppState;
 
@@ -42,6 +43,9 @@ const WRITER_FLUSH: Duration = Duration::from_secs(2);
 struct Joined {
     link: RoomLink,
     kicked: oneshot::Receiver<Kick>,
+    /// Whose budget the socket's messages count against.
+    couple: actors::CoupleId,
+    device: actors::DeviceId,
 }
 
 impl Drop for Joined {
@@ -180,6 +184,16 @@ impl Session {
     }
 
     async fn on_frame(&mut self, msg: Message) {
+        if let (Some(j), Message::Text(_) | Message::Binary(_)) = (&self.joined, &msg) {
+            // A joined socket's messages count toward its device's budget, like REST signals.
+            let limited = self
+                .state
+                .limits
+                .check_device(DeviceLimit::Signal, &j.couple, &j.device);
+            if let Err(e) = limited {
+                return self.send_error(&e, None);
+            }
+        }
         match msg {
             Message::Text(text) => match ClientMsg::parse(text.as_str()) {
                 Ok(m) => self.on_message(m).await,
@@ -262,7 +276,12 @@ impl Session {
             })
             .await?;
         let kicked = kicked.ok_or(ApiError::Internal)?;
-        Ok(Joined { link, kicked })
+        Ok(Joined {
+            link,
+            kicked,
+            couple: couple.clone(),
+            device: device.clone(),
+        })
     }
 }
 

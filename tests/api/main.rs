@@ -5,6 +5,7 @@ mod browser;
 mod conformance;
 mod devices;
 mod helpers;
+mod limits;
 mod pairing;
 mod rest;
 mod restart;

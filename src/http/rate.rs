@@ -1,0 +1,285 @@
+//! Rate limits (GCRA, from `governor`): per client IP on the unauthenticated pairing routes
+//! (stricter on confirm, the brute-force target), per device on signals (REST and WebSocket
+//! messages alike) and on backup uploads. Over a limit: 429 with `Retry-After` and
+//! `RateLimit-*` headers. `RATE_LIMIT=off` disables them all (load tests).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::{CoupleId, DeviceId};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use warp::{Filter, Rejection};
+
+use super::error::{ApiError, reject};
+use crate::serve::PeerAddr;
+
+/// The limits, from the environment.
+#[derive(Debug, Clone)]
+pub struct RateConfig {
+    /// `RATE_LIMIT`: `off` disables every limit.
+    pub enabled: bool,
+    /// `TRUST_PROXY`: take the client IP from `X-Forwarded-For` (leftmost), not the socket.
+    pub trust_proxy: bool,
+    /// `RATE_LIMIT_PAIRING_PER_15MIN`: pairing requests per IP per 15 minutes (100).
+    pub pairing_per_15min: u32,
+    /// `RATE_LIMIT_CONFIRM_PER_15MIN`: confirm attempts per IP per 15 minutes (20).
+    pub confirm_per_15min: u32,
+    /// `RATE_LIMIT_SIGNALS_PER_SEC`: sustained signals (and WebSocket messages) per device (20).
+    pub signals_per_sec: u32,
+    /// `RATE_LIMIT_SIGNALS_BURST`: burst above that, for trickle-ICE set-ups (200).
+    pub signals_burst: u32,
+    /// `RATE_LIMIT_BACKUPS_PER_HOUR`: backup uploads per device per hour (30).
+    pub backups_per_hour: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trust_proxy: false,
+            pairing_per_15min: 100,
+            confirm_per_15min: 20,
+            signals_per_sec: 20,
+            signals_burst: 200,
+            backups_per_hour: 30,
+        }
+    }
+}
+
+/// One keyed limit and the numbers it was built from (for the headers).
+struct Keyed<K: std::hash::Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    limit: u32,
+    window: Duration,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    /// `count` events per `window`, all of which may come at once.
+    fn new(count: u32, window: Duration) -> Option<Self> {
+        let burst = NonZeroU32::new(count)?;
+        let quota = Quota::with_period(window / count)?.allow_burst(burst);
+        Some(Self {
+            limiter: RateLimiter::keyed(quota),
+            limit: count,
+            window,
+        })
+    }
+
+    fn check(&self, key: &K) -> Result<(), ApiError> {
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| ApiError::RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                limit: self.limit,
+                window: self.window,
+            })
+    }
+}
+
+/// Which per-IP limit a route uses.
+#[derive(Debug, Clone, Copy)]
+pub enum IpLimit {
+    /// Every pairing request.
+    Pairing,
+    /// Confirm attempts (on top of [`IpLimit::Pairing`]).
+    Confirm,
+}
+
+/// Which per-device limit an action uses.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceLimit {
+    /// A signal (REST) or any WebSocket message.
+    Signal,
+    /// A backup upload.
+    Backup,
+}
+
+type DeviceKey = (CoupleId, DeviceId);
+
+/// Every limiter of the server. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RateLimits(Option<Arc<Limiters>>);
+
+struct Limiters {
+    trust_proxy: bool,
+    pairing: Keyed<IpAddr>,
+    confirm: Keyed<IpAddr>,
+    signals: Keyed<DeviceKey>,
+    backups: Keyed<DeviceKey>,
+}
+
+impl RateLimits {
+    /// Builds the limiters; `None` inside when disabled (or a count is zero).
+    #[must_use]
+    pub fn new(config: &RateConfig) -> Self {
+        if !config.enabled {
+            return Self(None);
+        }
+        let limiters = (|| {
+            Some(Limiters {
+                trust_proxy: config.trust_proxy,
+                pairing: Keyed::new(config.pairing_per_15min, Duration::from_mins(15))?,
+                confirm: Keyed::new(config.confirm_per_15min, Duration::from_mins(15))?,
+                signals: Keyed::new(
+                    config.signals_burst,
+                    Duration::from_secs(1) * config.signals_burst / config.signals_per_sec.max(1),
+                )?,
+                backups: Keyed::new(config.backups_per_hour, Duration::from_hours(1))?,
+            })
+        })();
+        Self(limiters.map(Arc::new))
+    }
+
+    /// Counts one request of `ip` against `which`.
+    pub fn check_ip(&self, which: IpLimit, ip: IpAddr) -> Result<(), ApiError> {
+        let Some(l) = &self.0 else { return Ok(()) };
+        match which {
+            IpLimit::Pairing => l.pairing.check(&ip),
+            IpLimit::Confirm => l.confirm.check(&ip),
+        }
+    }
+
+    /// Counts one action of a device against `which`.
+    pub fn check_device(
+        &self,
+        which: DeviceLimit,
+        couple: &CoupleId,
+        device: &DeviceId,
+    ) -> Result<(), ApiError> {
+        let Some(l) = &self.0 else { return Ok(()) };
+        let key = (couple.clone(), device.clone());
+        match which {
+            DeviceLimit::Signal => l.signals.check(&key),
+            DeviceLimit::Backup => l.backups.check(&key),
+        }
+    }
+
+    /// Forgets keys whose budget is full again, so the maps do not grow without bound.
+    pub fn forget_idle_keys(&self) {
+        if let Some(l) = &self.0 {
+            l.pairing.limiter.retain_recent();
+            l.confirm.limiter.retain_recent();
+            l.signals.limiter.retain_recent();
+            l.backups.limiter.retain_recent();
+        }
+    }
+
+    fn trust_proxy(&self) -> bool {
+        self.0.as_ref().is_some_and(|l| l.trust_proxy)
+    }
+}
+
+/// The client's IP: the socket's peer, or with `TRUST_PROXY` the leftmost `X-Forwarded-For`.
+fn client_ip(
+    limits: &RateLimits,
+    peer: Option<PeerAddr>,
+    forwarded: Option<&str>,
+) -> Option<IpAddr> {
+    let from_proxy = limits
+        .trust_proxy()
+        .then(|| forwarded?.split(',').next()?.trim().parse().ok())
+        .flatten();
+    from_proxy.or(peer.map(|p| p.0.ip()))
+}
+
+/// A filter that counts the request against a per-IP limit and rejects it with 429 when over.
+pub fn limit_ip(
+    limits: RateLimits,
+    which: IpLimit,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and_then(move |peer: Option<PeerAddr>, forwarded: Option<String>| {
+            let limits = limits.clone();
+            async move {
+                match client_ip(&limits, peer, forwarded.as_deref()) {
+                    Some(ip) => limits.check_ip(which, ip).map_err(reject),
+                    None => Ok(()),
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// [`authenticated`](super::auth::authenticated), then one action of that device counted
+/// against `which`.
+pub fn authenticated_within(
+    state: crate::state::AppState,
+    which: DeviceLimit,
+) -> impl Filter<Extract = (actors::token::TokenClaims,), Error = Rejection> + Clone {
+    let limits = state.limits.clone();
+    super::auth::authenticated(state).and_then(move |claims: actors::token::TokenClaims| {
+        let limits = limits.clone();
+        async move {
+            limits
+                .check_device(which, &claims.couple, &claims.device)
+                .map_err(reject)?;
+            Ok::<_, Rejection>(claims)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_limited_with_a_retry_time() {
+        let limits = RateLimits::new(&RateConfig {
+            pairing_per_15min: 3,
+            ..RateConfig::default()
+        });
+        for _ in 0..3 {
+            assert!(limits.check_ip(IpLimit::Pairing, ip("10.0.0.1")).is_ok());
+        }
+        let Err(ApiError::RateLimited {
+            retry_after, limit, ..
+        }) = limits.check_ip(IpLimit::Pairing, ip("10.0.0.1"))
+        else {
+            panic!("expected a limit");
+        };
+        assert_eq!(limit, 3);
+        assert!(retry_after > Duration::from_mins(4) && retry_after <= Duration::from_mins(5));
+        assert!(
+            limits.check_ip(IpLimit::Pairing, ip("10.0.0.2")).is_ok(),
+            "per IP"
+        );
+    }
+
+    #[test]
+    fn off_means_no_limit_and_proxies_are_trusted_only_when_told() {
+        let off = RateLimits::new(&RateConfig {
+            enabled: false,
+            pairing_per_15min: 1,
+            ..RateConfig::default()
+        });
+        for _ in 0..10 {
+            assert!(off.check_ip(IpLimit::Pairing, ip("10.0.0.1")).is_ok());
+        }
+        let peer = Some(PeerAddr("127.0.0.1:9".parse().unwrap()));
+        let direct = RateLimits::new(&RateConfig::default());
+        assert_eq!(
+            client_ip(&direct, peer, Some("1.2.3.4")),
+            Some(ip("127.0.0.1"))
+        );
+        let proxied = RateLimits::new(&RateConfig {
+            trust_proxy: true,
+            ..RateConfig::default()
+        });
+        assert_eq!(
+            client_ip(&proxied, peer, Some("1.2.3.4, 10.0.0.1")),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            client_ip(&proxied, peer, Some("garbage")),
+            Some(ip("127.0.0.1"))
+        );
+    }
+}
