@@ -46,14 +46,17 @@ pub fn routes(
         .with(warp::trace::request())
 }
 
+/// Parses a request body: the one place client JSON becomes a typed request (ids validated
+/// while parsing). Public so the fuzz targets exercise exactly this.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
 /// A JSON body of at most `limit` bytes, parsed into `T` (which validates ids while parsing).
 pub fn json_body<T: DeserializeOwned + Send>(
     limit: u64,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(limit)
         .and(warp::body::bytes())
-        .and_then(|body: Bytes| async move {
-            serde_json::from_slice(&body)
-                .map_err(|e| error::reject(ApiError::InvalidRequest(e.to_string())))
-        })
+        .and_then(|body: Bytes| async move { parse_json(&body).map_err(error::reject) })
 }

@@ -11,10 +11,12 @@ use super::rate::{IpLimit, limit_ip};
 use super::{PAIRING_BODY_LIMIT, json_body};
 use crate::state::{AppState, with_state};
 
-#[derive(Deserialize)]
+/// Body of `POST /api/pair/initiate`.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct InitiateBody {
-    device_id: DeviceId,
+pub struct InitiateBody {
+    /// The initiating device.
+    pub device_id: DeviceId,
 }
 
 #[derive(Serialize)]
@@ -26,12 +28,16 @@ struct InitiateReply<'a> {
     expires_at: String,
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/pair/confirm`.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ConfirmBody {
-    couple_id: CoupleId,
-    pairing_token: String,
-    device_id: DeviceId,
+pub struct ConfirmBody {
+    /// The couple to join.
+    pub couple_id: CoupleId,
+    /// The token from the QR code.
+    pub pairing_token: String,
+    /// The joining device.
+    pub device_id: DeviceId,
 }
 
 #[derive(Serialize)]

@@ -15,13 +15,18 @@ use super::rate::{DeviceLimit, authenticated_within};
 use super::{SIGNAL_BODY_LIMIT, json_body};
 use crate::state::{AppState, with_state};
 
-#[derive(Deserialize)]
+/// Body of `POST /api/signal`.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SendBody {
-    couple_id: CoupleId,
-    from_device_id: DeviceId,
-    to_device_id: DeviceId,
-    signal_payload: Box<RawValue>,
+pub struct SendBody {
+    /// The couple.
+    pub couple_id: CoupleId,
+    /// The sender (must be the token's device).
+    pub from_device_id: DeviceId,
+    /// The recipient.
+    pub to_device_id: DeviceId,
+    /// Any JSON value, relayed untouched.
+    pub signal_payload: Box<RawValue>,
 }
 
 #[derive(Serialize)]
