@@ -104,6 +104,18 @@ impl App {
         self.domain.rooms.clone()
     }
 
+    /// The pairing handle, for tests (fault injection).
+    #[must_use]
+    pub fn pairing(&self) -> actors::Pairing {
+        self.domain.pairing.clone()
+    }
+
+    /// The backup handle, for tests (fault injection).
+    #[must_use]
+    pub fn backups(&self) -> actors::Backups {
+        self.domain.backups.clone()
+    }
+
     /// The blob store, for tests that check what is (not) kept.
     #[must_use]
     pub fn blobs(&self) -> Arc<dyn BlobStore> {

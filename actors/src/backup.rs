@@ -135,6 +135,9 @@ impl Meter {
 /// Requests to the backup actor.
 #[derive(Debug)]
 pub enum BackupMsg {
+    /// Test hook: make the actor panic, to exercise its restart.
+    #[cfg(feature = "fault-injection")]
+    Panic,
     /// Publish a backup whose blob is durable, then enforce retention.
     Publish {
         /// The record to publish.
@@ -145,9 +148,11 @@ pub enum BackupMsg {
 }
 
 /// The backup actor.
+#[derive(Default)]
 pub struct BackupActor;
 
-/// What the backup actor works with.
+/// What the backup actor works with (cloned into each restart).
+#[derive(Clone)]
 pub struct BackupArgs {
     /// Metadata.
     pub store: Arc<dyn Store>,
@@ -209,6 +214,8 @@ impl Actor for BackupActor {
             BackupMsg::Publish { record, reply } => {
                 let _ = reply.send(st.publish(record).await);
             }
+            #[cfg(feature = "fault-injection")]
+            BackupMsg::Panic => panic!("fault injection: the backup actor panics"),
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::backup::{
 use crate::clock::{Clock, Timestamp};
 use crate::error::{BackupError, PairingError, RoomError};
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
+use crate::keeper::{Keeper, Slot};
 use crate::mailbox::{Payload, Signal};
 use crate::pairing::{Confirmed, Initiated, PairingActor, PairingArgs, PairingMsg};
 use crate::room::{Accepted, ConnId, Connection, Origin, RoomMsg};
@@ -87,6 +88,25 @@ where
     })
 }
 
+/// Calls the current instance of a kept actor; none running (a restart is failing) is
+/// `unavailable` too.
+async fn call_kept<M, T, E>(
+    slot: &Slot<M>,
+    build: impl FnOnce(RpcReplyPort<Result<T, E>>) -> M,
+    timeout: Duration,
+    unavailable: E,
+) -> Result<T, E>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    match slot.current() {
+        Some(actor) => call(&actor, build, timeout, unavailable).await,
+        None => Err(unavailable),
+    }
+}
+
 /// The running actor tree of one server: the room supervisor, the pairing and backup actors,
 /// and the store janitor.
 pub struct Domain {
@@ -98,6 +118,7 @@ pub struct Domain {
     pub backups: Backups,
     /// Storage health.
     pub storage: Storage,
+    keepers: [ActorRef<()>; 2],
     janitor: JoinHandle<()>,
 }
 
@@ -121,27 +142,19 @@ impl Domain {
             },
         )
         .await?;
-        let (pairing, _) = Actor::spawn(
-            None,
-            PairingActor,
-            PairingArgs {
-                store: Arc::clone(&store),
-                secret: secret.clone(),
-                settings: settings.clone(),
-                clock: clock.clone(),
-                rooms: sup.clone(),
-            },
-        )
+        let (pairing_keeper, pairing) = Keeper::<PairingActor>::start(PairingArgs {
+            store: Arc::clone(&store),
+            secret: secret.clone(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            rooms: sup.clone(),
+        })
         .await?;
-        let (backup, _) = Actor::spawn(
-            None,
-            BackupActor,
-            BackupArgs {
-                store: Arc::clone(&store),
-                blobs: Arc::clone(&blobs),
-                retention: settings.backup_retention,
-            },
-        )
+        let (backup_keeper, backup) = Keeper::<BackupActor>::start(BackupArgs {
+            store: Arc::clone(&store),
+            blobs: Arc::clone(&blobs),
+            retention: settings.backup_retention,
+        })
         .await?;
         clean_after_restart(store.as_ref(), blobs.as_ref()).await;
         let janitor = tokio::spawn(janitor(
@@ -177,6 +190,7 @@ impl Domain {
                 secret,
                 timeout: settings.call_timeout,
             },
+            keepers: [pairing_keeper, backup_keeper],
             janitor,
         })
     }
@@ -191,8 +205,8 @@ impl Domain {
         let _ = sup
             .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
             .await;
-        for actor in [self.pairing.actor.get_cell(), self.backups.actor.get_cell()] {
-            let _ = actor
+        for keeper in self.keepers {
+            let _ = keeper
                 .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
                 .await;
         }
@@ -424,7 +438,7 @@ impl RoomLink {
 /// Handle to encrypted backups: streams uploads into the blob store and downloads out of it.
 #[derive(Clone)]
 pub struct Backups {
-    actor: ActorRef<BackupMsg>,
+    actor: Slot<BackupMsg>,
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     clock: Clock,
@@ -506,8 +520,18 @@ impl Backups {
         };
         // On a failed or timed-out publish the record may still have been written, so the
         // blob is left alone: if it was never published, the orphan sweep deletes it.
-        call(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
+        call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
         Ok(record)
+    }
+
+    /// Test hook: makes the backup actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(BackupMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
     }
 
     /// The couple's backups, newest first.
@@ -542,7 +566,7 @@ impl Backups {
 /// Handle to pairing and authentication.
 #[derive(Clone)]
 pub struct Pairing {
-    actor: ActorRef<PairingMsg>,
+    actor: Slot<PairingMsg>,
     store: Arc<dyn Store>,
     secret: SigningSecret,
     timeout: Duration,
@@ -560,7 +584,7 @@ impl Pairing {
             Some(t) => Some(self.authenticate(t).await?),
             None => None,
         };
-        call(
+        call_kept(
             &self.actor,
             |reply| PairingMsg::Initiate { device, by, reply },
             self.timeout,
@@ -576,7 +600,7 @@ impl Pairing {
         token: PairingToken,
         device: DeviceId,
     ) -> Result<Confirmed, PairingError> {
-        call(
+        call_kept(
             &self.actor,
             |reply| PairingMsg::Confirm {
                 couple,
@@ -590,10 +614,20 @@ impl Pairing {
         .await
     }
 
+    /// Test hook: makes the pairing actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(PairingMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
+    }
+
     /// Revokes `device` of the caller's couple: its token stops working and its socket is
     /// closed at once.
     pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
-        call(
+        call_kept(
             &self.actor,
             |reply| PairingMsg::Revoke { by, device, reply },
             self.timeout,

@@ -14,7 +14,8 @@
 //! # Layout
 //! - [`ids`], [`token`], [`clock`]: validated identifiers, secrets and time.
 //! - [`mailbox`]: one device's ordered, bounded queue of signals.
-//! - [`room`], [`supervisor`], [`pairing`], [`backup`]: the actors.
+//! - [`room`], [`supervisor`], [`pairing`], [`backup`]: the actors; [`keeper`] restarts the
+//!   pairing and backup actors when they fail.
 //! - [`handle`]: typed handles the front end calls ([`Domain`], [`Rooms`], [`Pairing`]).
 //! - [`store`]: the persistence traits, the embedded store and the file blob store.
 #![warn(missing_docs, unreachable_pub)]
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod error;
 pub mod handle;
 pub mod ids;
+pub mod keeper;
 pub mod mailbox;
 pub mod pairing;
 pub mod room;

@@ -62,6 +62,9 @@ pub enum PairingMsg {
         /// Done (or why not).
         reply: RpcReplyPort<Result<(), PairingError>>,
     },
+    /// Test hook: make the actor panic, to exercise its restart.
+    #[cfg(feature = "fault-injection")]
+    Panic,
     /// Join a couple with its pairing token.
     Confirm {
         /// The couple to join.
@@ -76,9 +79,11 @@ pub enum PairingMsg {
 }
 
 /// The pairing actor.
+#[derive(Default)]
 pub struct PairingActor;
 
-/// What the pairing actor works with.
+/// What the pairing actor works with (cloned into each restart).
+#[derive(Clone)]
 pub struct PairingArgs {
     /// Where couples, devices and pairings persist.
     pub store: Arc<dyn Store>,
@@ -271,6 +276,8 @@ impl Actor for PairingActor {
             PairingMsg::Revoke { by, device, reply } => {
                 let _ = reply.send(st.revoke(&by, device).await);
             }
+            #[cfg(feature = "fault-injection")]
+            PairingMsg::Panic => panic!("fault injection: the pairing actor panics"),
             PairingMsg::Confirm {
                 couple,
                 token,

@@ -35,6 +35,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub clock: Clock,
     pub rooms: Rooms,
+    pub pairing: actors::Pairing,
+    pub backups: actors::Backups,
     pub blobs: Arc<dyn BlobStore>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -163,6 +165,7 @@ impl TestApp {
         let addr = app.addr();
         let rooms = app.rooms();
         let blobs = app.blobs();
+        let (pairing, backups) = (app.pairing(), app.backups());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -171,6 +174,8 @@ impl TestApp {
             addr,
             clock,
             rooms,
+            pairing,
+            backups,
             blobs,
             http: reqwest::Client::new(),
             stop: Some(stop),

@@ -67,3 +67,41 @@ async fn a_bogus_last_seq_cannot_hide_later_signals_after_a_restart() {
     assert_eq!(m["payload"], "second");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_pairing_and_backup_actors_are_restarted_after_a_panic() {
+    use reqwest::StatusCode;
+
+    use crate::helpers::ok_json;
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    ok_json(
+        app.upload(&couple.a, b"before".to_vec(), &[]).await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let wait = crate::helpers::WAIT;
+    let restarted = tokio::time::timeout(wait, app.pairing.inject_panic()).await;
+    assert!(restarted.is_ok(), "the pairing actor was restarted");
+    let restarted = tokio::time::timeout(wait, app.backups.inject_panic()).await;
+    assert!(restarted.is_ok(), "the backup actor was restarted");
+
+    // Both work again, with their state intact (it lives in the store).
+    let c = app.add_device(&couple, "c").await;
+    let res = app.get_signals(&couple.id, "c", Some(&c.token), None).await;
+    ok_json(res, StatusCode::OK).await;
+    ok_json(
+        app.upload(&couple.b, b"after".to_vec(), &[]).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let list = ok_json(
+        app.get_auth(&format!("/api/backups/{}", couple.id), &couple.a)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(list["backups"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
