@@ -9,6 +9,7 @@ mod limits;
 mod pairing;
 mod rest;
 mod restart;
+mod security;
 mod signaling;
 mod storage_down;
 mod supervision;
