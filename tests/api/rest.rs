@@ -186,3 +186,50 @@ async fn rest_signal_errors_are_clear() {
     );
     app.stop().await;
 }
+
+/// Sends a raw request head and returns the response's status line.
+async fn raw_status(app: &TestApp, head: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // The server may answer (and close) before reading it all; a failed write is fine.
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(crate::helpers::WAIT, tcp.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn oversized_headers_and_urls_are_refused() {
+    let app = TestApp::spawn().await;
+    let big = "x".repeat(20 * 1024);
+    let header = raw_status(
+        &app,
+        format!("GET /health HTTP/1.1\r\nhost: x\r\nx-filler: {big}\r\n\r\n"),
+    )
+    .await;
+    assert!(header.starts_with("HTTP/1.1 431"), "{header}");
+    let url = raw_status(
+        &app,
+        format!("GET /health?{big} HTTP/1.1\r\nhost: x\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        url.starts_with("HTTP/1.1 431") || url.starts_with("HTTP/1.1 414"),
+        "{url}"
+    );
+    // The server is unharmed.
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}
