@@ -269,10 +269,17 @@ impl Actor for RoomActor {
         let store = Arc::clone(&st.args.store);
         let couple = st.args.couple.clone();
         st.epoch = store.next_epoch(&couple).await?;
+        let mut paired_at = HashMap::new();
         for d in store.devices(&couple).await? {
-            st.members.entry(d.device).or_default();
+            st.members.entry(d.device.clone()).or_default();
+            paired_at.insert(d.device, d.paired_at);
         }
         for s in store.pending_signals(&couple, st.args.clock.now()).await? {
+            // Only signals for a device that is still paired, and sent after it was paired:
+            // a revoked device's leftovers never reach a device paired again under its id.
+            if paired_at.get(&s.to).is_none_or(|at| s.created_at < *at) {
+                continue;
+            }
             let to = s.to.clone();
             let entry = Entry {
                 signal: Arc::new(Signal {

@@ -10,17 +10,15 @@ use our_memories_actors::{
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
+    domain_with_clock(dir, settings, Clock::manual()).await
+}
+
+async fn domain_with_clock(dir: &std::path::Path, settings: Settings, clock: Clock) -> Domain {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
     let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
-    Domain::start(
-        store,
-        blobs,
-        SigningSecret::generate(),
-        settings,
-        Clock::manual(),
-    )
-    .await
-    .expect("tree starts")
+    Domain::start(store, blobs, SigningSecret::generate(), settings, clock)
+        .await
+        .expect("tree starts")
 }
 
 /// Pairs a couple `a` + `b` through the pairing handle.
@@ -92,4 +90,81 @@ async fn the_tree_stops_cleanly_and_handles_then_fail_fast() {
     d.shutdown(Duration::from_secs(5)).await;
     // Every actor is gone: the handle answers "unavailable" instead of hanging.
     assert_eq!(rooms.stats().await, Err(RoomError::Unavailable));
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_dropped_and_loses_nothing() {
+    use our_memories_actors::{Connection, Kick, RoomEvent, Seq};
+    use tokio::sync::{mpsc, oneshot};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = domain(dir.path(), Settings::default()).await;
+    let couple = pair(&d).await;
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+    // b's socket queue holds 3 events and nobody reads it.
+    let (events, mut queue) = mpsc::channel::<RoomEvent>(3);
+    let (kick, mut kicked) = oneshot::channel();
+    let mut conn = Some(Connection {
+        id: 1,
+        events,
+        kick,
+    });
+    d.rooms
+        .join(&couple, &b, None, || conn.take().unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        d.rooms
+            .send(&couple, &a, &b, Payload::new(i.to_string()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(kicked.try_recv(), Ok(Kick::SlowConsumer));
+    // Nothing accepted was dropped: the mailbox still has all five, in order.
+    let pending = d.rooms.fetch(&couple, &b, None).await.unwrap();
+    let payloads: Vec<_> = pending
+        .iter()
+        .map(|s| s.payload.as_str().to_owned())
+        .collect();
+    assert_eq!(payloads, ["0", "1", "2", "3", "4"]);
+    // What did reach the queue before the kick is a prefix, in order.
+    assert!(matches!(queue.try_recv(), Ok(RoomEvent::Joined { .. })));
+    let mut last = Seq(0);
+    while let Ok(RoomEvent::Signal(s)) = queue.try_recv() {
+        assert!(s.seq > last);
+        last = s.seq;
+    }
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_paired_again_under_a_revoked_id_never_gets_the_old_ones_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let d = domain_with_clock(dir.path(), Settings::default(), clock.clone()).await;
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+    let started = d.pairing.initiate(a.clone(), None).await.unwrap();
+    let (couple, a_token) = (started.couple.clone(), started.device_token);
+    d.pairing
+        .confirm(couple.clone(), started.pairing_token, b.clone())
+        .await
+        .unwrap();
+    d.rooms
+        .send(&couple, &a, &b, Payload::new("\"for the old b\""))
+        .await
+        .unwrap();
+    // The room goes idle and stops; then b is revoked while no room runs.
+    tokio::time::sleep(Duration::from_secs(70)).await;
+    assert_eq!(d.rooms.stats().await.unwrap().rooms, 0);
+    let claims = d.pairing.authenticate(&a_token).await.unwrap();
+    d.pairing.revoke(claims, b.clone()).await.unwrap();
+    // A moment later a new device takes the id b: the old b's stored signal is not its.
+    clock.advance(Duration::from_secs(1));
+    let again = d.pairing.initiate(a.clone(), Some(&a_token)).await.unwrap();
+    d.pairing
+        .confirm(couple.clone(), again.pairing_token, b.clone())
+        .await
+        .unwrap();
+    assert!(d.rooms.fetch(&couple, &b, None).await.unwrap().is_empty());
+    d.shutdown(Duration::from_secs(5)).await;
 }

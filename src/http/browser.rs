@@ -11,9 +11,10 @@ use warp::{Filter, Rejection, Reply};
 /// Methods a cross-origin browser may use.
 const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 /// Request headers a cross-origin browser may send.
-const ALLOW_HEADERS: &str = "authorization, content-type, x-backup-meta, x-content-sha256";
+const ALLOW_HEADERS: &str =
+    "authorization, content-type, if-none-match, x-backup-meta, x-content-sha256";
 /// Response headers a cross-origin browser may read.
-const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
+const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy";
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 

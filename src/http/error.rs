@@ -60,7 +60,7 @@ pub enum ApiError {
     #[error("this endpoint needs a WebSocket upgrade")]
     UpgradeRequired,
     /// A rate limit was hit; `Retry-After` says when to try again.
-    #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
+    #[error("too many requests; retry in {} s", whole_seconds_up(*retry_after))]
     RateLimited {
         /// How long until the next request would pass.
         retry_after: std::time::Duration,
@@ -221,8 +221,7 @@ impl ApiError {
             window,
         } = self
         {
-            // Whole seconds, rounded up: a client that waits this long will pass.
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let secs = whole_seconds_up(retry_after);
             let h = response.headers_mut();
             h.insert("retry-after", secs.into());
             h.insert("ratelimit-limit", limit.into());
@@ -276,4 +275,9 @@ fn upgrade_or_invalid(header: &str, message: String) -> ApiError {
     } else {
         ApiError::InvalidRequest(message)
     }
+}
+
+/// Whole seconds, rounded up (at least 1): a client that waits this long will pass.
+fn whole_seconds_up(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }

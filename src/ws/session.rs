@@ -184,24 +184,28 @@ impl Session {
     }
 
     async fn on_frame(&mut self, msg: Message) {
-        if let (Some(j), Message::Text(_) | Message::Binary(_)) = (&self.joined, &msg) {
-            // A joined socket's messages count toward its device's budget, like REST signals.
-            let limited = self
-                .state
-                .limits
-                .check_device(DeviceLimit::Signal, &j.couple, &j.device);
-            if let Err(e) = limited {
-                return self.send_error(&e, None);
-            }
-        }
-        match msg {
-            Message::Text(text) => match ClientMsg::parse(text.as_str()) {
-                Ok(m) => self.on_message(m).await,
-                Err(e) => self.send_error(&e, None),
-            },
-            Message::Binary(_) => self.send_error(&ApiError::BinaryFrame, None),
+        let parsed = match &msg {
+            Message::Text(text) => ClientMsg::parse(text.as_str()),
+            Message::Binary(_) => Err(ApiError::BinaryFrame),
             // Ping, pong, close: the heartbeat already counted them.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => return,
+        };
+        // A joined socket's messages count toward its device's budget, like REST signals.
+        if let Some(j) = &self.joined
+            && let Err(e) =
+                self.state
+                    .limits
+                    .check_device(DeviceLimit::Signal, &j.couple, &j.device)
+        {
+            let id = match &parsed {
+                Ok(ClientMsg::WebrtcSignal { id, .. }) => id.clone(),
+                _ => None,
+            };
+            return self.send_error(&e, id.as_ref());
+        }
+        match parsed {
+            Ok(m) => self.on_message(m).await,
+            Err(e) => self.send_error(&e, None),
         }
     }
 

@@ -64,7 +64,7 @@ async fn signals_are_limited_per_device_over_rest_and_websocket() {
         b.recv_type("accepted").await;
     }
     b.send(signal(Some("a"), &json!(5), Some("w5"))).await;
-    b.recv_error("rate_limited").await;
+    assert_eq!(b.recv_error("rate_limited").await["id"], "w5");
     // The socket survives the refusal: the next message is answered, not the connection closed.
     b.send(json!({ "type": "ping" })).await;
     b.recv_error("rate_limited").await;
