@@ -382,3 +382,26 @@ async fn uploads_beyond_the_concurrency_cap_get_503() {
     drop(first); // the client gives up; the slot and the partial file are released
     assert_eq!(app.stop_and_count_blobs().await, (0, 0));
 }
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_with_an_upload_in_flight() {
+    let app = TestApp::spawn_with(|c| c.shutdown_timeout = std::time::Duration::from_secs(1)).await;
+    let couple = app.pair().await;
+    let _stalled = stalled_upload(&app, &couple.a.token, 1 << 20, 1000).await;
+    if crate::helpers::Backend::from_env() == crate::helpers::Backend::Embedded {
+        // Wait (bounded) until the upload is really in flight: its partial file exists.
+        let partial = app.data_dir().join("blobs/.partial");
+        let deadline = std::time::Instant::now() + crate::helpers::WAIT;
+        while std::fs::read_dir(&partial).unwrap().next().is_none() {
+            assert!(std::time::Instant::now() < deadline, "upload never started");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let started = std::time::Instant::now();
+    app.stop().await; // would wait the 60 s idle timeout if shutdown were unbounded
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}

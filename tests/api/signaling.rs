@@ -378,3 +378,15 @@ async fn shutdown_closes_sockets_with_going_away() {
     };
     assert_eq!(code, Some(1001));
 }
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_closes_with_1002() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    ws.send_raw(Message::Frame(frame)).await;
+    assert_eq!(ws.recv_close().await, Some(1002));
+    app.stop().await;
+}
