@@ -553,13 +553,16 @@ impl RoomState {
         }
     }
 
-    fn leave(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, conn: ConnId) {
-        let current = self
-            .members
+    /// Whether `conn` is still `device`'s socket (not replaced or gone since).
+    fn is_current(&self, device: &DeviceId, conn: ConnId) -> bool {
+        self.members
             .get(device)
             .and_then(|m| m.conn.as_ref())
-            .map(|c| c.id);
-        if current == Some(conn) {
+            .is_some_and(|c| c.id == conn)
+    }
+
+    fn leave(&mut self, me: &ActorRef<RoomMsg>, device: &DeviceId, conn: ConnId) {
+        if self.is_current(device, conn) {
             self.disconnect(me, device, None);
         }
     }
@@ -771,12 +774,7 @@ impl RoomState {
         conn: ConnId,
         event: RoomEvent,
     ) {
-        let current = self
-            .members
-            .get(device)
-            .and_then(|m| m.conn.as_ref())
-            .map(|c| c.id);
-        if current == Some(conn) {
+        if self.is_current(device, conn) {
             self.push(me, device, event);
         }
     }

@@ -534,48 +534,39 @@ impl Store for MongoStore {
 /// reports deleting a missing file as an error.
 #[derive(Clone)]
 pub struct GridFsBlobs {
-    db: Database,
-    timeout: Duration,
+    store: MongoStore,
 }
 
 impl GridFsBlobs {
     /// The blob collections of `store`'s database, with the chunk index.
     pub async fn new(store: &MongoStore) -> Result<Self, StoreError> {
         let blobs = Self {
-            db: store.database(),
-            timeout: store.timeout,
+            store: store.clone(),
         };
         let index = IndexModel::builder()
             .keys(doc! { "files_id": 1, "n": 1 })
             .options(IndexOptions::builder().unique(true).build())
             .build();
-        blobs.op(blobs.chunks().create_index(index)).await?;
+        blobs.store.op(blobs.chunks().create_index(index)).await?;
         // The partial-upload sweep looks up first chunks (`n: 0`).
         let first_chunks = IndexModel::builder().keys(doc! { "n": 1 }).build();
-        blobs.op(blobs.chunks().create_index(first_chunks)).await?;
+        blobs
+            .store
+            .op(blobs.chunks().create_index(first_chunks))
+            .await?;
         Ok(blobs)
     }
 
     fn files(&self) -> Collection<Document> {
-        self.db.collection(FILES_COLLECTION)
+        self.store.db.collection(FILES_COLLECTION)
     }
 
     fn chunks(&self) -> Collection<Document> {
-        self.db.collection(CHUNKS_COLLECTION)
+        self.store.db.collection(CHUNKS_COLLECTION)
     }
 
     fn id(key: &BlobKey) -> Bson {
         Bson::String(format!("{}/{}", key.couple, key.backup))
-    }
-
-    async fn op<T>(
-        &self,
-        fut: impl IntoFuture<Output = mongodb::error::Result<T>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, fut.into_future())
-            .await
-            .map_err(|_| unavailable("operation timed out"))?
-            .map_err(unavailable)
     }
 
     /// Deletes chunks whose file document was never written (an upload cut off by a crash),
@@ -586,11 +577,12 @@ impl GridFsBlobs {
     ) -> Result<usize, StoreError> {
         let chunks = self.chunks();
         let cursor = self
+            .store
             .op(chunks
                 .find(doc! { "n": 0 })
                 .projection(doc! { "files_id": 1 }))
             .await?;
-        let firsts: Vec<Document> = self.op(cursor.try_collect()).await?;
+        let firsts: Vec<Document> = self.store.op(cursor.try_collect()).await?;
         let mut deleted = 0;
         for first in firsts {
             let started = first
@@ -603,11 +595,13 @@ impl GridFsBlobs {
                 continue;
             };
             let exists = self
+                .store
                 .op(self.files().find_one(doc! { "_id": files_id.clone() }))
                 .await?
                 .is_some();
             if !exists {
-                self.op(chunks.delete_many(doc! { "files_id": files_id }))
+                self.store
+                    .op(chunks.delete_many(doc! { "files_id": files_id }))
                     .await?;
                 deleted += 1;
             }
@@ -623,9 +617,7 @@ impl BlobStore for GridFsBlobs {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.op(self.db.run_command(doc! { "ping": 1 }))
-            .await
-            .map(|_| ())
+        self.store.ping().await
     }
 
     /// Writes the GridFS layout directly: chunks as the body streams in (one 255 KiB buffer),
@@ -648,7 +640,7 @@ impl BlobStore for GridFsBlobs {
                         "n": n,
                         "data": Binary { subtype: BinarySubtype::Generic, bytes: data.to_vec() },
                     };
-                    self.op(self.chunks().insert_one(chunk)).await?;
+                    self.store.op(self.chunks().insert_one(chunk)).await?;
                     n += 1;
                 }
             }
@@ -659,6 +651,7 @@ impl BlobStore for GridFsBlobs {
             Ok(length) => length,
             Err(e) => {
                 let _ = self
+                    .store
                     .op(self.chunks().delete_many(doc! { "files_id": id }))
                     .await;
                 return Err(e);
@@ -671,8 +664,9 @@ impl BlobStore for GridFsBlobs {
             "uploadDate": DateTime::now(),
             "filename": key.backup.as_str(),
         };
-        if let Err(e) = self.op(self.files().insert_one(file)).await {
+        if let Err(e) = self.store.op(self.files().insert_one(file)).await {
             let _ = self
+                .store
                 .op(self.chunks().delete_many(doc! { "files_id": id }))
                 .await;
             return Err(e.into());
@@ -686,6 +680,7 @@ impl BlobStore for GridFsBlobs {
     async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError> {
         let id = Self::id(key);
         let Some(file) = self
+            .store
             .op(self.files().find_one(doc! { "_id": id.clone() }))
             .await?
         else {
@@ -697,6 +692,7 @@ impl BlobStore for GridFsBlobs {
             other => return Err(corrupt(format!("GridFS length is {other:?}"))),
         };
         let cursor = self
+            .store
             .op(self
                 .chunks()
                 .find(doc! { "files_id": id })
@@ -720,9 +716,11 @@ impl BlobStore for GridFsBlobs {
     /// missing blob is a no-op.
     async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
         let id = Self::id(key);
-        self.op(self.files().delete_one(doc! { "_id": id.clone() }))
+        self.store
+            .op(self.files().delete_one(doc! { "_id": id.clone() }))
             .await?;
-        self.op(self.chunks().delete_many(doc! { "files_id": id }))
+        self.store
+            .op(self.chunks().delete_many(doc! { "files_id": id }))
             .await?;
         Ok(())
     }
@@ -735,8 +733,8 @@ impl BlobStore for GridFsBlobs {
     }
 
     async fn list(&self) -> Result<Vec<BlobEntry>, StoreError> {
-        let cursor = self.op(self.files().find(doc! {})).await?;
-        let files: Vec<Document> = self.op(cursor.try_collect()).await?;
+        let cursor = self.store.op(self.files().find(doc! {})).await?;
+        let files: Vec<Document> = self.store.op(cursor.try_collect()).await?;
         // An upload date that cannot be read counts as "now": the periodic sweep then leaves
         // the blob alone (it may be about to be published); the sweep at start still sees it.
         let now = Timestamp(u64::try_from(DateTime::now().timestamp_millis()).unwrap_or(0));
