@@ -4,9 +4,8 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{TestApp, assert_error, ok_json};
+use crate::helpers::{TestApp, assert_error, ok_json, partial_upload};
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -214,13 +213,7 @@ async fn an_interrupted_upload_never_replaces_the_latest() {
     )
     .await;
     // A raw client announces 1 MiB, sends half, and vanishes.
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let head = format!(
-        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 1048576\r\n\r\n",
-        couple.b.token
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&vec![9u8; 512 * 1024]).await.unwrap();
+    let tcp = partial_upload(app.addr, &couple.b.token, 1 << 20, 512 * 1024).await;
     drop(tcp);
     let latest = app
         .get_auth(&format!("/api/backup/{}", couple.id), &couple.b)
@@ -312,23 +305,6 @@ async fn a_100_mib_backup_round_trips() {
     app.stop().await;
 }
 
-/// Opens an upload on a raw connection: the head and `sent` bytes of a body announced as
-/// `announced` bytes, then nothing more (the connection stays open).
-async fn stalled_upload(
-    app: &TestApp,
-    token: &str,
-    announced: usize,
-    sent: usize,
-) -> tokio::net::TcpStream {
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let head = format!(
-        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {announced}\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&vec![1u8; sent]).await.unwrap();
-    tcp
-}
-
 #[tokio::test]
 async fn a_stalled_upload_is_dropped_with_408_and_nothing_is_kept() {
     let app = TestApp::spawn_with(|c| {
@@ -336,7 +312,7 @@ async fn a_stalled_upload_is_dropped_with_408_and_nothing_is_kept() {
     })
     .await;
     let couple = app.pair().await;
-    let mut tcp = stalled_upload(&app, &couple.a.token, 1 << 20, 1000).await;
+    let mut tcp = partial_upload(app.addr, &couple.a.token, 1 << 20, 1000).await;
     let mut response = Vec::new();
     tokio::time::timeout(
         crate::helpers::WAIT,
@@ -358,7 +334,7 @@ async fn uploads_beyond_the_concurrency_cap_get_503() {
     }
     let app = TestApp::spawn_with(|c| c.settings.backup_max_concurrent = 1).await;
     let couple = app.pair().await;
-    let first = stalled_upload(&app, &couple.a.token, 1 << 20, 1 << 19).await;
+    let first = partial_upload(app.addr, &couple.a.token, 1 << 20, 1 << 19).await;
     // Wait (bounded) until the first upload holds the only slot: its bytes reach the disk.
     let partial = app.data_dir().join("blobs/.partial");
     let deadline = std::time::Instant::now() + crate::helpers::WAIT;
@@ -387,7 +363,7 @@ async fn uploads_beyond_the_concurrency_cap_get_503() {
 async fn shutdown_is_bounded_even_with_an_upload_in_flight() {
     let app = TestApp::spawn_with(|c| c.shutdown_timeout = std::time::Duration::from_secs(1)).await;
     let couple = app.pair().await;
-    let _stalled = stalled_upload(&app, &couple.a.token, 1 << 20, 1000).await;
+    let _stalled = partial_upload(app.addr, &couple.a.token, 1 << 20, 1000).await;
     if crate::helpers::Backend::from_env() == crate::helpers::Backend::Embedded {
         // Wait (bounded) until the upload is really in flight: its partial file exists.
         let partial = app.data_dir().join("blobs/.partial");

@@ -481,3 +481,21 @@ impl Ws {
         self.stream
     }
 }
+
+/// Starts an upload on a raw connection: the head and `sent` bytes of a body announced as
+/// `announced` bytes, then nothing more (the connection stays open until dropped).
+pub async fn partial_upload(
+    addr: impl tokio::net::ToSocketAddrs,
+    token: &str,
+    announced: usize,
+    sent: usize,
+) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = TcpStream::connect(addr).await.expect("server reachable");
+    let head = format!(
+        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {announced}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head sent");
+    tcp.write_all(&vec![1u8; sent]).await.expect("body sent");
+    tcp
+}

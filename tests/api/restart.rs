@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, create_bucket, ok_json, s3_settings, service_env, unique_name};
+use crate::helpers::{
+    Backend, create_bucket, ok_json, partial_upload, s3_settings, service_env, unique_name,
+};
 
 /// The environment that points the binary at this run's backend (empty for embedded).
 async fn storage_env() -> Vec<(String, String)> {
@@ -76,6 +78,17 @@ impl Server {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// Starts a couple with device `a` (the in-process `TestApp` helpers do not apply here).
+    async fn initiate(&self, http: &reqwest::Client) -> serde_json::Value {
+        let res = http
+            .post(self.url("/api/pair/initiate"))
+            .json(&json!({ "deviceId": "a" }))
+            .send()
+            .await
+            .unwrap();
+        ok_json(res, StatusCode::CREATED).await
+    }
 }
 
 #[tokio::test]
@@ -86,16 +99,7 @@ async fn pending_signals_survive_a_kill_and_restart() {
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
 
-    // Pair through the real binary (TestApp's helpers need an in-process app, so inline).
-    let started = ok_json(
-        http.post(server.url("/api/pair/initiate"))
-            .json(&json!({ "deviceId": "a" }))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let started = server.initiate(&http).await;
     let couple = started["coupleId"].as_str().unwrap().to_owned();
     let a_token = started["deviceToken"].as_str().unwrap().to_owned();
     let confirm =
@@ -181,21 +185,12 @@ fn terminate(server: &mut Server) {
 
 #[tokio::test]
 async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_restart() {
-    use tokio::io::AsyncWriteExt;
     let data = tempfile::tempdir().unwrap();
     let secret = "an-integration-test-secret-of-at-least-32-bytes";
     let http = reqwest::Client::new();
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
-    let started = ok_json(
-        http.post(server.url("/api/pair/initiate"))
-            .json(&json!({ "deviceId": "a" }))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let started = server.initiate(&http).await;
     let couple = started["coupleId"].as_str().unwrap().to_owned();
     let token = started["deviceToken"].as_str().unwrap().to_owned();
     let upload = |body: Vec<u8>| {
@@ -211,12 +206,7 @@ async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_r
     .await;
 
     // Half of a 16 MiB upload, then the server dies.
-    let mut tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
-    let head = format!(
-        "POST /api/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 16777216\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&vec![7u8; 8 << 20]).await.unwrap();
+    let tcp = partial_upload(server.addr.as_str(), &token, 16 << 20, 8 << 20).await;
     if storage.is_empty() {
         // Embedded: wait (bounded) until part of it is on disk, so the kill is really mid-write.
         let partial = data.path().join("blobs/.partial");
