@@ -57,6 +57,12 @@ impl Shutdown {
 }
 
 impl ShutdownListener {
+    /// Whether shutdown has begun (for readiness).
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        *self.notify.borrow()
+    }
+
     /// Resolves once shutdown has begun.
     pub async fn recv(&mut self) {
         let _ = self.notify.wait_for(|stop| *stop).await;

@@ -184,6 +184,10 @@ async fn rest_signal_errors_are_clear() {
         health["storage"]["blobs"],
         json!({ "backend": expected.1, "ok": true })
     );
+    let res = app.http.get(app.url("/ready")).send().await.unwrap();
+    let ready: Value = ok_json(res, StatusCode::OK).await;
+    assert_eq!(ready["status"], "ready");
+    assert!(ready["uptimeSecs"].is_u64() && ready["version"].is_string());
     app.stop().await;
 }
 

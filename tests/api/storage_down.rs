@@ -134,6 +134,9 @@ async fn mongodb_down_means_503_fast_live_signaling_continues_and_recovery_is_au
         (json!("degraded"), json!(false))
     );
 
+    let ready = app.http.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "not_ready");
     mongo.start();
     // The driver reconnects by itself; wait (bounded) for the server to see it.
     let deadline = Instant::now() + Duration::from_secs(30);
