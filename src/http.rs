@@ -43,7 +43,7 @@ pub fn routes(
         .map(move |request: warp::http::HeaderMap, response| {
             browser::decorate(&origins, &request, response)
         })
-        .with(warp::trace::request())
+        .with(warp::trace(crate::telemetry::request_span))
 }
 
 /// Parses a request body: the one place client JSON becomes a typed request (ids validated

@@ -7,15 +7,14 @@ use our_memories::{app::App, config::Config, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("configuration error: {e}");
             eprintln!("configuration error: {e}");
             return ExitCode::from(2);
         }
     };
+    telemetry::init(config.environment);
     match Box::pin(App::build(config, Clock::System)).await {
         Ok(app) => {
             Box::pin(app.run_until_stopped(shutdown::signal())).await;

@@ -38,41 +38,51 @@ async fn storage_env() -> Vec<(String, String)> {
 struct Server {
     child: Child,
     addr: String,
+    /// Every line the server logged so far.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// Starts the binary and waits for its "listening" line to learn the port.
     fn start(data_dir: &std::path::Path, secret: &str, storage: &[(String, String)]) -> Self {
+        let mut env = storage.to_vec();
+        env.push(("SIGNALING_SECRET".to_owned(), secret.to_owned()));
+        env.push(("RUST_LOG".to_owned(), "info".to_owned()));
+        Self::start_with(data_dir, &env)
+    }
+
+    fn start_with(data_dir: &std::path::Path, env: &[(String, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_our-memories"))
             .env_clear()
-            .envs(storage.iter().map(|(k, v)| (k, v)))
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("DATA_DIR", data_dir)
-            .env("SIGNALING_SECRET", secret)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .expect("server binary starts");
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines
                 .next()
                 .expect("server logs before exiting")
                 .expect("log line");
-            if let Some(rest) = line
-                .split("addr=")
-                .nth(1)
-                .filter(|_| line.contains("listening"))
-            {
-                break rest.split_whitespace().next().expect("address").to_owned();
+            logs.lock().unwrap().push(line.clone());
+            if line.contains("listening") {
+                break listening_addr(&line);
             }
         };
-        // Keep draining logs so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        // Keep draining (and keeping) logs so the server never blocks on a full pipe.
+        let kept = std::sync::Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr, logs }
     }
 
     fn url(&self, path: &str) -> String {
@@ -89,6 +99,15 @@ impl Server {
             .unwrap();
         ok_json(res, StatusCode::CREATED).await
     }
+}
+
+/// The address in the "listening" line, human-readable (`addr=…`) or JSON (`"addr":"…"`).
+fn listening_addr(line: &str) -> String {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["addr"].as_str().expect("addr field").to_owned();
+    }
+    let rest = line.split("addr=").nth(1).expect("addr= in the line");
+    rest.split_whitespace().next().expect("address").to_owned()
 }
 
 #[tokio::test]
@@ -280,5 +299,110 @@ async fn an_unreachable_mongodb_stops_start_up_with_a_clear_message() {
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
         "bounded wait"
+    );
+}
+
+#[tokio::test]
+async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let data = tempfile::tempdir().unwrap();
+    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let env: Vec<(String, String)> = [
+        ("NODE_ENV", "production"),
+        ("SIGNALING_SECRET", secret),
+        ("RUST_LOG", "debug"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let mut server = Server::start_with(data.path(), &env);
+    let http = reqwest::Client::new();
+
+    // Exercise every path that handles a secret or user content.
+    let started = server.initiate(&http).await;
+    let couple = started["coupleId"].as_str().unwrap().to_owned();
+    let pairing_token = started["pairingToken"].as_str().unwrap().to_owned();
+    let a_token = started["deviceToken"].as_str().unwrap().to_owned();
+    let confirm = json!({ "coupleId": couple, "pairingToken": pairing_token, "deviceId": "b" });
+    let res = http
+        .post(server.url("/api/pair/confirm"))
+        .json(&confirm)
+        .send()
+        .await
+        .unwrap();
+    let b_token = ok_json(res, StatusCode::OK).await["deviceToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({ "coupleId": couple, "fromDeviceId": "a", "toDeviceId": "b", "signalPayload": { "sdp": "REST-PAYLOAD-MARKER" } });
+    let res = http
+        .post(server.url("/api/signal"))
+        .bearer_auth(&a_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    let join =
+        json!({ "type": "join-couple", "coupleId": couple, "deviceId": "b", "token": b_token });
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    let signal = json!({ "type": "webrtc-signal", "to": "a", "id": "m1", "payload": { "ice": "WS-PAYLOAD-MARKER" } });
+    ws.send(Message::text(signal.to_string())).await.unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("socket closed")
+        };
+        if t.as_str().contains("\"accepted\"") {
+            break;
+        }
+    }
+    let res = http
+        .post(server.url("/api/backup"))
+        .bearer_auth(&a_token)
+        .header("x-backup-meta", r#"{"note":"META-MARKER"}"#)
+        .body("BACKUP-BYTES-MARKER")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = http
+        .get(server.url(&format!("/api/backup/{couple}")))
+        .bearer_auth(&b_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "BACKUP-BYTES-MARKER");
+    drop(ws);
+    terminate(&mut server);
+
+    let logs = server.logs.lock().unwrap().join("\n");
+    for secret in [
+        secret,
+        pairing_token.as_str(),
+        a_token.as_str(),
+        b_token.as_str(),
+        "REST-PAYLOAD-MARKER",
+        "WS-PAYLOAD-MARKER",
+        "META-MARKER",
+        "BACKUP-BYTES-MARKER",
+    ] {
+        assert!(!logs.contains(secret), "the logs contain {secret:?}");
+    }
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        logs.contains("request_id"),
+        "requests are logged with their id"
     );
 }
