@@ -406,3 +406,59 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
         "requests are logged with their id"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_token_stays_dead_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let http = reqwest::Client::new();
+    let storage = storage_env().await;
+    let mut server = Server::start(data.path(), secret, &storage);
+    let started = server.initiate(&http).await;
+    let couple = started["coupleId"].as_str().unwrap().to_owned();
+    let a_token = started["deviceToken"].as_str().unwrap().to_owned();
+    let confirm =
+        json!({ "coupleId": couple, "pairingToken": started["pairingToken"], "deviceId": "b" });
+    let res = http
+        .post(server.url("/api/pair/confirm"))
+        .json(&confirm)
+        .send()
+        .await
+        .unwrap();
+    let b_token = ok_json(res, StatusCode::OK).await["deviceToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = http
+        .delete(server.url("/api/devices/b"))
+        .bearer_auth(&a_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = Server::start(data.path(), secret, &storage);
+    let res = http
+        .get(server.url(&format!("/api/signals/{couple}/b")))
+        .bearer_auth(&b_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = http
+        .get(server.url("/api/devices"))
+        .bearer_auth(&a_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok_json(res, StatusCode::OK).await["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    terminate(&mut server);
+}
