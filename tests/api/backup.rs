@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, assert_error, ok_json, partial_upload};
+use crate::helpers::{TestApp, assert_error, ok_json, partial_upload, wait_for_partial_upload};
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
@@ -335,20 +335,8 @@ async fn uploads_beyond_the_concurrency_cap_get_503() {
     let app = TestApp::spawn_with(|c| c.settings.backup_max_concurrent = 1).await;
     let couple = app.pair().await;
     let first = partial_upload(app.addr, &couple.a.token, 1 << 20, 1 << 19).await;
-    // Wait (bounded) until the first upload holds the only slot: its bytes reach the disk.
-    let partial = app.data_dir().join("blobs/.partial");
-    let deadline = std::time::Instant::now() + crate::helpers::WAIT;
-    while !std::fs::read_dir(&partial)
-        .unwrap()
-        .flatten()
-        .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first upload never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Wait until the first upload holds the only slot: its bytes reach the disk.
+    wait_for_partial_upload(app.data_dir(), 1).await;
     assert_error(
         app.upload(&couple.b, b"second".to_vec(), &[]).await,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -365,13 +353,8 @@ async fn shutdown_is_bounded_even_with_an_upload_in_flight() {
     let couple = app.pair().await;
     let _stalled = partial_upload(app.addr, &couple.a.token, 1 << 20, 1000).await;
     if crate::helpers::Backend::from_env() == crate::helpers::Backend::Embedded {
-        // Wait (bounded) until the upload is really in flight: its partial file exists.
-        let partial = app.data_dir().join("blobs/.partial");
-        let deadline = std::time::Instant::now() + crate::helpers::WAIT;
-        while std::fs::read_dir(&partial).unwrap().next().is_none() {
-            assert!(std::time::Instant::now() < deadline, "upload never started");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Wait until the upload is really in flight: its partial file exists.
+        wait_for_partial_upload(app.data_dir(), 0).await;
     }
     let started = std::time::Instant::now();
     app.stop().await; // would wait the 60 s idle timeout if shutdown were unbounded

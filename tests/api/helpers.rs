@@ -242,6 +242,13 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Opens a pairing for a new couple (device `a`): its couple id and pairing token.
+    pub async fn open_pairing(&self) -> (String, String) {
+        let started = ok_json(self.initiate("a", None).await, StatusCode::CREATED).await;
+        let field = |k: &str| started[k].as_str().expect("pairing field").to_owned();
+        (field("coupleId"), field("pairingToken"))
+    }
+
     /// Initiates and confirms: a couple with devices `a` and `b`.
     pub async fn pair(&self) -> Couple {
         let started: Value = ok_json(self.initiate("a", None).await, StatusCode::CREATED).await;
@@ -498,4 +505,22 @@ pub async fn partial_upload(
     tcp.write_all(head.as_bytes()).await.expect("head sent");
     tcp.write_all(&vec![1u8; sent]).await.expect("body sent");
     tcp
+}
+
+/// Waits (bounded by [`WAIT`]) until the embedded store has an unfinished upload in
+/// `data_dir` holding at least `min_bytes`: proof that an upload is really in flight.
+pub async fn wait_for_partial_upload(data_dir: &std::path::Path, min_bytes: u64) {
+    let partial = data_dir.join("blobs/.partial");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !std::fs::read_dir(&partial)
+        .expect("partial upload directory")
+        .flatten()
+        .any(|f| f.metadata().is_ok_and(|m| m.len() >= min_bytes))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no upload in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

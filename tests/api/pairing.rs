@@ -30,11 +30,8 @@ async fn initiate_then_confirm_pairs_two_devices() {
 #[tokio::test]
 async fn a_pairing_token_is_single_use() {
     let app = TestApp::spawn().await;
-    let started = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
-    let (couple, token) = (
-        started["coupleId"].as_str().unwrap(),
-        started["pairingToken"].as_str().unwrap(),
-    );
+    let (couple, token) = app.open_pairing().await;
+    let (couple, token) = (couple.as_str(), token.as_str());
     ok_json(app.confirm(couple, token, "b").await, StatusCode::OK).await;
     assert_error(
         app.confirm(couple, token, "c").await,
@@ -48,11 +45,8 @@ async fn a_pairing_token_is_single_use() {
 #[tokio::test]
 async fn wrong_tokens_are_401_and_the_fifth_burns_the_pairing() {
     let app = TestApp::spawn().await;
-    let started = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
-    let (couple, token) = (
-        started["coupleId"].as_str().unwrap(),
-        started["pairingToken"].as_str().unwrap(),
-    );
+    let (couple, token) = app.open_pairing().await;
+    let (couple, token) = (couple.as_str(), token.as_str());
     for _ in 0..4 {
         assert_error(
             app.confirm(couple, "guess", "b").await,
@@ -80,11 +74,8 @@ async fn wrong_tokens_are_401_and_the_fifth_burns_the_pairing() {
 #[tokio::test]
 async fn an_expired_pairing_is_410() {
     let app = TestApp::spawn().await;
-    let started = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
-    let (couple, token) = (
-        started["coupleId"].as_str().unwrap(),
-        started["pairingToken"].as_str().unwrap(),
-    );
+    let (couple, token) = app.open_pairing().await;
+    let (couple, token) = (couple.as_str(), token.as_str());
     app.clock.advance(Duration::from_secs(24 * 3600 + 1));
     assert_error(
         app.confirm(couple, token, "b").await,
@@ -98,11 +89,8 @@ async fn an_expired_pairing_is_410() {
 #[tokio::test]
 async fn a_taken_device_id_is_409_and_does_not_consume_the_pairing() {
     let app = TestApp::spawn().await;
-    let started = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
-    let (couple, token) = (
-        started["coupleId"].as_str().unwrap(),
-        started["pairingToken"].as_str().unwrap(),
-    );
+    let (couple, token) = app.open_pairing().await;
+    let (couple, token) = (couple.as_str(), token.as_str());
     assert_error(
         app.confirm(couple, token, "a").await,
         StatusCode::CONFLICT,

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::helpers::{
     Backend, create_bucket, ok_json, partial_upload, s3_settings, service_env, unique_name,
+    wait_for_partial_upload,
 };
 
 /// The environment that points the binary at this run's backend (empty for embedded).
@@ -89,6 +90,28 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Pairs devices `a` and `b` into a new couple.
+    async fn pair(&self, http: &reqwest::Client) -> Paired {
+        let started = self.initiate(http).await;
+        let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+        let (couple, pairing_token) =
+            (field(&started, "coupleId"), field(&started, "pairingToken"));
+        let confirm = json!({ "coupleId": couple, "pairingToken": pairing_token, "deviceId": "b" });
+        let res = http
+            .post(self.url("/api/pair/confirm"))
+            .json(&confirm)
+            .send()
+            .await
+            .unwrap();
+        let confirmed = ok_json(res, StatusCode::OK).await;
+        Paired {
+            a_token: field(&started, "deviceToken"),
+            b_token: field(&confirmed, "deviceToken"),
+            couple,
+            pairing_token,
+        }
+    }
+
     /// Starts a couple with device `a` (the in-process `TestApp` helpers do not apply here).
     async fn initiate(&self, http: &reqwest::Client) -> serde_json::Value {
         let res = http
@@ -99,6 +122,14 @@ impl Server {
             .unwrap();
         ok_json(res, StatusCode::CREATED).await
     }
+}
+
+/// A couple paired through the binary.
+struct Paired {
+    couple: String,
+    pairing_token: String,
+    a_token: String,
+    b_token: String,
 }
 
 /// The address in the "listening" line, human-readable (`addr=…`) or JSON (`"addr":"…"`).
@@ -118,21 +149,12 @@ async fn pending_signals_survive_a_kill_and_restart() {
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
 
-    let started = server.initiate(&http).await;
-    let couple = started["coupleId"].as_str().unwrap().to_owned();
-    let a_token = started["deviceToken"].as_str().unwrap().to_owned();
-    let confirm =
-        json!({ "coupleId": couple, "pairingToken": started["pairingToken"], "deviceId": "b" });
-    let confirmed = ok_json(
-        http.post(server.url("/api/pair/confirm"))
-            .json(&confirm)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    let b_token = confirmed["deviceToken"].as_str().unwrap().to_owned();
+    let Paired {
+        couple,
+        a_token,
+        b_token,
+        ..
+    } = server.pair(&http).await;
 
     let mut sent = Vec::new();
     for i in 0..3 {
@@ -227,20 +249,8 @@ async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_r
     // Half of a 16 MiB upload, then the server dies.
     let tcp = partial_upload(server.addr.as_str(), &token, 16 << 20, 8 << 20).await;
     if storage.is_empty() {
-        // Embedded: wait (bounded) until part of it is on disk, so the kill is really mid-write.
-        let partial = data.path().join("blobs/.partial");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !std::fs::read_dir(&partial)
-            .unwrap()
-            .flatten()
-            .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "upload never reached the disk"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Embedded: wait until part of it is on disk, so the kill is really mid-write.
+        wait_for_partial_upload(data.path(), 1).await;
     }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -321,21 +331,12 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
     let http = reqwest::Client::new();
 
     // Exercise every path that handles a secret or user content.
-    let started = server.initiate(&http).await;
-    let couple = started["coupleId"].as_str().unwrap().to_owned();
-    let pairing_token = started["pairingToken"].as_str().unwrap().to_owned();
-    let a_token = started["deviceToken"].as_str().unwrap().to_owned();
-    let confirm = json!({ "coupleId": couple, "pairingToken": pairing_token, "deviceId": "b" });
-    let res = http
-        .post(server.url("/api/pair/confirm"))
-        .json(&confirm)
-        .send()
-        .await
-        .unwrap();
-    let b_token = ok_json(res, StatusCode::OK).await["deviceToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let Paired {
+        couple,
+        pairing_token,
+        a_token,
+        b_token,
+    } = server.pair(&http).await;
     let body = json!({ "coupleId": couple, "fromDeviceId": "a", "toDeviceId": "b", "signalPayload": { "sdp": "REST-PAYLOAD-MARKER" } });
     let res = http
         .post(server.url("/api/signal"))
@@ -414,21 +415,12 @@ async fn a_revoked_token_stays_dead_after_a_restart() {
     let http = reqwest::Client::new();
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
-    let started = server.initiate(&http).await;
-    let couple = started["coupleId"].as_str().unwrap().to_owned();
-    let a_token = started["deviceToken"].as_str().unwrap().to_owned();
-    let confirm =
-        json!({ "coupleId": couple, "pairingToken": started["pairingToken"], "deviceId": "b" });
-    let res = http
-        .post(server.url("/api/pair/confirm"))
-        .json(&confirm)
-        .send()
-        .await
-        .unwrap();
-    let b_token = ok_json(res, StatusCode::OK).await["deviceToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let Paired {
+        couple,
+        a_token,
+        b_token,
+        ..
+    } = server.pair(&http).await;
     let res = http
         .delete(server.url("/api/devices/b"))
         .bearer_auth(&a_token)

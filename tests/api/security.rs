@@ -217,11 +217,8 @@ async fn every_websocket_message_needs_a_join_with_the_owners_token() {
 #[tokio::test]
 async fn expired_pairings_and_brute_force_are_stopped() {
     let app = TestApp::spawn_with(|c| c.rate.confirm_per_15min = 12).await;
-    let started = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
-    let (couple, token) = (
-        started["coupleId"].as_str().unwrap(),
-        started["pairingToken"].as_str().unwrap(),
-    );
+    let (couple, token) = app.open_pairing().await;
+    let (couple, token) = (couple.as_str(), token.as_str());
     // Guessing: the attempt cap burns the pairing after 5 wrong tokens...
     for _ in 0..4 {
         assert_error(
