@@ -124,6 +124,9 @@ impl Server {
     }
 }
 
+/// The binary's `SIGNALING_SECRET` in these tests (the same across a restart).
+const SECRET: &str = "an-integration-test-secret-of-at-least-32-bytes";
+
 /// A couple paired through the binary.
 struct Paired {
     couple: String,
@@ -144,7 +147,7 @@ fn listening_addr(line: &str) -> String {
 #[tokio::test]
 async fn pending_signals_survive_a_kill_and_restart() {
     let data = tempfile::tempdir().unwrap();
-    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let secret = SECRET;
     let http = reqwest::Client::new();
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
@@ -227,7 +230,7 @@ fn terminate(server: &mut Server) {
 #[tokio::test]
 async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_restart() {
     let data = tempfile::tempdir().unwrap();
-    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let secret = SECRET;
     let http = reqwest::Client::new();
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
@@ -318,7 +321,7 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
     use tokio_tungstenite::tungstenite::Message;
 
     let data = tempfile::tempdir().unwrap();
-    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let secret = SECRET;
     let env: Vec<(String, String)> = [
         ("NODE_ENV", "production"),
         ("SIGNALING_SECRET", secret),
@@ -411,7 +414,7 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
 #[tokio::test]
 async fn a_revoked_token_stays_dead_after_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let secret = "an-integration-test-secret-of-at-least-32-bytes";
+    let secret = SECRET;
     let http = reqwest::Client::new();
     let storage = storage_env().await;
     let mut server = Server::start(data.path(), secret, &storage);
