@@ -8,7 +8,7 @@ use actors::{BlobStore, Clock, Domain, Rooms, StoreError};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::rate::RateLimits;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use crate::{http, secret, serve, store};
@@ -36,12 +36,38 @@ pub enum StartError {
     /// The actor tree did not start.
     #[error("cannot start actors: {0}")]
     Actors(#[from] actors::SpawnErr),
+    /// Two metrics with one name: a bug, caught at start.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Serves `GET /metrics` alone on its own listener until told to stop.
+fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    token: Option<crate::config::Secret>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = warp::service(http::metrics::standalone(metrics.clone(), token));
+    let server = tokio::spawn(async move {
+        let shutdown = Shutdown::default();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        serve::accept_loop(listener, service, &metrics, &shutdown, stopped).await;
+    });
+    (stop, server)
 }
 
 /// A server that is bound and ready to run.
 pub struct App {
     listener: TcpListener,
     addr: SocketAddr,
+    /// `METRICS_ADDR`'s listener, when `/metrics` has its own.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     domain: Domain,
     shutdown: Shutdown,
     state: AppState,
@@ -52,6 +78,7 @@ pub struct App {
 impl App {
     /// Opens storage, loads the secret, starts the actors and binds the listener.
     pub async fn build(config: Config, clock: Clock) -> Result<Self, StartError> {
+        let metrics = Metrics::new()?;
         let backends = store::open(&config.storage, &config.data_dir).await?;
         let secret = secret::load(&config.secret, &config.data_dir).map_err(StartError::Secret)?;
         let blobs = Arc::clone(&backends.blobs);
@@ -61,6 +88,7 @@ impl App {
             secret,
             config.settings.clone(),
             clock,
+            metrics.domain(),
         )
         .await?;
         let listener = TcpListener::bind(config.addr)
@@ -73,17 +101,21 @@ impl App {
             addr: config.addr,
             cause,
         })?;
+        let metrics_listener = match config.metrics.addr {
+            None => None,
+            Some(addr) => {
+                let bind_error = |cause| StartError::Bind { addr, cause };
+                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+        };
         let shutdown = Shutdown::default();
-        let state = AppState::new(
-            &domain,
-            config.ws.clone(),
-            config.allowed_origins.clone(),
-            RateLimits::new(&config.rate),
-            shutdown.listener(),
-        );
+        let state = AppState::new(&domain, &config, metrics, shutdown.listener());
         Ok(Self {
             listener,
             addr,
+            metrics_listener,
             domain,
             shutdown,
             state,
@@ -96,6 +128,12 @@ impl App {
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `METRICS_ADDR` is set (the real port for port 0).
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The room handle, for tests that drive actors directly (fault injection, stats).
@@ -129,6 +167,7 @@ impl App {
         let Self {
             listener,
             addr,
+            metrics_listener,
             domain,
             shutdown,
             state,
@@ -145,9 +184,19 @@ impl App {
                 limits.forget_idle_keys();
             }
         });
+        let metrics = state.metrics.clone();
+        let metrics_server = metrics_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "serving /metrics");
+            let token = config.metrics.token.clone();
+            serve_metrics(listener, metrics.clone(), token)
+        });
         let service = warp::service(http::routes(state));
-        serve::accept_loop(listener, service, &shutdown, stop).await;
+        serve::accept_loop(listener, service, &metrics, &shutdown, stop).await;
         forget.abort();
+        if let Some((stop_metrics, server)) = metrics_server {
+            let _ = stop_metrics.send(());
+            let _ = server.await;
+        }
         tracing::info!("shutting down");
         if !shutdown.trigger_and_wait(config.shutdown_timeout).await {
             tracing::warn!("connections still open at the shutdown deadline");

@@ -116,6 +116,18 @@ impl std::fmt::Debug for SecretSource {
     }
 }
 
+/// Shortest `METRICS_TOKEN` accepted: a bearer token must not be guessable.
+pub const MIN_METRICS_TOKEN_LEN: usize = 16;
+
+/// Who may read `GET /metrics`, and on which listener.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// `METRICS_TOKEN`: when set, a scrape must send `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// `METRICS_ADDR`: when set, `/metrics` is served only on this listener, not on `PORT`.
+    pub addr: Option<SocketAddr>,
+}
+
 /// WebSocket session limits.
 #[derive(Debug, Clone)]
 pub struct WsConfig {
@@ -152,6 +164,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// Longest graceful shutdown.
     pub shutdown_timeout: Duration,
+    /// Access to `/metrics`.
+    pub metrics: MetricsConfig,
 }
 
 /// A variable that is missing or wrong. Names the variable, so the operator knows what to fix.
@@ -296,6 +310,34 @@ fn rate<F: Fn(&str) -> Option<String>>(
     })
 }
 
+/// Reads `METRICS_TOKEN` and `METRICS_ADDR`.
+fn metrics<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<MetricsConfig, ConfigError> {
+    let token = match v.get("METRICS_TOKEN").map(|t| t.trim().to_owned()) {
+        Some(t) if t.len() < MIN_METRICS_TOKEN_LEN || t.contains(char::is_whitespace) => {
+            return Err(ConfigError::Invalid {
+                var: "METRICS_TOKEN",
+                value: "<redacted>".to_owned(),
+                reason: format!(
+                    "must be at least {MIN_METRICS_TOKEN_LEN} characters, without spaces"
+                ),
+            });
+        }
+        t => t.map(Secret),
+    };
+    let addr =
+        match v.get("METRICS_ADDR") {
+            None => None,
+            Some(a) => Some(a.trim().parse().map_err(|e: std::net::AddrParseError| {
+                ConfigError::Invalid {
+                    var: "METRICS_ADDR",
+                    value: a.clone(),
+                    reason: format!("{e} (expected HOST:PORT, e.g. 127.0.0.1:9464)"),
+                }
+            })?),
+        };
+    Ok(MetricsConfig { token, addr })
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -380,6 +422,7 @@ impl Config {
                 outbound_queue: v.positive("WS_OUTBOUND_QUEUE", DEFAULT_WS_OUTBOUND_QUEUE)?,
             },
             shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
+            metrics: metrics(&v)?,
         };
         config.validate()?;
         Ok(config)

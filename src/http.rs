@@ -7,6 +7,7 @@ pub mod browser;
 pub mod devices;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod pairing;
 pub mod rate;
 pub mod signals;
@@ -15,9 +16,11 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use warp::{Filter, Rejection, Reply};
 
+use crate::metrics::RouteSlot;
 use crate::state::AppState;
 use crate::ws;
 use error::{ApiError, handle_rejection};
+use std::convert::Infallible;
 
 /// Largest pairing body: two ids and a token, with generous room.
 pub const PAIRING_BODY_LIMIT: u64 = 4 * 1024;
@@ -25,12 +28,28 @@ pub const PAIRING_BODY_LIMIT: u64 = 4 * 1024;
 pub const SIGNAL_BODY_LIMIT: u64 = 72 * 1024;
 
 /// Every route of the server, with the JSON error renderer.
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
+pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let origins = state.origins.clone();
+    // With METRICS_ADDR set, /metrics is served there instead (and 404 here).
+    let metrics = warp::any()
+        .and_then({
+            let public = state.metrics_config.addr.is_none();
+            move || async move {
+                if public {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one()
+        .and(metrics::route(
+            state.metrics.clone(),
+            state.metrics_config.token.clone(),
+        ));
     let api = browser::preflight()
         .or(health::route(state.clone()))
+        .or(metrics)
         .or(pairing::routes(state.clone()))
         .or(signals::routes(state.clone()))
         .or(backup::routes(state.clone()))
@@ -44,6 +63,18 @@ pub fn routes(
             browser::decorate(&origins, &request, response)
         })
         .with(warp::trace(crate::telemetry::request_span))
+}
+
+/// Names the route answering a request (its template, never its ids), for the HTTP metrics.
+/// Put it after the path and method filters: the last route to match names the request.
+pub fn named(template: &'static str) -> impl Filter<Extract = (), Error = Infallible> + Clone {
+    warp::ext::optional::<RouteSlot>()
+        .map(move |slot: Option<RouteSlot>| {
+            if let Some(slot) = slot {
+                slot.set(template);
+            }
+        })
+        .untuple_one()
 }
 
 /// Parses a request body: the one place client JSON becomes a typed request (ids validated

@@ -7,7 +7,8 @@
 //! - [`http`]: REST routes (pairing, signals, health), bearer auth, the one error mapping.
 //! - [`ws`]: the WebSocket route, wire protocol and per-socket session.
 //! - [`store`]: the MongoDB (+ GridFS) and S3 adapters, and the backend selection.
-//! - [`state`]: what handlers share; [`secret`]: the token-signing key; [`telemetry`]: logs.
+//! - [`state`]: what handlers share; [`secret`]: the token-signing key; [`telemetry`]: logs;
+//!   [`metrics`]: the Prometheus registry behind `GET /metrics`.
 //!
 //! The domain (rooms, mailboxes, pairing, storage) lives in the `actors` crate and knows
 //! nothing of HTTP.
@@ -15,6 +16,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

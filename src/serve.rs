@@ -1,6 +1,6 @@
 //! Our own accept loop on hyper (instead of `warp::serve`): it sets `TCP_NODELAY`, records the
-//! peer address, bounds header reads, owns graceful shutdown, and leaves room for another
-//! service on the same port later.
+//! peer address, bounds header reads, counts and times every request by route template, and
+//! owns graceful shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
+use crate::metrics::{Metrics, RequestTimer, RouteSlot};
 use crate::shutdown::{Shutdown, ShutdownListener};
 use crate::ws::UpgradeSlot;
 
@@ -31,6 +32,7 @@ pub struct PeerAddr(pub SocketAddr);
 pub async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
+    metrics: &Metrics,
     shutdown: &Shutdown,
     stop: impl Future<Output = ()>,
 ) where
@@ -59,6 +61,7 @@ pub async fn accept_loop<S>(
             stream,
             peer,
             service.clone(),
+            metrics.clone(),
             shutdown.listener(),
         ));
     }
@@ -68,6 +71,7 @@ async fn serve_connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
+    metrics: Metrics,
     mut shutdown: ShutdownListener,
 ) where
     S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
@@ -82,7 +86,17 @@ async fn serve_connection<S>(
         if let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
             req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
         }
-        service.clone().call(req)
+        let route = RouteSlot::default();
+        req.extensions_mut().insert(route.clone());
+        let mut timer = RequestTimer::start(metrics.clone(), route, req.method().clone());
+        let response = service.clone().call(req);
+        async move {
+            let response = response.await;
+            if let Ok(r) = &response {
+                timer.answered(r.status());
+            }
+            response
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

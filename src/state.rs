@@ -8,9 +8,10 @@ use std::time::Instant;
 use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
 use warp::Filter;
 
-use crate::config::WsConfig;
+use crate::config::{Config, MetricsConfig, WsConfig};
 use crate::http::browser::AllowedOrigins;
 use crate::http::rate::RateLimits;
+use crate::metrics::Metrics;
 use crate::shutdown::ShutdownListener;
 
 /// Cloned into every request; everything inside is a handle or immutable.
@@ -34,6 +35,10 @@ pub struct AppState {
     pub started: Instant,
     /// Sessions watch it to close with 1001 on shutdown (and hold the server open until they do).
     pub shutdown: ShutdownListener,
+    /// Where requests, sockets, pairings and backups are counted.
+    pub metrics: Metrics,
+    /// Who may read `/metrics`, and whether it is served on the main port.
+    pub metrics_config: Arc<MetricsConfig>,
     next_conn: Arc<AtomicU64>,
 }
 
@@ -42,9 +47,8 @@ impl AppState {
     #[must_use]
     pub fn new(
         domain: &Domain,
-        ws: WsConfig,
-        origins: AllowedOrigins,
-        limits: RateLimits,
+        config: &Config,
+        metrics: Metrics,
         shutdown: ShutdownListener,
     ) -> Self {
         Self {
@@ -52,11 +56,13 @@ impl AppState {
             pairing: domain.pairing.clone(),
             backups: domain.backups.clone(),
             storage: domain.storage.clone(),
-            origins,
-            limits,
-            ws: Arc::new(ws),
+            origins: config.allowed_origins.clone(),
+            limits: RateLimits::new(&config.rate, &metrics),
+            ws: Arc::new(config.ws.clone()),
             started: Instant::now(),
             shutdown,
+            metrics,
+            metrics_config: Arc::new(config.metrics.clone()),
             next_conn: Arc::new(AtomicU64::new(1)),
         }
     }

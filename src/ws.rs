@@ -93,6 +93,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         });
     warp::path!("ws")
         .and(warp::get())
+        .and(crate::http::named("/ws"))
         .and(warp::header::optional::<String>("origin"))
         .and(handshake)
         .and(warp::ext::optional::<UpgradeSlot>())

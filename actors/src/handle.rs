@@ -16,11 +16,13 @@ use crate::error::{BackupError, PairingError, RoomError};
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::keeper::{Keeper, Slot};
 use crate::mailbox::{Payload, Signal};
+use crate::metrics::{DomainMetrics, Restarted};
 use crate::pairing::{Confirmed, Initiated, PairingActor, PairingArgs, PairingMsg};
 use crate::room::{Accepted, ConnId, Connection, Origin, RoomMsg};
 use crate::settings::Settings;
+use crate::store::measured::Measured;
 use crate::store::{
-    BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, Store,
+    BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, Purged, Store,
 };
 use crate::supervisor::{RoomSupervisor, SupervisorArgs, SupervisorMsg, SupervisorStats};
 use crate::token::{DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError};
@@ -124,14 +126,17 @@ pub struct Domain {
 
 impl Domain {
     /// Spawns the tree. Rooms are not named in ractor's global registry, so several trees
-    /// (parallel tests) can live in one process.
+    /// (parallel tests) can live in one process. Every storage operation is measured.
     pub async fn start(
         store: Arc<dyn Store>,
         blobs: Arc<dyn BlobStore>,
         secret: SigningSecret,
         settings: Settings,
         clock: Clock,
+        metrics: DomainMetrics,
     ) -> Result<Self, SpawnErr> {
+        let store: Arc<dyn Store> = Arc::new(Measured::store(store, metrics.clone()));
+        let blobs: Arc<dyn BlobStore> = Arc::new(Measured::blobs(blobs, metrics.clone()));
         let (sup, _) = Actor::spawn(
             None,
             RoomSupervisor,
@@ -139,28 +144,33 @@ impl Domain {
                 store: Arc::clone(&store),
                 settings: settings.clone(),
                 clock: clock.clone(),
+                metrics: metrics.clone(),
             },
         )
         .await?;
-        let (pairing_keeper, pairing) = Keeper::<PairingActor>::start(PairingArgs {
+        let pairing_args = PairingArgs {
             store: Arc::clone(&store),
             secret: secret.clone(),
             settings: settings.clone(),
             clock: clock.clone(),
             rooms: sup.clone(),
-        })
-        .await?;
-        let (backup_keeper, backup) = Keeper::<BackupActor>::start(BackupArgs {
+        };
+        let (pairing_keeper, pairing) =
+            Keeper::<PairingActor>::start(pairing_args, metrics.clone(), Restarted::Pairing)
+                .await?;
+        let backup_args = BackupArgs {
             store: Arc::clone(&store),
             blobs: Arc::clone(&blobs),
             retention: settings.backup_retention,
-        })
-        .await?;
+        };
+        let (backup_keeper, backup) =
+            Keeper::<BackupActor>::start(backup_args, metrics.clone(), Restarted::Backup).await?;
         clean_after_restart(store.as_ref(), blobs.as_ref()).await;
         let janitor = tokio::spawn(janitor(
             Arc::clone(&store),
             Arc::clone(&blobs),
             clock.clone(),
+            metrics,
         ));
         Ok(Self {
             storage: Storage {
@@ -228,15 +238,30 @@ async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
 
 /// Every [`PURGE_INTERVAL`]: deletes expired records, and blob leftovers older than
 /// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
-async fn janitor(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>, clock: Clock) {
+async fn janitor(
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Clock,
+    metrics: DomainMetrics,
+) {
     let mut every =
         tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
     loop {
         every.tick().await;
         let now = clock.now();
         match store.purge_expired(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(purged = n, "purged expired records"),
+            Ok(purged) => {
+                // Stored signals that expired; those that expired in a running room without
+                // a stored copy were counted there.
+                metrics.signals_expired(purged.signals);
+                if purged != Purged::default() {
+                    tracing::debug!(
+                        signals = purged.signals,
+                        pairings = purged.pairings,
+                        "purged expired records"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
         }
         let cutoff = Some(Timestamp(now.0.saturating_sub(
@@ -335,12 +360,14 @@ impl Rooms {
         to: &DeviceId,
         payload: Payload,
     ) -> Result<Accepted, RoomError> {
+        let received = std::time::Instant::now();
         self.call_room(couple, |reply| RoomMsg::Send {
             from: from.clone(),
             to: Some(to.clone()),
             payload: payload.clone(),
             id: None,
             origin: Origin::Rest(reply),
+            received,
         })
         .await
     }
@@ -415,6 +442,7 @@ impl RoomLink {
             payload,
             id,
             origin: Origin::Socket(self.conn),
+            received: std::time::Instant::now(),
         })?)
     }
 

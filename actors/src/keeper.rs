@@ -8,6 +8,8 @@ use std::marker::PhantomData;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use tokio::sync::watch;
 
+use crate::metrics::{DomainMetrics, Restarted};
+
 /// Where handles find the current instance of a kept actor.
 pub struct Slot<M>(watch::Receiver<Option<ActorRef<M>>>);
 
@@ -42,12 +44,22 @@ impl<M: ractor::Message> Slot<M> {
     }
 }
 
+/// What a keeper is started with.
+pub struct KeeperArgs<A: Actor> {
+    args: A::Arguments,
+    metrics: DomainMetrics,
+    which: Restarted,
+    slot: watch::Sender<Option<ActorRef<A::Msg>>>,
+}
+
 /// The keeper actor of one singleton of type `A`.
 pub struct Keeper<A>(PhantomData<fn() -> A>);
 
 /// What a keeper holds.
 pub struct KeeperState<A: Actor> {
     args: A::Arguments,
+    metrics: DomainMetrics,
+    which: Restarted,
     slot: watch::Sender<Option<ActorRef<A::Msg>>>,
     child: Option<ActorCell>,
 }
@@ -58,9 +70,20 @@ where
     A::Arguments: Clone + Sync,
 {
     /// Starts the keeper and its first child; returns the keeper and the slot to read.
-    pub async fn start(args: A::Arguments) -> Result<(ActorRef<()>, Slot<A::Msg>), SpawnErr> {
+    /// Restarts are counted as `which`.
+    pub async fn start(
+        args: A::Arguments,
+        metrics: DomainMetrics,
+        which: Restarted,
+    ) -> Result<(ActorRef<()>, Slot<A::Msg>), SpawnErr> {
         let (tx, rx) = watch::channel(None);
-        let (keeper, _) = Actor::spawn(None, Keeper::<A>(PhantomData), (args, tx)).await?;
+        let start = KeeperArgs {
+            args,
+            metrics,
+            which,
+            slot: tx,
+        };
+        let (keeper, _) = Actor::spawn(None, Keeper::<A>(PhantomData), start).await?;
         Ok((keeper, Slot(rx)))
     }
 }
@@ -86,16 +109,18 @@ where
 {
     type Msg = ();
     type State = KeeperState<A>;
-    type Arguments = (A::Arguments, watch::Sender<Option<ActorRef<A::Msg>>>);
+    type Arguments = KeeperArgs<A>;
 
     async fn pre_start(
         &self,
         me: ActorRef<()>,
-        (args, slot): Self::Arguments,
+        start: KeeperArgs<A>,
     ) -> Result<KeeperState<A>, ActorProcessingErr> {
         let mut st = KeeperState {
-            args,
-            slot,
+            args: start.args,
+            metrics: start.metrics,
+            which: start.which,
+            slot: start.slot,
             child: None,
         };
         st.spawn_child(&me).await?;
@@ -116,6 +141,7 @@ where
         {
             tracing::error!(actor = std::any::type_name::<A>(), cause = %err, "actor failed; restarting it");
             let _ = st.slot.send(None);
+            st.metrics.actor_restarted(st.which);
             st.spawn_child(&me).await?;
         }
         Ok(())

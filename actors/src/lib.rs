@@ -27,6 +27,7 @@ pub mod handle;
 pub mod ids;
 pub mod keeper;
 pub mod mailbox;
+pub mod metrics;
 pub mod pairing;
 pub mod room;
 pub mod settings;
@@ -41,6 +42,7 @@ pub use handle::{
 };
 pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
+pub use metrics::DomainMetrics;
 /// Why the actor tree could not start.
 pub use ractor::SpawnErr;
 pub use room::{ConnId, Connection, Kick, RoomEvent};

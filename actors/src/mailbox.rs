@@ -121,12 +121,17 @@ impl Mailbox {
         acked
     }
 
-    /// Drops signals whose TTL has passed; returns how many.
-    pub fn expire(&mut self, now: Timestamp) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|e| e.signal.expires_at > now);
+    /// Drops signals whose TTL has passed; returns how many of them had no copy in the store
+    /// (a stored copy is counted when the store purges it).
+    pub fn expire(&mut self, now: Timestamp) -> u64 {
+        let mut only_here = 0;
+        self.entries.retain(|e| {
+            let keep = e.signal.expires_at > now;
+            only_here += u64::from(!keep && !e.on_disk);
+            keep
+        });
         self.bytes = self.entries.iter().map(|e| e.signal.payload.len()).sum();
-        before - self.entries.len()
+        only_here
     }
 
     /// Removes one signal (a write that failed); returns whether it was there.
@@ -242,7 +247,12 @@ mod tests {
         let mut m = Mailbox::default();
         m.push(entry(1, "12345", 10, false));
         m.push(entry(2, "12345", 20, false));
-        assert_eq!(m.expire(Timestamp(10)), 1);
+        m.push(entry(3, "", 10, true));
+        assert_eq!(
+            m.expire(Timestamp(10)),
+            1,
+            "the stored one is counted by the store"
+        );
         assert!(m.has_room(5, LIMITS));
         assert!(m.remove(Seq(2)));
         assert!(!m.remove(Seq(2)));

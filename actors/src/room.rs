@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +14,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Entry, Mailbox, MailboxLimits, Payload, Signal};
+use crate::metrics::{DomainMetrics, GaugeShare, Transport};
 use crate::settings::Settings;
 use crate::store::{Store, StoredSignal};
 use crate::supervisor::SupervisorMsg;
@@ -41,7 +43,13 @@ pub enum RoomEvent {
     /// Another device disconnected (close, leave, timeout or kick).
     PeerLeft(DeviceId),
     /// A signal from the device's mailbox, in seq order.
-    Signal(Arc<Signal>),
+    Signal {
+        /// The signal.
+        signal: Arc<Signal>,
+        /// When the server received it, for a live relay (not for a backlog replay): the
+        /// socket's writer measures the relay latency from it.
+        received: Option<std::time::Instant>,
+    },
     /// The room has taken (and, for offline recipients, stored) the signal with this id.
     Accepted(SignalId),
     /// A signal this socket sent was refused.
@@ -94,6 +102,15 @@ pub enum Origin {
     Rest(RpcReplyPort<Result<Accepted, RoomError>>),
 }
 
+impl Origin {
+    fn transport(&self) -> Transport {
+        match self {
+            Self::Socket(_) => Transport::WebSocket,
+            Self::Rest(_) => Transport::Rest,
+        }
+    }
+}
+
 /// A request to one room.
 #[derive(Debug)]
 pub enum RoomMsg {
@@ -127,6 +144,8 @@ pub enum RoomMsg {
         id: Option<SignalId>,
         /// Where the answer goes.
         origin: Origin,
+        /// When the front end received it.
+        received: std::time::Instant,
     },
     /// Cumulative acknowledgement of a device's mailbox.
     Ack {
@@ -182,6 +201,15 @@ struct Waiter {
     dedupe_key: Option<(DeviceId, SignalId)>,
 }
 
+/// A signal to relay, as [`RoomMsg::Send`] carries it.
+struct Relay {
+    from: DeviceId,
+    to: Option<DeviceId>,
+    payload: Payload,
+    id: Option<SignalId>,
+    received: std::time::Instant,
+}
+
 /// What a room is started with.
 pub struct RoomArgs {
     /// Whose room.
@@ -194,6 +222,8 @@ pub struct RoomArgs {
     pub clock: Clock,
     /// To report idleness.
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// Rooms, mailbox depth, relays, expiry.
+    pub metrics: DomainMetrics,
 }
 
 /// The actor. Holds nothing; all mutable data is in [`RoomState`].
@@ -235,6 +265,12 @@ pub struct RoomState {
     writes_in_flight: usize,
     last_active: Instant,
     closing: bool,
+    /// This room in `rooms_active`, and its mailboxes in `mailbox_signals`; both are taken
+    /// off when the state is dropped, also after a panic.
+    _running: GaugeShare,
+    mailbox_depth: GaugeShare,
+    /// Every log line of the room carries its couple.
+    span: tracing::Span,
 }
 
 impl Actor for RoomActor {
@@ -248,6 +284,9 @@ impl Actor for RoomActor {
         args: RoomArgs,
     ) -> Result<RoomState, ActorProcessingErr> {
         Ok(RoomState {
+            _running: args.metrics.room_guard(),
+            mailbox_depth: args.metrics.mailbox_share(),
+            span: tracing::info_span!("room", couple_id = %args.couple),
             args,
             epoch: 0,
             counter: 0,
@@ -305,57 +344,11 @@ impl Actor for RoomActor {
         msg: RoomMsg,
         st: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        if st.closing {
-            RoomState::refuse(msg);
-            return Ok(());
-        }
-        if !matches!(msg, RoomMsg::Tick | RoomMsg::Persisted { .. }) {
-            st.last_active = Instant::now();
-        }
-        match msg {
-            RoomMsg::Join {
-                device,
-                conn,
-                last_seq,
-                reply,
-            } => {
-                st.join(&me, &device, conn, last_seq);
-                let _ = reply.send(Ok(()));
-            }
-            RoomMsg::Leave { device, conn } => st.leave(&me, &device, conn),
-            RoomMsg::Send {
-                from,
-                to,
-                payload,
-                id,
-                origin,
-            } => st.send(&me, from, to, payload, id, origin).await?,
-            RoomMsg::Ack { device, up_to } => st.ack(&device, up_to),
-            RoomMsg::Fetch {
-                device,
-                after,
-                reply,
-            } => {
-                let _ = reply.send(Ok(st.fetch(device, after)));
-            }
-            RoomMsg::DeviceAdded(device) => {
-                st.members.entry(device).or_default();
-            }
-            RoomMsg::DeviceRevoked(device) => st.revoke(&me, &device),
-            RoomMsg::Persisted { job, ok } => st.persisted(&me, job, ok),
-            RoomMsg::Tick => st.tick(&me),
-            RoomMsg::StopIfIdle(reply) => {
-                let idle = st.is_idle();
-                if idle {
-                    st.closing = true;
-                    me.stop(Some("idle".to_owned()));
-                }
-                let _ = reply.send(idle);
-            }
-            #[cfg(feature = "fault-injection")]
-            RoomMsg::Panic => panic!("fault injection: room {} panics", st.args.couple),
-        }
-        Ok(())
+        let span = st.span.clone();
+        let result = st.handle(&me, msg).instrument(span).await;
+        let depth = st.members.values().map(|m| m.mailbox.len()).sum();
+        st.mailbox_depth.set(depth);
+        result
     }
 
     /// On a clean stop, writes what connected devices have not acknowledged yet, so a graceful
@@ -391,6 +384,74 @@ impl Actor for RoomActor {
 }
 
 impl RoomState {
+    async fn handle(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        msg: RoomMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.closing {
+            RoomState::refuse(msg);
+            return Ok(());
+        }
+        if !matches!(msg, RoomMsg::Tick | RoomMsg::Persisted { .. }) {
+            self.last_active = Instant::now();
+        }
+        match msg {
+            RoomMsg::Join {
+                device,
+                conn,
+                last_seq,
+                reply,
+            } => {
+                self.join(me, &device, conn, last_seq);
+                let _ = reply.send(Ok(()));
+            }
+            RoomMsg::Leave { device, conn } => self.leave(me, &device, conn),
+            RoomMsg::Send {
+                from,
+                to,
+                payload,
+                id,
+                origin,
+                received,
+            } => {
+                let relay = Relay {
+                    from,
+                    to,
+                    payload,
+                    id,
+                    received,
+                };
+                self.send(me, relay, origin).await?;
+            }
+            RoomMsg::Ack { device, up_to } => self.ack(&device, up_to),
+            RoomMsg::Fetch {
+                device,
+                after,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.fetch(device, after)));
+            }
+            RoomMsg::DeviceAdded(device) => {
+                self.members.entry(device).or_default();
+            }
+            RoomMsg::DeviceRevoked(device) => self.revoke(me, &device),
+            RoomMsg::Persisted { job, ok } => self.persisted(me, job, ok),
+            RoomMsg::Tick => self.tick(me),
+            RoomMsg::StopIfIdle(reply) => {
+                let idle = self.is_idle();
+                if idle {
+                    self.closing = true;
+                    me.stop(Some("idle".to_owned()));
+                }
+                let _ = reply.send(idle);
+            }
+            #[cfg(feature = "fault-injection")]
+            RoomMsg::Panic => panic!("fault injection: room {} panics", self.args.couple),
+        }
+        Ok(())
+    }
+
     fn limits(&self) -> MailboxLimits {
         self.args.settings.mailbox
     }
@@ -512,18 +573,18 @@ impl RoomState {
             self.ack(device, seq);
         }
         let member = self.members.entry(device.clone()).or_default();
-        member.mailbox.expire(now);
+        self.args
+            .metrics
+            .signals_expired(member.mailbox.expire(now));
         let backlog = std::iter::once(RoomEvent::Joined {
             couple: self.args.couple.clone(),
             device: device.clone(),
             peers,
         })
-        .chain(
-            member
-                .mailbox
-                .iter()
-                .map(|e| RoomEvent::Signal(Arc::clone(&e.signal))),
-        )
+        .chain(member.mailbox.iter().map(|e| RoomEvent::Signal {
+            signal: Arc::clone(&e.signal),
+            received: None,
+        }))
         .collect::<Vec<_>>();
         for event in backlog {
             if conn.events.try_send(event).is_err() {
@@ -594,16 +655,19 @@ impl RoomState {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         me: &ActorRef<RoomMsg>,
-        from: DeviceId,
-        to: Option<DeviceId>,
-        payload: Payload,
-        id: Option<SignalId>,
+        relay: Relay,
         origin: Origin,
     ) -> Result<(), ActorProcessingErr> {
+        let Relay {
+            from,
+            to,
+            payload,
+            id,
+            received,
+        } = relay;
         let now = self.args.clock.now();
         let checked = self.check_send(&from, to, &payload, id.as_ref(), now);
         let recipients = match checked {
@@ -624,6 +688,7 @@ impl RoomState {
             }
         };
         let seq = self.next_seq().await?;
+        self.args.metrics.signal_relayed(origin.transport());
         let client_id = id.clone();
         let id = id.unwrap_or_else(SignalId::generate);
         let signal = Arc::new(Signal {
@@ -634,19 +699,7 @@ impl RoomState {
             created_at: now,
             expires_at: now.plus(self.args.settings.signal_ttl),
         });
-        let mut offline = Vec::new();
-        for to in recipients {
-            let entry = Entry {
-                signal: Arc::clone(&signal),
-                on_disk: false,
-            };
-            if let Some(m) = self.members.get_mut(&to) {
-                m.mailbox.push(entry);
-            }
-            if !self.push(me, &to, RoomEvent::Signal(Arc::clone(&signal))) {
-                offline.push(to);
-            }
-        }
+        let offline = self.deliver(me, recipients, &signal, received);
         let dedupe_key = (from.clone(), id.clone());
         self.seen.insert(
             dedupe_key.clone(),
@@ -697,6 +750,35 @@ impl RoomState {
         Ok(())
     }
 
+    /// Puts a new signal in each recipient's mailbox and on its socket; returns the
+    /// recipients that are not connected.
+    fn deliver(
+        &mut self,
+        me: &ActorRef<RoomMsg>,
+        recipients: Vec<DeviceId>,
+        signal: &Arc<Signal>,
+        received: std::time::Instant,
+    ) -> Vec<DeviceId> {
+        let mut offline = Vec::new();
+        for to in recipients {
+            let entry = Entry {
+                signal: Arc::clone(signal),
+                on_disk: false,
+            };
+            if let Some(m) = self.members.get_mut(&to) {
+                m.mailbox.push(entry);
+            }
+            let live = RoomEvent::Signal {
+                signal: Arc::clone(signal),
+                received: Some(received),
+            };
+            if !self.push(me, &to, live) {
+                offline.push(to);
+            }
+        }
+        offline
+    }
+
     /// Validates a send: size, resend, recipients, mailbox bounds (all or nothing).
     fn check_send(
         &mut self,
@@ -727,7 +809,7 @@ impl RoomState {
         let limits = self.limits();
         for r in &recipients {
             let m = self.members.entry(r.clone()).or_default();
-            m.mailbox.expire(now);
+            self.args.metrics.signals_expired(m.mailbox.expire(now));
             if !m.mailbox.has_room(payload.len(), limits) {
                 return Err(RoomError::MailboxFull);
             }
@@ -886,14 +968,14 @@ impl RoomState {
         }
         let now = self.args.clock.now();
         let m = self.members.entry(device).or_default();
-        m.mailbox.expire(now);
+        self.args.metrics.signals_expired(m.mailbox.expire(now));
         m.mailbox.iter().map(|e| Arc::clone(&e.signal)).collect()
     }
 
     fn tick(&mut self, me: &ActorRef<RoomMsg>) {
         let now = self.args.clock.now();
         for m in self.members.values_mut() {
-            m.mailbox.expire(now);
+            self.args.metrics.signals_expired(m.mailbox.expire(now));
         }
         self.seen.retain(|_, s| s.expires_at > now);
         if self.is_idle() && self.last_active.elapsed() >= self.args.settings.room_idle_after {

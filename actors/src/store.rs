@@ -6,6 +6,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod files;
+pub mod measured;
 
 use std::pin::Pin;
 
@@ -99,6 +100,15 @@ pub struct BackupRecord {
     pub uploaded_by: DeviceId,
     /// When it was published; the newest is "latest".
     pub created_at: Timestamp,
+}
+
+/// What one purge deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Signals past their TTL: none of them was acknowledged (acknowledged ones are gone).
+    pub signals: u64,
+    /// Pairings past their `purge_at`.
+    pub pairings: u64,
 }
 
 /// A stream of bytes in or out of a blob store.
@@ -258,7 +268,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredSignal>, StoreError>;
 
     /// Deletes expired signals and pairings past their `purge_at`; returns how many went.
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+    async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError>;
 
     /// Publishes a backup (its blob is already durable).
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::clock::Clock;
 use crate::error::RoomError;
 use crate::ids::CoupleId;
+use crate::metrics::{DomainMetrics, Restarted};
 use crate::room::{RoomActor, RoomArgs, RoomMsg};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -64,6 +65,8 @@ pub struct SupervisorArgs {
     pub settings: Settings,
     /// Time source.
     pub clock: Clock,
+    /// Shared with every room.
+    pub metrics: DomainMetrics,
 }
 
 /// The supervisor's map of running rooms.
@@ -120,6 +123,7 @@ impl Actor for RoomSupervisor {
                     settings: st.args.settings.clone(),
                     clock: st.args.clock.clone(),
                     supervisor: me.clone(),
+                    metrics: st.args.metrics.clone(),
                 };
                 match Actor::spawn_linked(None, RoomActor, args, me.get_cell()).await {
                     Ok((room, _)) => {
@@ -171,6 +175,7 @@ impl Actor for RoomSupervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
                 st.failures += 1;
+                st.args.metrics.actor_restarted(Restarted::Room);
                 if let Some(couple) = st.forget(cell.get_id()) {
                     tracing::error!(couple_id = %couple, cause = %err, "room failed; it restarts on next use");
                 }

@@ -9,8 +9,8 @@ use our_memories_actors::room::ConnId;
 use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
-    Clock, Connection, CoupleId, DeviceId, Domain, Payload, RoomEvent, RoomLink, Seq, Settings,
-    SigningSecret, Store,
+    Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomEvent, RoomLink,
+    Seq, Settings, SigningSecret, Store,
 };
 use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -54,7 +54,7 @@ impl Receiver {
             return;
         };
         while let Ok(event) = events.try_recv() {
-            if let RoomEvent::Signal(s) = event
+            if let RoomEvent::Signal { signal: s, .. } = event
                 && s.seq > self.last
             {
                 self.last = s.seq;
@@ -74,6 +74,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         SigningSecret::generate(),
         Settings::default(),
         Clock::manual(),
+        DomainMetrics::unregistered(),
     )
     .await
     .unwrap();

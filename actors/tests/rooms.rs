@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
-    Clock, CoupleId, DeviceId, Domain, Payload, RoomError, Settings, SigningSecret, Store,
+    Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomError, RoomEvent,
+    Settings, SigningSecret, Store,
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
@@ -16,9 +19,17 @@ async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
 async fn domain_with_clock(dir: &std::path::Path, settings: Settings, clock: Clock) -> Domain {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
     let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
-    Domain::start(store, blobs, SigningSecret::generate(), settings, clock)
-        .await
-        .expect("tree starts")
+    let metrics = DomainMetrics::unregistered();
+    Domain::start(
+        store,
+        blobs,
+        SigningSecret::generate(),
+        settings,
+        clock,
+        metrics,
+    )
+    .await
+    .expect("tree starts")
 }
 
 /// Pairs a couple `a` + `b` through the pairing handle.
@@ -95,7 +106,6 @@ async fn the_tree_stops_cleanly_and_handles_then_fail_fast() {
 #[tokio::test]
 async fn a_slow_consumer_is_dropped_and_loses_nothing() {
     use our_memories_actors::{Connection, Kick, RoomEvent, Seq};
-    use tokio::sync::{mpsc, oneshot};
 
     let dir = tempfile::tempdir().unwrap();
     let d = domain(dir.path(), Settings::default()).await;
@@ -130,7 +140,7 @@ async fn a_slow_consumer_is_dropped_and_loses_nothing() {
     // What did reach the queue before the kick is a prefix, in order.
     assert!(matches!(queue.try_recv(), Ok(RoomEvent::Joined { .. })));
     let mut last = Seq(0);
-    while let Ok(RoomEvent::Signal(s)) = queue.try_recv() {
+    while let Ok(RoomEvent::Signal { signal: s, .. }) = queue.try_recv() {
         assert!(s.seq > last);
         last = s.seq;
     }
@@ -167,4 +177,103 @@ async fn a_device_paired_again_under_a_revoked_id_never_gets_the_old_ones_signal
         .unwrap();
     assert!(d.rooms.fetch(&couple, &b, None).await.unwrap().is_empty());
     d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// One series' value in the text exposition, e.g. `our_memories_rooms_active` or
+/// `our_memories_signals_relayed_total{transport="rest"}`; `None` when it is not exported.
+fn sample(registry: &prometheus::Registry, series: &str) -> Option<String> {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .map(|(_, v)| v.to_owned())
+}
+
+#[tokio::test]
+async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let registry = prometheus::Registry::new();
+    let metrics = DomainMetrics::register(&registry).unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let blobs = Arc::new(FileBlobs::open(dir.path()).unwrap());
+    let d = Domain::start(
+        store,
+        blobs,
+        SigningSecret::generate(),
+        Settings::default(),
+        clock.clone(),
+        metrics,
+    )
+    .await
+    .unwrap();
+    let get = |series: &str| sample(&registry, series).unwrap_or_default();
+    assert_eq!(get("our_memories_rooms_active"), "0");
+    let couple = pair(&d).await;
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+
+    // b is connected and never acknowledges: the signal waits in memory only.
+    let (events, mut queue) = mpsc::channel(16);
+    let (kick, _kicked) = oneshot::channel();
+    let mut conn = Some(Connection {
+        id: 1,
+        events,
+        kick,
+    });
+    let _link = d
+        .rooms
+        .join(&couple, &b, None, || conn.take().unwrap())
+        .await
+        .unwrap();
+    d.rooms
+        .send(&couple, &a, &b, Payload::new("1"))
+        .await
+        .unwrap();
+    assert_eq!(get("our_memories_rooms_active"), "1");
+    assert_eq!(get("our_memories_mailbox_signals"), "1");
+    assert_eq!(
+        get(r#"our_memories_signals_relayed_total{transport="rest"}"#),
+        "1"
+    );
+    assert_eq!(
+        get(r#"our_memories_signals_relayed_total{transport="websocket"}"#),
+        "0"
+    );
+    let live = std::iter::from_fn(|| queue.try_recv().ok())
+        .find_map(|e| match e {
+            RoomEvent::Signal { received, .. } => Some(received),
+            _ => None,
+        })
+        .expect("relayed live");
+    assert!(live.is_some(), "a live relay carries its arrival time");
+
+    // Past the TTL, the room drops it and counts it as expired undelivered.
+    clock.advance(Duration::from_mins(6));
+    assert!(d.rooms.fetch(&couple, &b, None).await.unwrap().is_empty());
+    assert_eq!(get("our_memories_signals_expired_total"), "1");
+    assert_eq!(get("our_memories_mailbox_signals"), "0");
+
+    // Storage operations are timed by backend and operation.
+    assert!(
+        get(
+            r#"our_memories_storage_operation_duration_seconds_count{backend="embedded",operation="save_device_and_pairing"}"#
+        )
+        .parse::<u64>()
+        .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        get(
+            r#"our_memories_storage_operation_errors_total{backend="embedded",operation="save_device_and_pairing"}"#
+        ),
+        "0"
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        get("our_memories_rooms_active"),
+        "0",
+        "a stopped room leaves the gauge"
+    );
 }

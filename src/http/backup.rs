@@ -1,6 +1,7 @@
 //! Encrypted backups: `POST /api/backup`, `GET /api/backup/:coupleId[/:backupId]`,
 //! `GET /api/backups/:coupleId`. Bodies stream in and out; the server never looks inside.
 
+use super::named;
 use actors::token::TokenClaims;
 use actors::{BackupId, BackupRecord, CoupleId, DeviceId, UploadInfo};
 use bytes::Buf;
@@ -14,7 +15,9 @@ use super::auth::{authenticated, require_access};
 use super::error::{ApiError, reject};
 use super::pairing::rfc3339;
 use super::rate::{DeviceLimit, authenticated_within};
+use crate::metrics::{Direction, Metrics};
 use crate::state::{AppState, with_state};
+use std::time::Instant;
 
 /// Largest `X-Backup-Meta` header value.
 pub const MAX_META_BYTES: usize = 4 * 1024;
@@ -58,6 +61,7 @@ struct BackupList<'a> {
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let upload = warp::path!("api" / "backup")
         .and(warp::post())
+        .and(named("/api/backup"))
         .and(with_state(state.clone()))
         .and(authenticated_within(state.clone(), DeviceLimit::Backup))
         .and(warp::header::optional::<String>(META_HEADER))
@@ -67,9 +71,11 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
         .and_then(upload);
     let latest = warp::path!("api" / "backup" / String)
         .and(warp::get())
+        .and(named("/api/backup/{coupleId}"))
         .map(|couple: String| (couple, None));
     let one = warp::path!("api" / "backup" / String / String)
         .and(warp::get())
+        .and(named("/api/backup/{coupleId}/{backupId}"))
         .map(|couple: String, id: String| (couple, Some(id)));
     let download = latest
         .or(one)
@@ -81,6 +87,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
         .and_then(download);
     let list = warp::path!("api" / "backups" / String)
         .and(warp::get())
+        .and(named("/api/backups/{coupleId}"))
         .and(with_state(state.clone()))
         .and(authenticated(state))
         .and_then(list);
@@ -118,26 +125,42 @@ async fn upload(
     content_length: Option<u64>,
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
 ) -> Result<warp::reply::Response, Rejection> {
+    let started = Instant::now();
+    let stored = store_upload(&state, &claims, meta, sha256, content_length, body).await;
+    let outcome = stored.as_ref().map(|r| r.size).map_err(ApiError::code);
+    state
+        .metrics
+        .backup(Direction::Upload, outcome, started.elapsed());
+    let reply = warp::reply::json(&WireBackup::new(&stored.map_err(reject)?));
+    Ok(warp::reply::with_status(reply, StatusCode::CREATED).into_response())
+}
+
+/// Checks an upload's headers, then streams it into storage and publishes it.
+async fn store_upload(
+    state: &AppState,
+    claims: &TokenClaims,
+    meta: Option<String>,
+    sha256: Option<String>,
+    content_length: Option<u64>,
+    body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
+) -> Result<BackupRecord, ApiError> {
     let info = UploadInfo {
-        meta: check_meta(meta).map_err(reject)?,
-        expected_sha256: check_sha256(sha256).map_err(reject)?,
+        meta: check_meta(meta)?,
+        expected_sha256: check_sha256(sha256)?,
     };
     let limit = state.backups.max_bytes();
     if content_length.is_some_and(|len| len > limit) {
-        return Err(reject(actors::BackupError::TooLarge { limit }));
+        return Err(actors::BackupError::TooLarge { limit }.into());
     }
     let body = body.map(|chunk| {
         chunk
             .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
             .map_err(std::io::Error::other)
     });
-    let record = state
+    Ok(state
         .backups
         .upload(&claims.couple, &claims.device, info, Box::pin(body))
-        .await
-        .map_err(reject)?;
-    let reply = warp::reply::json(&WireBackup::new(&record));
-    Ok(warp::reply::with_status(reply, StatusCode::CREATED).into_response())
+        .await?)
 }
 
 /// Whether `If-None-Match` names this `ETag` (or `*`).
@@ -169,8 +192,16 @@ async fn download(
         warp::reply::with_status(warp::reply::reply(), StatusCode::NOT_MODIFIED).into_response()
     } else {
         let blob = state.backups.open(&record).await.map_err(reject)?;
-        let mut r =
-            warp::reply::stream(SyncStream(std::sync::Mutex::new(blob.body))).into_response();
+        let body = DownloadBody {
+            body: std::sync::Mutex::new(blob.body),
+            meter: Some(DownloadMeter {
+                metrics: state.metrics.clone(),
+                started: Instant::now(),
+                sent: 0,
+                outcome: Err("interrupted"),
+            }),
+        };
+        let mut r = warp::reply::stream(body).into_response();
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
         r.headers_mut().insert(
@@ -208,21 +239,58 @@ async fn list(
     Ok(warp::reply::json(&body).into_response())
 }
 
+/// A download's body, counted when it ends: completed, failed in storage, or cut short by the
+/// client (dropped before the end).
+///
 /// A response body must be `Sync`; a stream polled only through `&mut` never needs a lock, so
 /// wrapping it in a `Mutex` that is only ever reached with `get_mut` costs nothing.
-struct SyncStream(std::sync::Mutex<actors::ByteStream>);
+struct DownloadBody {
+    body: std::sync::Mutex<actors::ByteStream>,
+    meter: Option<DownloadMeter>,
+}
 
-impl Stream for SyncStream {
+/// What a download sent so far; recorded once, when it is dropped.
+struct DownloadMeter {
+    metrics: Metrics,
+    started: Instant,
+    sent: u64,
+    outcome: Result<(), &'static str>,
+}
+
+impl Drop for DownloadMeter {
+    fn drop(&mut self) {
+        let outcome = self.outcome.map(|()| self.sent);
+        self.metrics
+            .backup(Direction::Download, outcome, self.started.elapsed());
+    }
+}
+
+impl Stream for DownloadBody {
     type Item = std::io::Result<bytes::Bytes>;
 
     fn poll_next(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        match self.get_mut().0.get_mut() {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let polled = match this.body.get_mut() {
             Ok(stream) => stream.as_mut().poll_next(cx),
             // Never locked, so never poisoned; end the body if it somehow is.
-            Err(_) => std::task::Poll::Ready(None),
+            Err(_) => Poll::Ready(None),
+        };
+        if let Poll::Ready(item) = &polled
+            && let Some(meter) = &mut this.meter
+        {
+            match item {
+                Some(Ok(chunk)) => meter.sent += chunk.len() as u64,
+                Some(Err(_)) => meter.outcome = Err("storage_unavailable"),
+                None => meter.outcome = Ok(()),
+            }
+            if !matches!(item, Some(Ok(_))) {
+                this.meter = None; // recorded now
+            }
         }
+        polled
     }
 }

@@ -79,6 +79,7 @@ fn security_headers(h: &mut HeaderMap) {
 pub fn preflight() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::options()
         .and(warp::header::<String>("access-control-request-method"))
+        .and(super::named("preflight"))
         .map(|_method: String| {
             warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
         })

@@ -1,6 +1,7 @@
 //! The couple's devices: `GET /api/devices` lists them, `DELETE /api/devices/:deviceId`
 //! revokes one (from another device of the couple).
 
+use super::named;
 use actors::DeviceId;
 use actors::token::TokenClaims;
 use serde::Serialize;
@@ -28,11 +29,13 @@ struct DeviceList<'a> {
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let list = warp::path!("api" / "devices")
         .and(warp::get())
+        .and(named("/api/devices"))
         .and(with_state(state.clone()))
         .and(authenticated(state.clone()))
         .and_then(list);
     let revoke = warp::path!("api" / "devices" / String)
         .and(warp::delete())
+        .and(named("/api/devices/{deviceId}"))
         .and(with_state(state.clone()))
         .and(authenticated(state))
         .and_then(revoke);

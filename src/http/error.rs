@@ -29,6 +29,9 @@ pub enum ApiError {
     /// No `Authorization: Bearer` header (or not a bearer one).
     #[error("missing Authorization: Bearer <deviceToken>")]
     MissingToken,
+    /// `GET /metrics` without the `METRICS_TOKEN` bearer token (or with another one).
+    #[error("metrics need Authorization: Bearer <METRICS_TOKEN>")]
+    MetricsUnauthorized,
     /// A browser page from an origin not in `ALLOWED_ORIGINS` tried to open a WebSocket.
     #[error("this origin may not open a WebSocket here")]
     OriginNotAllowed,
@@ -98,9 +101,9 @@ impl ApiError {
             | Self::AlreadyJoined
             | Self::Room(R::SelfRecipient)
             | Self::Pairing(P::SelfRevocation) => StatusCode::BAD_REQUEST,
-            Self::MissingToken | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingToken
+            | Self::MetricsUnauthorized
+            | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::OriginNotAllowed | Self::Pairing(P::WrongDevice) => {
                 StatusCode::FORBIDDEN
             }
@@ -143,6 +146,7 @@ impl ApiError {
             Self::NotJoined => "not_joined",
             Self::AlreadyJoined => "already_joined",
             Self::MissingToken => "missing_token",
+            Self::MetricsUnauthorized => "invalid_metrics_token",
             Self::Forbidden | Self::Pairing(P::WrongDevice) => "forbidden",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::Pairing(P::InvalidToken(_)) => "invalid_token",

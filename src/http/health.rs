@@ -3,6 +3,7 @@
 //! when a backend does not answer; signaling between connected devices still works then);
 //! `/ready` is 503 unless storage answers and the server is not shutting down.
 
+use super::named;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -65,12 +66,14 @@ impl Health {
 pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let health = warp::path!("health")
         .and(warp::get())
+        .and(named("/health"))
         .and(with_state(state.clone()))
         .then(|state: AppState| async move {
             warp::reply::json(&Health::collect(&state).await).into_response()
         });
     let ready = warp::path!("ready")
         .and(warp::get())
+        .and(named("/ready"))
         .and(with_state(state))
         .then(|state: AppState| async move {
             let mut report = Health::collect(&state).await;

@@ -1,14 +1,16 @@
 //! `POST /api/pair/initiate` and `POST /api/pair/confirm`.
 
+use super::named;
 use actors::{CoupleId, DeviceId, DeviceToken, PairingToken, Timestamp};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::auth::bearer;
-use super::error::reject;
+use super::error::{ApiError, reject};
 use super::rate::{IpLimit, limit_ip};
 use super::{PAIRING_BODY_LIMIT, json_body};
+use crate::metrics::PairingStep;
 use crate::state::{AppState, with_state};
 
 /// Body of `POST /api/pair/initiate`.
@@ -57,6 +59,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let initiate = warp::path!("api" / "pair" / "initiate")
         .and(warp::post())
+        .and(named("/api/pair/initiate"))
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(with_state(state.clone()))
         .and(bearer())
@@ -64,6 +67,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
         .and_then(initiate);
     let confirm = warp::path!("api" / "pair" / "confirm")
         .and(warp::post())
+        .and(named("/api/pair/confirm"))
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(limit_ip(state.limits.clone(), IpLimit::Confirm))
         .and(with_state(state))
@@ -81,7 +85,10 @@ async fn initiate(
         .pairing
         .initiate(body.device_id, bearer.as_ref())
         .await
-        .map_err(reject)?;
+        .map_err(ApiError::from);
+    let outcome = started.as_ref().map(|_| ()).map_err(ApiError::code);
+    state.metrics.pairing(PairingStep::Initiate, outcome);
+    let started = started.map_err(reject)?;
     let reply = InitiateReply {
         couple_id: &started.couple,
         pairing_token: started.pairing_token.expose(),
@@ -100,7 +107,10 @@ async fn confirm(state: AppState, body: ConfirmBody) -> Result<warp::reply::Resp
             body.device_id,
         )
         .await
-        .map_err(reject)?;
+        .map_err(ApiError::from);
+    let outcome = done.as_ref().map(|_| ()).map_err(ApiError::code);
+    state.metrics.pairing(PairingStep::Confirm, outcome);
+    let done = done.map_err(reject)?;
     let reply = ConfirmReply {
         couple_id: &done.couple,
         device_token: done.device_token.expose(),

@@ -14,6 +14,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use warp::{Filter, Rejection};
 
 use super::error::{ApiError, reject};
+use crate::metrics::Metrics;
 use crate::serve::PeerAddr;
 
 /// The limits, from the environment.
@@ -79,6 +80,9 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
     }
 }
 
+/// The `limit` label values of `our_memories_rate_limited_total`.
+pub const LIMIT_NAMES: [&str; 4] = ["pairing", "confirm", "signals", "backups"];
+
 /// Which per-IP limit a route uses.
 #[derive(Debug, Clone, Copy)]
 pub enum IpLimit {
@@ -105,22 +109,34 @@ pub struct RateLimits(Option<Arc<Limiters>>);
 
 struct Limiters {
     trust_proxy: bool,
+    metrics: Metrics,
     pairing: Keyed<IpAddr>,
     confirm: Keyed<IpAddr>,
     signals: Keyed<DeviceKey>,
     backups: Keyed<DeviceKey>,
 }
 
+impl Limiters {
+    /// Counts a refusal by the limit `name`.
+    fn count(&self, name: &'static str, result: Result<(), ApiError>) -> Result<(), ApiError> {
+        if result.is_err() {
+            self.metrics.rate_limited(name);
+        }
+        result
+    }
+}
+
 impl RateLimits {
     /// Builds the limiters; `None` inside when disabled (or a count is zero).
     #[must_use]
-    pub fn new(config: &RateConfig) -> Self {
+    pub fn new(config: &RateConfig, metrics: &Metrics) -> Self {
         if !config.enabled {
             return Self(None);
         }
         let limiters = (|| {
             Some(Limiters {
                 trust_proxy: config.trust_proxy,
+                metrics: metrics.clone(),
                 pairing: Keyed::new(config.pairing_per_15min, Duration::from_mins(15))?,
                 confirm: Keyed::new(config.confirm_per_15min, Duration::from_mins(15))?,
                 signals: Keyed::new(
@@ -136,10 +152,11 @@ impl RateLimits {
     /// Counts one request of `ip` against `which`.
     pub fn check_ip(&self, which: IpLimit, ip: IpAddr) -> Result<(), ApiError> {
         let Some(l) = &self.0 else { return Ok(()) };
-        match which {
-            IpLimit::Pairing => l.pairing.check(&ip),
-            IpLimit::Confirm => l.confirm.check(&ip),
-        }
+        let (result, name) = match which {
+            IpLimit::Pairing => (l.pairing.check(&ip), LIMIT_NAMES[0]),
+            IpLimit::Confirm => (l.confirm.check(&ip), LIMIT_NAMES[1]),
+        };
+        l.count(name, result)
     }
 
     /// Counts one action of a device against `which`.
@@ -151,10 +168,11 @@ impl RateLimits {
     ) -> Result<(), ApiError> {
         let Some(l) = &self.0 else { return Ok(()) };
         let key = (couple.clone(), device.clone());
-        match which {
-            DeviceLimit::Signal => l.signals.check(&key),
-            DeviceLimit::Backup => l.backups.check(&key),
-        }
+        let (result, name) = match which {
+            DeviceLimit::Signal => (l.signals.check(&key), LIMIT_NAMES[2]),
+            DeviceLimit::Backup => (l.backups.check(&key), LIMIT_NAMES[3]),
+        };
+        l.count(name, result)
     }
 
     /// Forgets keys whose budget is full again, so the maps do not grow without bound.
@@ -226,16 +244,24 @@ pub fn authenticated_within(
 mod tests {
     use super::*;
 
+    fn metrics() -> Metrics {
+        Metrics::new().unwrap()
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
     #[test]
     fn a_burst_is_allowed_then_limited_with_a_retry_time() {
-        let limits = RateLimits::new(&RateConfig {
-            pairing_per_15min: 3,
-            ..RateConfig::default()
-        });
+        let metrics = metrics();
+        let limits = RateLimits::new(
+            &RateConfig {
+                pairing_per_15min: 3,
+                ..RateConfig::default()
+            },
+            &metrics,
+        );
         for _ in 0..3 {
             assert!(limits.check_ip(IpLimit::Pairing, ip("10.0.0.1")).is_ok());
         }
@@ -246,6 +272,8 @@ mod tests {
             panic!("expected a limit");
         };
         assert_eq!(limit, 3);
+        let refused = r#"our_memories_rate_limited_total{limit="pairing"} 1"#;
+        assert!(metrics.render().lines().any(|l| l == refused), "counted");
         assert!(retry_after > Duration::from_mins(4) && retry_after <= Duration::from_mins(5));
         assert!(
             limits.check_ip(IpLimit::Pairing, ip("10.0.0.2")).is_ok(),
@@ -255,24 +283,30 @@ mod tests {
 
     #[test]
     fn off_means_no_limit_and_proxies_are_trusted_only_when_told() {
-        let off = RateLimits::new(&RateConfig {
-            enabled: false,
-            pairing_per_15min: 1,
-            ..RateConfig::default()
-        });
+        let off = RateLimits::new(
+            &RateConfig {
+                enabled: false,
+                pairing_per_15min: 1,
+                ..RateConfig::default()
+            },
+            &metrics(),
+        );
         for _ in 0..10 {
             assert!(off.check_ip(IpLimit::Pairing, ip("10.0.0.1")).is_ok());
         }
         let peer = Some(PeerAddr("127.0.0.1:9".parse().unwrap()));
-        let direct = RateLimits::new(&RateConfig::default());
+        let direct = RateLimits::new(&RateConfig::default(), &metrics());
         assert_eq!(
             client_ip(&direct, peer, Some("1.2.3.4")),
             Some(ip("127.0.0.1"))
         );
-        let proxied = RateLimits::new(&RateConfig {
-            trust_proxy: true,
-            ..RateConfig::default()
-        });
+        let proxied = RateLimits::new(
+            &RateConfig {
+                trust_proxy: true,
+                ..RateConfig::default()
+            },
+            &metrics(),
+        );
         assert_eq!(
             client_ip(&proxied, peer, Some("1.2.3.4, 10.0.0.1")),
             Some(ip("1.2.3.4"))

@@ -1,6 +1,7 @@
 //! The REST fallback on the same mailboxes as the WebSocket: `POST /api/signal` and
 //! `GET /api/signals/:coupleId/:deviceId?after=<seq>`.
 
+use super::named;
 use actors::token::TokenClaims;
 use actors::{CoupleId, DeviceId, Payload, Seq, SignalId};
 use serde::{Deserialize, Serialize};
@@ -60,12 +61,14 @@ struct FetchReply<'a> {
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let send = warp::path!("api" / "signal")
         .and(warp::post())
+        .and(named("/api/signal"))
         .and(with_state(state.clone()))
         .and(authenticated_within(state.clone(), DeviceLimit::Signal))
         .and(json_body::<SendBody>(SIGNAL_BODY_LIMIT))
         .and_then(send);
     let fetch = warp::path!("api" / "signals" / String / String)
         .and(warp::get())
+        .and(named("/api/signals/{coupleId}/{deviceId}"))
         .and(with_state(state.clone()))
         .and(authenticated_within(state, DeviceLimit::Signal))
         .and(warp::query::<FetchQuery>())

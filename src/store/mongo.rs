@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actors::store::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    PairingRecord, Store, StoreError, StoredSignal, fill,
+    PairingRecord, Purged, Store, StoreError, StoredSignal, fill,
 };
 use actors::{BackupId, CoupleId, DeviceId, Seq, Timestamp};
 use async_trait::async_trait;
@@ -469,7 +469,7 @@ impl Store for MongoStore {
             .collect())
     }
 
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
         let signals = self
             .op(self
                 .signals()
@@ -480,7 +480,10 @@ impl Store for MongoStore {
                 .pairings()
                 .delete_many(doc! { "purgeAt": { "$lte": dt(now) } }))
             .await?;
-        Ok(signals.deleted_count + pairings.deleted_count)
+        Ok(Purged {
+            signals: signals.deleted_count,
+            pairings: pairings.deleted_count,
+        })
     }
 
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use actors::{Connection, Kick, Payload, RoomEvent, RoomLink};
+use actors::{Connection, DomainMetrics, Kick, Payload, RoomEvent, RoomLink};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -76,10 +76,12 @@ pub async fn run<S>(socket: S, state: AppState)
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Send + 'static,
 {
+    let _open = state.metrics.websocket_open();
     let (sink, mut stream) = socket.split();
     let (events, events_rx) = mpsc::channel(state.ws.outbound_queue);
     let (frames, frames_rx) = mpsc::channel(FRAME_QUEUE);
-    let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx));
+    let relays = state.metrics.domain();
+    let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx, relays));
     let mut shutdown = state.shutdown.clone();
     let (heartbeat_every, client_timeout) = (state.ws.heartbeat, state.ws.client_timeout);
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
@@ -303,7 +305,7 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         },
         RoomEvent::PeerJoined(d) => ServerMsg::PeerJoined { device_id: d },
         RoomEvent::PeerLeft(d) => ServerMsg::PeerLeft { device_id: d },
-        RoomEvent::Signal(s) => ServerMsg::WebrtcSignal {
+        RoomEvent::Signal { signal: s, .. } => ServerMsg::WebrtcSignal {
             from: &s.from,
             payload: raw_json(s.payload.as_str())?,
             seq: s.seq,
@@ -317,30 +319,41 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
     Ok(msg.to_text())
 }
 
-/// Owns the sink. Session frames go first (a close must not wait behind a backlog).
+/// Owns the sink. Session frames go first (a close must not wait behind a backlog). A live
+/// signal's relay latency is measured once its frame is written to the socket.
 async fn write_loop<S>(
     mut sink: S,
     mut events: mpsc::Receiver<RoomEvent>,
     mut frames: mpsc::Receiver<Message>,
+    relays: DomainMetrics,
 ) where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     loop {
-        let msg = tokio::select! {
+        let (msg, received) = tokio::select! {
             biased;
             f = frames.recv() => match f {
-                Some(m) => m,
+                Some(m) => (m, None),
                 None => break,
             },
-            e = events.recv() => match e.map(|e| render(&e)) {
-                Some(Ok(text)) => Message::text(text),
-                Some(Err(_)) => continue,
-                None => break,
-            },
+            e = events.recv() => {
+                let Some(event) = e else { break };
+                let received = match &event {
+                    RoomEvent::Signal { received, .. } => *received,
+                    _ => None,
+                };
+                match render(&event) {
+                    Ok(text) => (Message::text(text), received),
+                    Err(_) => continue,
+                }
+            }
         };
         let closing = matches!(msg, Message::Close(_));
         if sink.send(msg).await.is_err() || closing {
             break;
+        }
+        if let Some(received) = received {
+            relays.signal_written(received);
         }
     }
     let _ = sink.close().await;

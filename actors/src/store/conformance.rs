@@ -245,7 +245,11 @@ async fn purge(store: &dyn Store) {
         .put_signals(&[signal(&c, "a", 1, 100), signal(&c, "a", 2, 1_000_000)])
         .await
         .expect("put");
-    store.purge_expired(at(150)).await.expect("purge");
+    let purged = store.purge_expired(at(150)).await.expect("purge");
+    assert!(
+        purged.signals >= 1,
+        "the expired signal is counted: {purged:?}"
+    );
     let left: Vec<_> = store
         .pending_signals(&c, at(0))
         .await
@@ -258,7 +262,8 @@ async fn purge(store: &dyn Store) {
         store.pairing(&c).await.expect("read").is_some(),
         "kept until purge_at"
     );
-    store.purge_expired(at(250)).await.expect("purge");
+    let purged = store.purge_expired(at(250)).await.expect("purge");
+    assert!(purged.pairings >= 1, "the pairing is counted: {purged:?}");
     assert!(store.pairing(&c).await.expect("read").is_none());
     assert_eq!(
         store.devices(&c).await.expect("read").len(),

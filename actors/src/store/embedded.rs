@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BackupRecord, DeviceRecord, PairingRecord, Store, StoreError, StoredSignal};
+use super::{BackupRecord, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal};
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
 
@@ -293,21 +293,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
         self.run(move |db| {
             let txn = db.begin_write()?;
-            let mut purged = 0u64;
+            let mut purged = Purged::default();
             {
                 let mut signals = txn.open_table(SIGNALS)?;
                 signals.retain(|_, v| {
                     let keep = decode::<StoredSignal>(v).is_ok_and(|s| s.expires_at > now);
-                    purged += u64::from(!keep);
+                    purged.signals += u64::from(!keep);
                     keep
                 })?;
                 let mut pairings = txn.open_table(PAIRINGS)?;
                 pairings.retain(|_, v| {
                     let keep = decode::<PairingRecord>(v).is_ok_and(|p| p.purge_at > now);
-                    purged += u64::from(!keep);
+                    purged.pairings += u64::from(!keep);
                     keep
                 })?;
                 // An ack watermark only guards signals that may still be on disk; once a
@@ -433,9 +433,16 @@ mod tests {
             .await
             .unwrap();
         // Expired signals go; the expired pairing stays until purge_at (late confirms get 410).
-        assert_eq!(store.purge_expired(Timestamp(150)).await.unwrap(), 3);
+        let purged = |signals, pairings| Purged { signals, pairings };
+        assert_eq!(
+            store.purge_expired(Timestamp(150)).await.unwrap(),
+            purged(3, 0)
+        );
         assert!(store.pairing(&c).await.unwrap().is_some());
-        assert_eq!(store.purge_expired(Timestamp(200)).await.unwrap(), 1);
+        assert_eq!(
+            store.purge_expired(Timestamp(200)).await.unwrap(),
+            purged(0, 1)
+        );
         assert!(store.pairing(&c).await.unwrap().is_none());
         assert_eq!(
             store.devices(&c).await.unwrap().len(),

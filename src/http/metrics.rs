@@ -1,0 +1,84 @@
+//! `GET /metrics`: the Prometheus text exposition. With `METRICS_TOKEN` set, a scrape must
+//! send it as a bearer token (compared in constant time); with `METRICS_ADDR` set, the route
+//! lives only on that listener (see [`crate::app`]).
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use warp::http::header::CONTENT_TYPE;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::{ApiError, reject};
+use crate::config::Secret;
+use crate::metrics::Metrics;
+
+/// The content type of the text exposition format 0.0.4.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The route template this module answers.
+pub const ROUTE: &str = "/metrics";
+
+/// `GET /metrics`, guarded by `token` when one is configured.
+pub fn route(
+    metrics: Metrics,
+    token: Option<Secret>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let token = Arc::new(token);
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(super::named(ROUTE))
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |authorization: Option<String>| {
+            let token = Arc::clone(&token);
+            async move { authorize(token.as_ref().as_ref(), authorization.as_deref()) }
+        })
+        .untuple_one()
+        .map(move || {
+            warp::reply::with_header(metrics.render(), CONTENT_TYPE, CONTENT_TYPE_TEXT)
+                .into_response()
+        })
+}
+
+/// Passes when no token is configured, or the request carries exactly it.
+fn authorize(token: Option<&Secret>, authorization: Option<&str>) -> Result<(), Rejection> {
+    let Some(token) = token else { return Ok(()) };
+    let presented = authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or_default();
+    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        Ok(())
+    } else {
+        Err(reject(ApiError::MetricsUnauthorized))
+    }
+}
+
+/// A service that answers only `GET /metrics` (404 otherwise), for `METRICS_ADDR`.
+pub fn standalone(
+    metrics: Metrics,
+    token: Option<Secret>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
+    route(metrics, token)
+        .map(Reply::into_response)
+        .recover(super::error::handle_rejection)
+        .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let token = Secret::new("0123456789abcdef".to_owned());
+        assert!(authorize(None, None).is_ok());
+        assert!(authorize(Some(&token), None).is_err());
+        assert!(authorize(Some(&token), Some("Bearer 0123456789abcdeX")).is_err());
+        assert!(authorize(Some(&token), Some("Bearer 0123456789abcde")).is_err());
+        assert!(authorize(Some(&token), Some("Basic 0123456789abcdef")).is_err());
+        assert!(authorize(Some(&token), Some("Bearer 0123456789abcdef")).is_ok());
+    }
+}
