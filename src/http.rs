@@ -38,7 +38,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
                 if public {
                     Ok(())
                 } else {
-                    Err(warp::reject::not_found())
+                    Err(error::reject(ApiError::NotFound))
                 }
             }
         })

@@ -198,6 +198,7 @@ async fn download(
                 metrics: state.metrics.clone(),
                 started: Instant::now(),
                 sent: 0,
+                len: blob.len,
                 outcome: Err("interrupted"),
             }),
         };
@@ -254,12 +255,19 @@ struct DownloadMeter {
     metrics: Metrics,
     started: Instant,
     sent: u64,
+    /// The Content-Length: hyper stops polling once it is sent, so the end is never seen.
+    len: u64,
     outcome: Result<(), &'static str>,
 }
 
 impl Drop for DownloadMeter {
     fn drop(&mut self) {
-        let outcome = self.outcome.map(|()| self.sent);
+        let complete = self.sent == self.len && self.outcome != Err("storage_unavailable");
+        let outcome = if complete {
+            Ok(self.sent)
+        } else {
+            self.outcome.map(|()| self.sent)
+        };
         self.metrics
             .backup(Direction::Download, outcome, self.started.elapsed());
     }

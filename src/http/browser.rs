@@ -77,7 +77,17 @@ fn security_headers(h: &mut HeaderMap) {
 /// Answers CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) with 204; the
 /// CORS headers themselves are added by [`decorate`], only for allowed origins.
 pub fn preflight() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::options()
+    // Not `warp::options()`: its "method not allowed" would outrank the "not found" of an
+    // unknown path, so every unknown GET would answer 405.
+    warp::method()
+        .and_then(|method: warp::http::Method| async move {
+            if method == warp::http::Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(warp::header::<String>("access-control-request-method"))
         .and(super::named("preflight"))
         .map(|_method: String| {

@@ -33,6 +33,8 @@ fn init_logs() {
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// `METRICS_ADDR`'s listener, when the test configured one.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub clock: Clock,
     pub rooms: Rooms,
     pub pairing: actors::Pairing,
@@ -90,6 +92,24 @@ pub fn service_env(var: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// A command-line tool the tests run (`promtool`, `prometheus`): `.ci/test` installs them.
+/// Missing is a failure under CI and a loud skip (`None`) elsewhere, like [`service_env`].
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "{name} is not installed: .ci/test installs it; CI never skips it"
+        );
+        eprintln!("SKIPPED: {name} is not installed (.ci/test installs it)");
+    }
+    found
 }
 
 /// A fresh name for a database or bucket of one test: nextest runs each test in its own
@@ -163,6 +183,7 @@ impl TestApp {
             .await
             .expect("server starts");
         let addr = app.addr();
+        let metrics_addr = app.metrics_addr();
         let rooms = app.rooms();
         let blobs = app.blobs();
         let (pairing, backups) = (app.pairing(), app.backups());
@@ -172,6 +193,7 @@ impl TestApp {
         }));
         Self {
             addr,
+            metrics_addr,
             clock,
             rooms,
             pairing,

@@ -3,9 +3,11 @@
 mod backup;
 mod browser;
 mod conformance;
+mod dashboard;
 mod devices;
 mod helpers;
 mod limits;
+mod metrics;
 mod pairing;
 mod rest;
 mod restart;
