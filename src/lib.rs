@@ -1,7 +1,8 @@
 //! Our Memories server: the warp front end over the actors of `our-memories-actors`.
 //!
 //! # Layout
-//! - [`config`]: environment variables, validated at start.
+//! - [`config`]: environment variables, validated at start; [`healthcheck`]: the container
+//!   probe (`our-memories healthcheck`).
 //! - [`app`]: builds everything and runs until shutdown; [`serve`] is the accept loop,
 //!   [`shutdown`] the signal and the bounded drain.
 //! - [`http`]: REST routes (pairing, signals, health), bearer auth, the one error mapping.
@@ -15,6 +16,7 @@
 
 pub mod app;
 pub mod config;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;
 pub mod secret;

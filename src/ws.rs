@@ -118,7 +118,15 @@ async fn upgrade(
         .ok_or_else(|| reject(ApiError::UpgradeRequired))?;
     let accept = HeaderValue::from_str(&accept).map_err(|_| reject(ApiError::Internal))?;
     let config = socket_config(&state);
-    tokio::spawn(async move {
+    // The socket outlives the upgrade request: its own span, which names the couple and
+    // device once the socket has joined.
+    let span = tracing::info_span!(
+        "websocket",
+        conn = state.next_conn_id(),
+        couple_id = tracing::field::Empty,
+        device_id = tracing::field::Empty
+    );
+    let session = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
@@ -131,7 +139,8 @@ async fn upgrade(
             }
             Err(e) => tracing::debug!(cause = %e, "websocket upgrade failed"),
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(session, span));
     let mut response =
         warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
     let headers = response.headers_mut();

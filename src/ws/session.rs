@@ -282,6 +282,10 @@ impl Session {
             })
             .await?;
         let kicked = kicked.ok_or(ApiError::Internal)?;
+        let span = tracing::Span::current();
+        span.record("couple_id", tracing::field::display(couple));
+        span.record("device_id", tracing::field::display(device));
+        tracing::debug!("joined");
         Ok(Joined {
             link,
             kicked,

@@ -457,3 +457,34 @@ async fn a_revoked_token_stays_dead_after_a_restart() {
     );
     terminate(&mut server);
 }
+
+/// Runs `our-memories healthcheck` against `port` on loopback.
+fn healthcheck(port: u16) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_our-memories"))
+        .arg("healthcheck")
+        .env_clear()
+        .env("HOST", "0.0.0.0")
+        .env("PORT", port.to_string())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_passes_on_a_healthy_server_and_fails_otherwise() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let port = app.addr.port();
+    let ok = tokio::task::spawn_blocking(move || healthcheck(port))
+        .await
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    app.stop().await;
+    let down = tokio::task::spawn_blocking(move || healthcheck(port))
+        .await
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
+}
