@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, assert_error, ok_json, service_env, signal, unique_name};
+use crate::metrics::Exposition;
 
 /// A MongoDB-protocol server owned by this test, on a fixed port and data directory so it can
 /// be killed and started again.
@@ -136,6 +137,13 @@ async fn mongodb_down_means_503_fast_live_signaling_continues_and_recovery_is_au
 
     let ready = app.http.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The failures are counted by backend, and the 503s by route.
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let m = Exposition::parse(&text.text().await.unwrap());
+    let mongo_errors = [("backend", "mongodb")];
+    assert!(m.count("our_memories_storage_operation_errors_total", &mongo_errors) >= 2);
+    let unavailable = [("route", "/api/backup"), ("status", "503")];
+    assert_eq!(m.count("our_memories_http_requests_total", &unavailable), 1);
     assert_eq!(ready.json::<Value>().await.unwrap()["status"], "not_ready");
     mongo.start();
     // The driver reconnects by itself; wait (bounded) for the server to see it.
