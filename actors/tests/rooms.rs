@@ -17,9 +17,17 @@ async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
 }
 
 async fn domain_with_clock(dir: &std::path::Path, settings: Settings, clock: Clock) -> Domain {
+    domain_with(dir, settings, clock, DomainMetrics::unregistered()).await
+}
+
+async fn domain_with(
+    dir: &std::path::Path,
+    settings: Settings,
+    clock: Clock,
+    metrics: DomainMetrics,
+) -> Domain {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
     let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
-    let metrics = DomainMetrics::unregistered();
     Domain::start(
         store,
         blobs,
@@ -197,18 +205,7 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
     let clock = Clock::manual();
     let registry = prometheus::Registry::new();
     let metrics = DomainMetrics::register(&registry).unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let blobs = Arc::new(FileBlobs::open(dir.path()).unwrap());
-    let d = Domain::start(
-        store,
-        blobs,
-        SigningSecret::generate(),
-        Settings::default(),
-        clock.clone(),
-        metrics,
-    )
-    .await
-    .unwrap();
+    let d = domain_with(dir.path(), Settings::default(), clock.clone(), metrics).await;
     let get = |series: &str| sample(&registry, series).unwrap_or_default();
     assert_eq!(get("our_memories_rooms_active"), "0");
     let couple = pair(&d).await;
