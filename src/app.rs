@@ -185,6 +185,12 @@ impl App {
             }
         });
         let metrics = state.metrics.clone();
+        let open_metrics = config.metrics.token.is_none() && config.metrics.addr.is_none();
+        if open_metrics && config.environment == crate::config::Environment::Production {
+            tracing::warn!(
+                "/metrics is open on the public port: set METRICS_TOKEN or METRICS_ADDR"
+            );
+        }
         let metrics_server = metrics_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "serving /metrics");
             let token = config.metrics.token.clone();
