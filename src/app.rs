@@ -41,27 +41,6 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Serves `GET /metrics` alone on its own listener until told to stop.
-fn serve_metrics(
-    listener: TcpListener,
-    metrics: Metrics,
-    token: Option<crate::config::Secret>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = warp::service(http::metrics::standalone(metrics.clone(), token));
-    let server = tokio::spawn(async move {
-        let shutdown = Shutdown::default();
-        let stopped = async {
-            let _ = stopped.await;
-        };
-        serve::accept_loop(listener, service, &metrics, &shutdown, stopped).await;
-    });
-    (stop, server)
-}
-
 /// A server that is bound and ready to run.
 pub struct App {
     listener: TcpListener,
@@ -191,18 +170,28 @@ impl App {
                 "/metrics is open on the public port: set METRICS_TOKEN or METRICS_ADDR"
             );
         }
-        let metrics_server = metrics_listener.map(|(listener, addr)| {
+        let service = warp::service(http::routes(state));
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let public = async {
+            serve::accept_loop(listener, service, Some(&metrics), &shutdown, stop).await;
+            let _ = stop_metrics.send(());
+        };
+        // METRICS_ADDR's listener: /metrics alone, not itself counted in the HTTP metrics
+        // (scrapes are not traffic), drained with the rest on shutdown.
+        let private = async {
+            let Some((listener, addr)) = metrics_listener else {
+                return;
+            };
             tracing::info!(%addr, "serving /metrics");
             let token = config.metrics.token.clone();
-            serve_metrics(listener, metrics.clone(), token)
-        });
-        let service = warp::service(http::routes(state));
-        serve::accept_loop(listener, service, &metrics, &shutdown, stop).await;
+            let service = warp::service(http::metrics::standalone(metrics.clone(), token));
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            serve::accept_loop(listener, service, None, &shutdown, stopped).await;
+        };
+        tokio::join!(public, private);
         forget.abort();
-        if let Some((stop_metrics, server)) = metrics_server {
-            let _ = stop_metrics.send(());
-            let _ = server.await;
-        }
         tracing::info!("shutting down");
         if !shutdown.trigger_and_wait(config.shutdown_timeout).await {
             tracing::warn!("connections still open at the shutdown deadline");

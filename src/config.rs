@@ -310,6 +310,13 @@ fn rate<F: Fn(&str) -> Option<String>>(
     })
 }
 
+/// Reads `HOST` and `PORT`.
+fn listen_addr<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<SocketAddr, ConfigError> {
+    let host: IpAddr = v.parse("HOST", IpAddr::from([0, 0, 0, 0]))?;
+    let port: u16 = v.parse("PORT", DEFAULT_PORT)?;
+    Ok(SocketAddr::new(host, port))
+}
+
 /// Reads `METRICS_TOKEN` and `METRICS_ADDR`.
 fn metrics<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<MetricsConfig, ConfigError> {
     let token = match v.get("METRICS_TOKEN").map(|t| t.trim().to_owned()) {
@@ -344,6 +351,12 @@ impl Config {
         Self::from_vars(|k| std::env::var(k).ok())
     }
 
+    /// Only the listen address (`HOST`, `PORT`), for the health probe, which must not
+    /// depend on the rest of the configuration.
+    pub fn listen_addr_from_env() -> Result<SocketAddr, ConfigError> {
+        listen_addr(&Vars(|k: &str| std::env::var(k).ok()))
+    }
+
     /// Reads variables through `get` (tests pass a map).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let v = Vars(get);
@@ -359,8 +372,6 @@ impl Config {
             }
         };
         let storage = storage(&v)?;
-        let host: IpAddr = v.parse("HOST", IpAddr::from([0, 0, 0, 0]))?;
-        let port: u16 = v.parse("PORT", DEFAULT_PORT)?;
         let secret = match (v.get("SIGNALING_SECRET"), environment) {
             (Some(s), _) => SecretSource::Env(
                 actors::SigningSecret::new(s.trim().as_bytes().to_vec()).map_err(|e| {
@@ -402,7 +413,7 @@ impl Config {
         };
         let config = Config {
             environment,
-            addr: SocketAddr::new(host, port),
+            addr: listen_addr(&v)?,
             data_dir: PathBuf::from(
                 v.get("DATA_DIR")
                     .unwrap_or_else(|| DEFAULT_DATA_DIR.to_owned()),

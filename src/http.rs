@@ -31,22 +31,11 @@ pub const SIGNAL_BODY_LIMIT: u64 = 72 * 1024;
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let origins = state.origins.clone();
     // With METRICS_ADDR set, /metrics is served there instead (and 404 here).
-    let metrics = warp::any()
-        .and_then({
-            let public = state.metrics_config.addr.is_none();
-            move || async move {
-                if public {
-                    Ok(())
-                } else {
-                    Err(error::reject(ApiError::NotFound))
-                }
-            }
-        })
-        .untuple_one()
-        .and(metrics::route(
-            state.metrics.clone(),
-            state.metrics_config.token.clone(),
-        ));
+    let metrics = metrics::route(
+        state.metrics.clone(),
+        state.metrics_config.token.clone(),
+        state.metrics_config.addr.is_none(),
+    );
     let api = browser::preflight()
         .or(health::route(state.clone()))
         .or(metrics)

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use actors::DomainMetrics;
 use actors::metrics::{GaugeShare, histogram, opts, registered};
-use prometheus::{Encoder, HistogramVec, IntCounterVec, IntGauge, Registry, TextEncoder};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry, TextEncoder};
 use warp::http::{Method, StatusCode};
+
+use crate::http::error::ApiError;
 
 /// HTTP durations, in seconds (a backup upload's request lasts as long as its upload).
 const HTTP_BUCKETS: &[f64] = &[
@@ -82,9 +84,9 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "http_requests_total",
-                        "HTTP requests answered, by route template, method and status.",
+                        "HTTP requests answered, by route template, method and status code.",
                     ),
-                    &["route", "method", "status"],
+                    &["route", "method", "code"],
                 )?,
             )?,
             http_duration: registered(
@@ -179,13 +181,8 @@ impl Metrics {
     }
 
     /// The text exposition format, for `GET /metrics`.
-    #[must_use]
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.0.registry.gather(), &mut out) {
-            tracing::error!(cause = %e, "failed to render metrics");
-        }
-        String::from_utf8(out).unwrap_or_default()
+    pub fn render(&self) -> prometheus::Result<String> {
+        TextEncoder::new().encode_to_string(&self.0.registry.gather())
     }
 
     /// One answered HTTP request.
@@ -217,32 +214,33 @@ impl Metrics {
     }
 
     /// A pairing step's outcome: `Ok`, or the error code the client got.
-    pub fn pairing(&self, step: PairingStep, outcome: Result<(), &'static str>) {
+    pub fn pairing<T>(&self, step: PairingStep, result: &Result<T, ApiError>) {
         let step = match step {
             PairingStep::Initiate => "initiate",
             PairingStep::Confirm => "confirm",
         };
-        self.0
-            .pairings
-            .with_label_values(&[step, outcome.err().unwrap_or("ok")])
-            .inc();
+        let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
+        self.0.pairings.with_label_values(&[step, outcome]).inc();
     }
 
-    /// A backup transfer that ended: its bytes and duration when it completed, else the
-    /// error code the client got.
-    pub fn backup(&self, direction: Direction, outcome: Result<u64, &'static str>, took: Duration) {
+    /// A backup transfer that completed: its bytes and duration.
+    pub fn backup_completed(&self, direction: Direction, bytes: u64, took: Duration) {
         let d = direction.label();
-        match outcome {
-            Ok(bytes) => {
-                self.0.backups.with_label_values(&[d, "ok"]).inc();
-                self.0.backup_bytes.with_label_values(&[d]).inc_by(bytes);
-                self.0
-                    .backup_duration
-                    .with_label_values(&[d])
-                    .observe(took.as_secs_f64());
-            }
-            Err(code) => self.0.backups.with_label_values(&[d, code]).inc(),
-        }
+        self.0.backups.with_label_values(&[d, "ok"]).inc();
+        self.0.backup_bytes.with_label_values(&[d]).inc_by(bytes);
+        self.0
+            .backup_duration
+            .with_label_values(&[d])
+            .observe(took.as_secs_f64());
+    }
+
+    /// A backup request that moved no (whole) backup: the error code the client got,
+    /// `download_interrupted` (the client left mid-body) or `not_modified` (a 304).
+    pub fn backup_not_transferred(&self, direction: Direction, outcome: &'static str) {
+        self.0
+            .backups
+            .with_label_values(&[direction.label(), outcome])
+            .inc();
     }
 
     /// A request or message refused by the limit named `limit`.

@@ -28,11 +28,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub struct PeerAddr(pub SocketAddr);
 
 /// Accepts connections until `stop` resolves; connections already open finish through
-/// `shutdown`'s listeners.
+/// `shutdown`'s listeners. With `metrics`, every request is counted and timed.
 pub async fn accept_loop<S>(
     listener: TcpListener,
     service: S,
-    metrics: &Metrics,
+    metrics: Option<&Metrics>,
     shutdown: &Shutdown,
     stop: impl Future<Output = ()>,
 ) where
@@ -61,7 +61,7 @@ pub async fn accept_loop<S>(
             stream,
             peer,
             service.clone(),
-            metrics.clone(),
+            metrics.cloned(),
             shutdown.listener(),
         ));
     }
@@ -71,7 +71,7 @@ async fn serve_connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
     mut shutdown: ShutdownListener,
 ) where
     S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
@@ -86,13 +86,15 @@ async fn serve_connection<S>(
         if let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
             req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
         }
-        let route = RouteSlot::default();
-        req.extensions_mut().insert(route.clone());
-        let mut timer = RequestTimer::start(metrics.clone(), route, req.method().clone());
+        let mut timer = metrics.as_ref().map(|m| {
+            let route = RouteSlot::default();
+            req.extensions_mut().insert(route.clone());
+            RequestTimer::start(m.clone(), route, req.method().clone())
+        });
         let response = service.clone().call(req);
         async move {
             let response = response.await;
-            if let Ok(r) = &response {
+            if let (Some(timer), Ok(r)) = (&mut timer, &response) {
                 timer.answered(r.status());
             }
             response

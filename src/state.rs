@@ -40,6 +40,7 @@ pub struct AppState {
     /// Who may read `/metrics`, and whether it is served on the main port.
     pub metrics_config: Arc<MetricsConfig>,
     next_conn: Arc<AtomicU64>,
+    next_socket: Arc<AtomicU64>,
 }
 
 impl AppState {
@@ -64,7 +65,14 @@ impl AppState {
             metrics,
             metrics_config: Arc::new(config.metrics.clone()),
             next_conn: Arc::new(AtomicU64::new(1)),
+            next_socket: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// A process-unique number for a WebSocket, for its log span.
+    #[must_use]
+    pub fn next_socket_id(&self) -> u64 {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A process-unique id for a socket's room membership.

@@ -118,11 +118,11 @@ async fn upgrade(
         .ok_or_else(|| reject(ApiError::UpgradeRequired))?;
     let accept = HeaderValue::from_str(&accept).map_err(|_| reject(ApiError::Internal))?;
     let config = socket_config(&state);
-    // The socket outlives the upgrade request: its own span, which names the couple and
-    // device once the socket has joined.
+    // The socket outlives the upgrade request: its own span (a process-unique socket number),
+    // which names the couple and device once the socket has joined.
     let span = tracing::info_span!(
         "websocket",
-        conn = state.next_conn_id(),
+        socket = state.next_socket_id(),
         couple_id = tracing::field::Empty,
         device_id = tracing::field::Empty
     );

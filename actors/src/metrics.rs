@@ -139,7 +139,7 @@ impl DomainMetrics {
                 r,
                 IntCounter::with_opts(opts(
                     "signals_expired_total",
-                    "Signals whose 5-minute TTL passed before their recipient acknowledged them.",
+                    "Signals whose TTL (SIGNAL_TTL_SECS) passed before their recipient acknowledged them.",
                 ))?,
             )?,
             actor_restarts: registered(

@@ -333,6 +333,7 @@ impl Actor for RoomActor {
             };
             st.members.entry(to).or_default().mailbox.push(entry);
         }
+        st.report_depth();
         me.send_interval(st.args.settings.room_tick, || RoomMsg::Tick);
         tracing::debug!(couple_id = %couple, epoch = st.epoch, "room started");
         Ok(())
@@ -346,8 +347,7 @@ impl Actor for RoomActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = st.span.clone();
         let result = st.handle(&me, msg).instrument(span).await;
-        let depth = st.members.values().map(|m| m.mailbox.len()).sum();
-        st.mailbox_depth.set(depth);
+        st.report_depth();
         result
     }
 
@@ -384,6 +384,12 @@ impl Actor for RoomActor {
 }
 
 impl RoomState {
+    /// Publishes how many signals wait in this room's mailboxes.
+    fn report_depth(&mut self) {
+        let depth = self.members.values().map(|m| m.mailbox.len()).sum();
+        self.mailbox_depth.set(depth);
+    }
+
     async fn handle(
         &mut self,
         me: &ActorRef<RoomMsg>,

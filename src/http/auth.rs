@@ -18,13 +18,18 @@ pub fn bearer() -> impl Filter<Extract = (Option<DeviceToken>,), Error = Rejecti
     })
 }
 
-/// Parses an `Authorization` value.
-pub fn parse_bearer(header: &str) -> Result<DeviceToken, ApiError> {
-    let token = header
+/// The credentials of a `Bearer` `Authorization` value, trimmed; `None` for another scheme.
+pub fn strip_bearer(header: &str) -> Option<&str> {
+    header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
-        .ok_or(ApiError::MissingToken)?;
-    DeviceToken::from_client(token.trim()).map_err(|e| ApiError::Pairing(e.into()))
+        .map(str::trim)
+}
+
+/// Parses an `Authorization` value.
+pub fn parse_bearer(header: &str) -> Result<DeviceToken, ApiError> {
+    let token = strip_bearer(header).ok_or(ApiError::MissingToken)?;
+    DeviceToken::from_client(token).map_err(|e| ApiError::Pairing(e.into()))
 }
 
 /// A verified device token; rejects with 401 if missing or invalid.

@@ -127,10 +127,17 @@ async fn upload(
 ) -> Result<warp::reply::Response, Rejection> {
     let started = Instant::now();
     let stored = store_upload(&state, &claims, meta, sha256, content_length, body).await;
-    let outcome = stored.as_ref().map(|r| r.size).map_err(ApiError::code);
-    state
-        .metrics
-        .backup(Direction::Upload, outcome, started.elapsed());
+    match &stored {
+        Ok(record) => {
+            let took = started.elapsed();
+            state
+                .metrics
+                .backup_completed(Direction::Upload, record.size, took);
+        }
+        Err(e) => state
+            .metrics
+            .backup_not_transferred(Direction::Upload, e.code()),
+    }
     let reply = warp::reply::json(&WireBackup::new(&stored.map_err(reject)?));
     Ok(warp::reply::with_status(reply, StatusCode::CREATED).into_response())
 }
@@ -179,50 +186,63 @@ async fn download(
     claims: TokenClaims,
     if_none_match: Option<String>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let couple = CoupleId::parse(couple).map_err(reject)?;
-    let id = id.map(BackupId::parse).transpose().map_err(reject)?;
-    require_access(&claims, &couple, None).map_err(reject)?;
-    let record = state
-        .backups
-        .find(&couple, id.as_ref())
-        .await
-        .map_err(reject)?;
+    let answered = answer_download(&state, &claims, couple, id, if_none_match.as_deref()).await;
+    if let Err(e) = &answered {
+        state
+            .metrics
+            .backup_not_transferred(Direction::Download, e.code());
+    }
+    answered.map_err(reject)
+}
+
+/// Finds the backup and answers with its bytes (metered until the last one is out) or a 304.
+async fn answer_download(
+    state: &AppState,
+    claims: &TokenClaims,
+    couple: String,
+    id: Option<String>,
+    if_none_match: Option<&str>,
+) -> Result<warp::reply::Response, ApiError> {
+    let couple = CoupleId::parse(couple)?;
+    let id = id.map(BackupId::parse).transpose()?;
+    require_access(claims, &couple, None)?;
+    let record = state.backups.find(&couple, id.as_ref()).await?;
     let etag = format!("\"{}\"", record.sha256);
-    let mut response = if not_modified(if_none_match.as_deref(), &etag) {
+    // Every header is checked before the body is opened, so no error follows a metered body.
+    let text = |s: &str| HeaderValue::from_str(s).map_err(|_| ApiError::Internal);
+    let mut headers = vec![
+        (header::ETAG, text(&etag)?),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        ),
+        (
+            header::HeaderName::from_static("x-backup-id"),
+            text(record.id.as_str())?,
+        ),
+        (
+            header::HeaderName::from_static("x-backup-created-at"),
+            text(&rfc3339(record.created_at))?,
+        ),
+    ];
+    if let Some(meta) = &record.meta {
+        headers.push((header::HeaderName::from_static(META_HEADER), text(meta)?));
+    }
+    let mut response = if not_modified(if_none_match, &etag) {
+        state
+            .metrics
+            .backup_not_transferred(Direction::Download, NOT_MODIFIED_OUTCOME);
         warp::reply::with_status(warp::reply::reply(), StatusCode::NOT_MODIFIED).into_response()
     } else {
-        let blob = state.backups.open(&record).await.map_err(reject)?;
-        let body = DownloadBody {
-            body: std::sync::Mutex::new(blob.body),
-            meter: Some(DownloadMeter {
-                metrics: state.metrics.clone(),
-                started: Instant::now(),
-                sent: 0,
-                len: blob.len,
-                outcome: Err("interrupted"),
-            }),
-        };
-        let mut r = warp::reply::stream(body).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len));
-        r.headers_mut().insert(
+        let blob = state.backups.open(&record).await?;
+        headers.push((header::CONTENT_LENGTH, HeaderValue::from(blob.len)));
+        headers.push((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
-        );
-        r
+        ));
+        warp::reply::stream(DownloadBody::new(blob, state.metrics.clone())).into_response()
     };
-    let headers = response.headers_mut();
-    let text = |s: &str| HeaderValue::from_str(s).map_err(|_| reject(ApiError::Internal));
-    headers.insert(header::ETAG, text(&etag)?);
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache"),
-    );
-    headers.insert("x-backup-id", text(record.id.as_str())?);
-    headers.insert("x-backup-created-at", text(&rfc3339(record.created_at))?);
-    if let Some(meta) = &record.meta {
-        headers.insert(META_HEADER, text(meta)?);
-    }
+    response.headers_mut().extend(headers);
     Ok(response)
 }
 
@@ -240,36 +260,50 @@ async fn list(
     Ok(warp::reply::json(&body).into_response())
 }
 
-/// A download's body, counted when it ends: completed, failed in storage, or cut short by the
-/// client (dropped before the end).
+/// The `outcome` of a conditional download answered with 304.
+const NOT_MODIFIED_OUTCOME: &str = "not_modified";
+/// The `outcome` of a download whose client went away before the last byte.
+const INTERRUPTED_OUTCOME: &str = "download_interrupted";
+
+/// A download's body, counted when it is dropped: complete once Content-Length bytes are out
+/// (hyper stops polling there), failed if storage failed mid-stream, else interrupted.
 ///
 /// A response body must be `Sync`; a stream polled only through `&mut` never needs a lock, so
 /// wrapping it in a `Mutex` that is only ever reached with `get_mut` costs nothing.
 struct DownloadBody {
     body: std::sync::Mutex<actors::ByteStream>,
-    meter: Option<DownloadMeter>,
-}
-
-/// What a download sent so far; recorded once, when it is dropped.
-struct DownloadMeter {
     metrics: Metrics,
     started: Instant,
-    sent: u64,
-    /// The Content-Length: hyper stops polling once it is sent, so the end is never seen.
     len: u64,
-    outcome: Result<(), &'static str>,
+    sent: u64,
+    failed: bool,
 }
 
-impl Drop for DownloadMeter {
+impl DownloadBody {
+    fn new(blob: actors::Blob, metrics: Metrics) -> Self {
+        Self {
+            body: std::sync::Mutex::new(blob.body),
+            metrics,
+            started: Instant::now(),
+            len: blob.len,
+            sent: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for DownloadBody {
     fn drop(&mut self) {
-        let complete = self.sent == self.len && self.outcome != Err("storage_unavailable");
-        let outcome = if complete {
-            Ok(self.sent)
+        let d = Direction::Download;
+        if self.failed {
+            self.metrics
+                .backup_not_transferred(d, "storage_unavailable");
+        } else if self.sent == self.len {
+            let took = self.started.elapsed();
+            self.metrics.backup_completed(d, self.sent, took);
         } else {
-            self.outcome.map(|()| self.sent)
-        };
-        self.metrics
-            .backup(Direction::Download, outcome, self.started.elapsed());
+            self.metrics.backup_not_transferred(d, INTERRUPTED_OUTCOME);
+        }
     }
 }
 
@@ -287,17 +321,10 @@ impl Stream for DownloadBody {
             // Never locked, so never poisoned; end the body if it somehow is.
             Err(_) => Poll::Ready(None),
         };
-        if let Poll::Ready(item) = &polled
-            && let Some(meter) = &mut this.meter
-        {
-            match item {
-                Some(Ok(chunk)) => meter.sent += chunk.len() as u64,
-                Some(Err(_)) => meter.outcome = Err("storage_unavailable"),
-                None => meter.outcome = Ok(()),
-            }
-            if !matches!(item, Some(Ok(_))) {
-                this.meter = None; // recorded now
-            }
+        match &polled {
+            Poll::Ready(Some(Ok(chunk))) => this.sent += chunk.len() as u64,
+            Poll::Ready(Some(Err(_))) => this.failed = true,
+            _ => {}
         }
         polled
     }

@@ -8,6 +8,7 @@ use subtle::ConstantTimeEq;
 use warp::http::header::CONTENT_TYPE;
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::strip_bearer;
 use super::error::{ApiError, reject};
 use crate::config::Secret;
 use crate::metrics::Metrics;
@@ -18,14 +19,25 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The route template this module answers.
 pub const ROUTE: &str = "/metrics";
 
-/// `GET /metrics`, guarded by `token` when one is configured.
+/// `GET /metrics`, guarded by `token` when one is configured. When not `served_here` (it has
+/// a listener of its own) the path answers 404; other paths are not touched, so their own
+/// errors (405, 413, ...) stay theirs.
 pub fn route(
     metrics: Metrics,
     token: Option<Secret>,
+    served_here: bool,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let token = Arc::new(token);
     warp::path!("metrics")
         .and(warp::get())
+        .and_then(move || async move {
+            if served_here {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(super::named(ROUTE))
         .and(warp::header::optional::<String>("authorization"))
         .and_then(move |authorization: Option<String>| {
@@ -33,22 +45,24 @@ pub fn route(
             async move { authorize(token.as_ref().as_ref(), authorization.as_deref()) }
         })
         .untuple_one()
-        .map(move || {
-            warp::reply::with_header(metrics.render(), CONTENT_TYPE, CONTENT_TYPE_TEXT)
-                .into_response()
+        .and_then(move || {
+            let rendered = metrics.render();
+            async move {
+                let text = rendered.map_err(|e| {
+                    tracing::error!(cause = %e, "failed to render metrics");
+                    reject(ApiError::Internal)
+                })?;
+                Ok::<_, Rejection>(
+                    warp::reply::with_header(text, CONTENT_TYPE, CONTENT_TYPE_TEXT).into_response(),
+                )
+            }
         })
 }
 
 /// Passes when no token is configured, or the request carries exactly it.
 fn authorize(token: Option<&Secret>, authorization: Option<&str>) -> Result<(), Rejection> {
     let Some(token) = token else { return Ok(()) };
-    let presented = authorization
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or_default();
+    let presented = authorization.and_then(strip_bearer).unwrap_or_default();
     if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
@@ -61,7 +75,7 @@ pub fn standalone(
     metrics: Metrics,
     token: Option<Secret>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
-    route(metrics, token)
+    route(metrics, token, true)
         .map(Reply::into_response)
         .recover(super::error::handle_rejection)
         .unify()

@@ -86,8 +86,7 @@ async fn initiate(
         .initiate(body.device_id, bearer.as_ref())
         .await
         .map_err(ApiError::from);
-    let outcome = started.as_ref().map(|_| ()).map_err(ApiError::code);
-    state.metrics.pairing(PairingStep::Initiate, outcome);
+    state.metrics.pairing(PairingStep::Initiate, &started);
     let started = started.map_err(reject)?;
     let reply = InitiateReply {
         couple_id: &started.couple,
@@ -108,8 +107,7 @@ async fn confirm(state: AppState, body: ConfirmBody) -> Result<warp::reply::Resp
         )
         .await
         .map_err(ApiError::from);
-    let outcome = done.as_ref().map(|_| ()).map_err(ApiError::code);
-    state.metrics.pairing(PairingStep::Confirm, outcome);
+    state.metrics.pairing(PairingStep::Confirm, &done);
     let done = done.map_err(reject)?;
     let reply = ConfirmReply {
         couple_id: &done.couple,

@@ -80,8 +80,13 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
     }
 }
 
-/// The `limit` label values of `our_memories_rate_limited_total`.
-pub const LIMIT_NAMES: [&str; 4] = ["pairing", "confirm", "signals", "backups"];
+/// The `limit` label values of `our_memories_rate_limited_total`, one per limit.
+pub const LIMIT_NAMES: [&str; 4] = [
+    IpLimit::Pairing.name(),
+    IpLimit::Confirm.name(),
+    DeviceLimit::Signal.name(),
+    DeviceLimit::Backup.name(),
+];
 
 /// Which per-IP limit a route uses.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +104,28 @@ pub enum DeviceLimit {
     Signal,
     /// A backup upload.
     Backup,
+}
+
+impl IpLimit {
+    /// Its name in the metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pairing => "pairing",
+            Self::Confirm => "confirm",
+        }
+    }
+}
+
+impl DeviceLimit {
+    /// Its name in the metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Signal => "signals",
+            Self::Backup => "backups",
+        }
+    }
 }
 
 type DeviceKey = (CoupleId, DeviceId);
@@ -152,11 +179,11 @@ impl RateLimits {
     /// Counts one request of `ip` against `which`.
     pub fn check_ip(&self, which: IpLimit, ip: IpAddr) -> Result<(), ApiError> {
         let Some(l) = &self.0 else { return Ok(()) };
-        let (result, name) = match which {
-            IpLimit::Pairing => (l.pairing.check(&ip), LIMIT_NAMES[0]),
-            IpLimit::Confirm => (l.confirm.check(&ip), LIMIT_NAMES[1]),
+        let result = match which {
+            IpLimit::Pairing => l.pairing.check(&ip),
+            IpLimit::Confirm => l.confirm.check(&ip),
         };
-        l.count(name, result)
+        l.count(which.name(), result)
     }
 
     /// Counts one action of a device against `which`.
@@ -168,11 +195,11 @@ impl RateLimits {
     ) -> Result<(), ApiError> {
         let Some(l) = &self.0 else { return Ok(()) };
         let key = (couple.clone(), device.clone());
-        let (result, name) = match which {
-            DeviceLimit::Signal => (l.signals.check(&key), LIMIT_NAMES[2]),
-            DeviceLimit::Backup => (l.backups.check(&key), LIMIT_NAMES[3]),
+        let result = match which {
+            DeviceLimit::Signal => l.signals.check(&key),
+            DeviceLimit::Backup => l.backups.check(&key),
         };
-        l.count(name, result)
+        l.count(which.name(), result)
     }
 
     /// Forgets keys whose budget is full again, so the maps do not grow without bound.
@@ -273,7 +300,10 @@ mod tests {
         };
         assert_eq!(limit, 3);
         let refused = r#"our_memories_rate_limited_total{limit="pairing"} 1"#;
-        assert!(metrics.render().lines().any(|l| l == refused), "counted");
+        assert!(
+            metrics.render().unwrap().lines().any(|l| l == refused),
+            "counted"
+        );
         assert!(retry_after > Duration::from_mins(4) && retry_after <= Duration::from_mins(5));
         assert!(
             limits.check_ip(IpLimit::Pairing, ip("10.0.0.2")).is_ok(),

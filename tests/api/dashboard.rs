@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, tool};
-use crate::metrics::{scrape_until, traffic};
+use crate::metrics::{scrape_until, traffic, traffic_recorded};
 
 const DASHBOARD: &str = "grafana/dashboards/our-memories.json";
 
@@ -143,10 +143,7 @@ async fn every_panel_query_parses_and_reads_only_metrics_the_server_exports() {
     // 2. Every metric a panel reads is exported by a server that has seen traffic.
     let app = TestApp::spawn().await;
     let _sockets = traffic(&app).await;
-    let (_, exported) = scrape_until(&app, |m| {
-        m.count("our_memories_backups_total", &[("direction", "download")]) == 1
-    })
-    .await;
+    let (_, exported) = scrape_until(&app, traffic_recorded).await;
     let exported: BTreeSet<&str> = exported.names().chain(["up"]).collect();
     let mut shown = BTreeSet::new();
     for (title, exprs) in &panels {

@@ -111,12 +111,21 @@ pub async fn scrape_until(
             tokio::time::Instant::now() < deadline,
             "metrics never got there:\n{text}"
         );
-        tokio::task::yield_now().await;
+        // Polling the server's own counters, with a deadline; not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Pairs, relays over WebSocket and REST, uploads and downloads a backup, fails a confirm and
 /// asks for a missing route: traffic that touches every family.
+/// Whether the counts [`traffic`] causes after its client saw the effect are in: a frame's
+/// relay latency once written, a download once its body is dropped.
+pub fn traffic_recorded(m: &Exposition) -> bool {
+    let download_ok = [("direction", "download"), ("outcome", "ok")];
+    m.count("our_memories_signal_relay_latency_seconds_count", &[]) >= 2
+        && m.count("our_memories_backups_total", &download_ok) == 1
+}
+
 /// Returns the couple, the backup, and both sockets (still open).
 pub async fn traffic(app: &TestApp) -> (Couple, Vec<u8>, [Ws; 2]) {
     let couple = app.pair().await;
@@ -140,9 +149,25 @@ pub async fn traffic(app: &TestApp) -> (Couple, Vec<u8>, [Ws; 2]) {
     .await;
     a.recv_type("webrtc-signal").await;
     let backup = vec![7u8; 300_000];
-    ok_json(
+    let uploaded = ok_json(
         app.upload(&couple.a, backup.clone(), &[]).await,
         StatusCode::CREATED,
+    )
+    .await;
+    let latest = app.url(&format!("/api/backup/{}", couple.id));
+    let etag = format!("\"{}\"", uploaded["sha256"].as_str().expect("sha256"));
+    let unchanged = app.http.get(&latest).bearer_auth(&couple.b.token);
+    let unchanged = unchanged
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    let missing = format!("/api/backup/{}/no-such-backup", couple.id);
+    assert_error(
+        app.get_auth(&missing, &couple.b).await,
+        StatusCode::NOT_FOUND,
+        "backup_not_found",
     )
     .await;
     let got = app
@@ -171,7 +196,7 @@ fn assert_names_nobody(text: &str, m: &Exposition, couple: &Couple) {
     let allowed = [
         "route",
         "method",
-        "status",
+        "code",
         "transport",
         "actor",
         "backend",
@@ -196,7 +221,7 @@ fn assert_http_counts(m: &Exposition) {
     let http = |route: &str, method: &str, status: &str| {
         m.count(
             "our_memories_http_requests_total",
-            &[("route", route), ("method", method), ("status", status)],
+            &[("route", route), ("method", method), ("code", status)],
         )
     };
     assert_eq!(http("/api/pair/initiate", "POST", "201"), 1);
@@ -205,6 +230,8 @@ fn assert_http_counts(m: &Exposition) {
     assert_eq!(http("/api/signal", "POST", "202"), 1);
     assert_eq!(http("/api/backup", "POST", "201"), 1);
     assert_eq!(http("/api/backup/{coupleId}", "GET", "200"), 1);
+    assert_eq!(http("/api/backup/{coupleId}", "GET", "304"), 1);
+    assert_eq!(http("/api/backup/{coupleId}/{backupId}", "GET", "404"), 1);
     assert_eq!(http("/ws", "GET", "101"), 2);
     assert_eq!(http("unmatched", "GET", "404"), 1);
     assert!(
@@ -219,14 +246,7 @@ fn assert_http_counts(m: &Exposition) {
 async fn metrics_count_real_traffic_by_route_template_and_name_no_couple_or_device() {
     let app = TestApp::spawn().await;
     let (couple, backup, _sockets) = traffic(&app).await;
-    let (text, m) = scrape_until(&app, |m| {
-        m.count("our_memories_signal_relay_latency_seconds_count", &[]) >= 2
-            && m.count(
-                "our_memories_backups_total",
-                &[("direction", "download"), ("outcome", "ok")],
-            ) == 1
-    })
-    .await;
+    let (text, m) = scrape_until(&app, traffic_recorded).await;
 
     assert_http_counts(&m);
 
@@ -260,6 +280,15 @@ async fn metrics_count_real_traffic_by_route_template_and_name_no_couple_or_devi
     assert_eq!(pairing("confirm", "ok"), 1);
     assert_eq!(pairing("confirm", "invalid_pairing_token"), 1);
     let size = backup.len() as u64;
+    let download = |outcome: &str| {
+        m.count(
+            "our_memories_backups_total",
+            &[("direction", "download"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(download("not_modified"), 1);
+    assert_eq!(download("backup_not_found"), 1);
+    assert_eq!(download("download_interrupted"), 0);
     for direction in ["upload", "download"] {
         assert_eq!(
             m.count(
@@ -333,7 +362,7 @@ async fn rate_limits_and_actor_restarts_are_counted() {
     assert_eq!(
         m.count(
             "our_memories_http_requests_total",
-            &[("route", "/api/pair/confirm"), ("status", "429")]
+            &[("route", "/api/pair/confirm"), ("code", "429")]
         ),
         1
     );
@@ -395,6 +424,24 @@ async fn metrics_addr_serves_metrics_alone_and_removes_them_from_the_main_port()
         "not_found",
     )
     .await;
+    // Other routes keep their own errors on the main port.
+    let too_big = app
+        .http
+        .post(app.url("/api/pair/initiate"))
+        .body(vec![b' '; 8 * 1024]);
+    let too_big = too_big
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_error(too_big, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large").await;
+    let wrong_method = app.http.put(app.url("/api/backup")).send().await.unwrap();
+    assert_error(
+        wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
     app.stop().await;
 }
 
@@ -405,10 +452,7 @@ async fn promtool_check_metrics_accepts_the_exposition() {
     };
     let app = TestApp::spawn().await;
     let _sockets = traffic(&app).await;
-    let (text, _) = scrape_until(&app, |m| {
-        m.count("our_memories_backups_total", &[("direction", "download")]) == 1
-    })
-    .await;
+    let (text, _) = scrape_until(&app, traffic_recorded).await;
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

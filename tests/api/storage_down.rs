@@ -142,7 +142,7 @@ async fn mongodb_down_means_503_fast_live_signaling_continues_and_recovery_is_au
     let m = Exposition::parse(&text.text().await.unwrap());
     let mongo_errors = [("backend", "mongodb")];
     assert!(m.count("our_memories_storage_operation_errors_total", &mongo_errors) >= 2);
-    let unavailable = [("route", "/api/backup"), ("status", "503")];
+    let unavailable = [("route", "/api/backup"), ("code", "503")];
     assert_eq!(m.count("our_memories_http_requests_total", &unavailable), 1);
     assert_eq!(ready.json::<Value>().await.unwrap()["status"], "not_ready");
     mongo.start();
