@@ -122,7 +122,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "backups_total",
-                        "Backup transfers, by direction and outcome (ok or the error code).",
+                        "Backup requests, by direction and outcome (ok, not_modified, download_interrupted or the error code).",
                     ),
                     &["direction", "outcome"],
                 )?,

@@ -339,6 +339,45 @@ async fn metrics_count_real_traffic_by_route_template_and_name_no_couple_or_devi
 }
 
 #[tokio::test]
+async fn a_download_the_client_abandons_is_counted_as_interrupted() {
+    use futures_util::StreamExt;
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    // Larger than what loopback socket buffers absorb, so the server is still writing.
+    let backup = vec![3u8; 32 * 1024 * 1024];
+    ok_json(
+        app.upload(&couple.a, backup, &[]).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let res = app
+        .get_auth(&format!("/api/backup/{}", couple.id), &couple.b)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.bytes_stream();
+    body.next().await.expect("a first chunk").expect("bytes");
+    drop(body);
+    let interrupted = [
+        ("direction", "download"),
+        ("outcome", "download_interrupted"),
+    ];
+    let (_, m) = scrape_until(&app, |m| {
+        m.count("our_memories_backups_total", &interrupted) == 1
+    })
+    .await;
+    let ok = [("direction", "download"), ("outcome", "ok")];
+    assert_eq!(m.count("our_memories_backups_total", &ok), 0);
+    assert_eq!(
+        m.count(
+            "our_memories_backup_bytes_total",
+            &[("direction", "download")]
+        ),
+        0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn rate_limits_and_actor_restarts_are_counted() {
     let app = TestApp::spawn_with(|c| c.rate.confirm_per_15min = 1).await;
     let (couple, token) = app.open_pairing().await;
