@@ -41,6 +41,14 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// Binds `addr`; returns the listener and the address it got (the real port for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |cause| StartError::Bind { addr, cause };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
 /// A server that is bound and ready to run.
 pub struct App {
     listener: TcpListener,
@@ -70,24 +78,10 @@ impl App {
             metrics.domain(),
         )
         .await?;
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .map_err(|cause| StartError::Bind {
-                addr: config.addr,
-                cause,
-            })?;
-        let addr = listener.local_addr().map_err(|cause| StartError::Bind {
-            addr: config.addr,
-            cause,
-        })?;
+        let (listener, addr) = bind(config.addr).await?;
         let metrics_listener = match config.metrics.addr {
             None => None,
-            Some(addr) => {
-                let bind_error = |cause| StartError::Bind { addr, cause };
-                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-                let bound = listener.local_addr().map_err(bind_error)?;
-                Some((listener, bound))
-            }
+            Some(addr) => Some(bind(addr).await?),
         };
         let shutdown = Shutdown::default();
         let state = AppState::new(&domain, &config, metrics, shutdown.listener());
