@@ -12,6 +12,8 @@ pub mod pairing;
 pub mod rate;
 pub mod signals;
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use warp::{Filter, Rejection, Reply};
@@ -20,7 +22,6 @@ use crate::metrics::RouteSlot;
 use crate::state::AppState;
 use crate::ws;
 use error::{ApiError, handle_rejection};
-use std::convert::Infallible;
 
 /// Largest pairing body: two ids and a token, with generous room.
 pub const PAIRING_BODY_LIMIT: u64 = 4 * 1024;

@@ -1,7 +1,8 @@
 //! Encrypted backups: `POST /api/backup`, `GET /api/backup/:coupleId[/:backupId]`,
 //! `GET /api/backups/:coupleId`. Bodies stream in and out; the server never looks inside.
 
-use super::named;
+use std::time::Instant;
+
 use actors::token::TokenClaims;
 use actors::{BackupId, BackupRecord, CoupleId, DeviceId, UploadInfo};
 use bytes::Buf;
@@ -13,11 +14,11 @@ use warp::{Filter, Rejection, Reply};
 
 use super::auth::{authenticated, require_access};
 use super::error::{ApiError, reject};
+use super::named;
 use super::pairing::rfc3339;
 use super::rate::{DeviceLimit, authenticated_within};
 use crate::metrics::{Direction, Metrics};
 use crate::state::{AppState, with_state};
-use std::time::Instant;
 
 /// Largest `X-Backup-Meta` header value.
 pub const MAX_META_BYTES: usize = 4 * 1024;

@@ -1,7 +1,6 @@
 //! The couple's devices: `GET /api/devices` lists them, `DELETE /api/devices/:deviceId`
 //! revokes one (from another device of the couple).
 
-use super::named;
 use actors::DeviceId;
 use actors::token::TokenClaims;
 use serde::Serialize;
@@ -10,6 +9,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::auth::authenticated;
 use super::error::reject;
+use super::named;
 use super::pairing::rfc3339;
 use crate::state::{AppState, with_state};
 

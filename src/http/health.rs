@@ -3,11 +3,11 @@
 //! when a backend does not answer; signaling between connected devices still works then);
 //! `/ready` is 503 unless storage answers and the server is not shutting down.
 
-use super::named;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use super::named;
 use crate::state::{AppState, with_state};
 
 #[derive(Serialize)]

@@ -1,6 +1,5 @@
 //! `POST /api/pair/initiate` and `POST /api/pair/confirm`.
 
-use super::named;
 use actors::{CoupleId, DeviceId, DeviceToken, PairingToken, Timestamp};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -8,6 +7,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::auth::bearer;
 use super::error::{ApiError, reject};
+use super::named;
 use super::rate::{IpLimit, limit_ip};
 use super::{PAIRING_BODY_LIMIT, json_body};
 use crate::metrics::PairingStep;

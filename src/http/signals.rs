@@ -1,7 +1,6 @@
 //! The REST fallback on the same mailboxes as the WebSocket: `POST /api/signal` and
 //! `GET /api/signals/:coupleId/:deviceId?after=<seq>`.
 
-use super::named;
 use actors::token::TokenClaims;
 use actors::{CoupleId, DeviceId, Payload, Seq, SignalId};
 use serde::{Deserialize, Serialize};
@@ -11,6 +10,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::auth::require_access;
 use super::error::{ApiError, reject};
+use super::named;
 use super::pairing::rfc3339;
 use super::rate::{DeviceLimit, authenticated_within};
 use super::{SIGNAL_BODY_LIMIT, json_body};
