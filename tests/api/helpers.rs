@@ -271,6 +271,32 @@ impl TestApp {
         (field("coupleId"), field("pairingToken"))
     }
 
+    /// Guesses a pairing's token 5 times: 4 answers are 401 `invalid_pairing_token`, the
+    /// fifth burns the pairing (410 `pairing_burned`), after which even the right `token` is
+    /// refused the same way.
+    pub async fn guess_until_burned(&self, couple: &str, token: &str) {
+        for _ in 0..4 {
+            assert_error(
+                self.confirm(couple, "guess", "b").await,
+                StatusCode::UNAUTHORIZED,
+                "invalid_pairing_token",
+            )
+            .await;
+        }
+        assert_error(
+            self.confirm(couple, "guess", "b").await,
+            StatusCode::GONE,
+            "pairing_burned",
+        )
+        .await;
+        assert_error(
+            self.confirm(couple, token, "b").await,
+            StatusCode::GONE,
+            "pairing_burned",
+        )
+        .await;
+    }
+
     /// Initiates and confirms: a couple with devices `a` and `b`.
     pub async fn pair(&self) -> Couple {
         let started: Value = ok_json(self.initiate("a", None).await, StatusCode::CREATED).await;

@@ -47,27 +47,7 @@ async fn wrong_tokens_are_401_and_the_fifth_burns_the_pairing() {
     let app = TestApp::spawn().await;
     let (couple, token) = app.open_pairing().await;
     let (couple, token) = (couple.as_str(), token.as_str());
-    for _ in 0..4 {
-        assert_error(
-            app.confirm(couple, "guess", "b").await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_pairing_token",
-        )
-        .await;
-    }
-    assert_error(
-        app.confirm(couple, "guess", "b").await,
-        StatusCode::GONE,
-        "pairing_burned",
-    )
-    .await;
-    // Burned means burned: even the right token no longer works.
-    assert_error(
-        app.confirm(couple, token, "b").await,
-        StatusCode::GONE,
-        "pairing_burned",
-    )
-    .await;
+    app.guess_until_burned(couple, token).await;
     app.stop().await;
 }
 

@@ -220,26 +220,7 @@ async fn expired_pairings_and_brute_force_are_stopped() {
     let (couple, token) = app.open_pairing().await;
     let (couple, token) = (couple.as_str(), token.as_str());
     // Guessing: the attempt cap burns the pairing after 5 wrong tokens...
-    for _ in 0..4 {
-        assert_error(
-            app.confirm(couple, "guess", "b").await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_pairing_token",
-        )
-        .await;
-    }
-    assert_error(
-        app.confirm(couple, "guess", "b").await,
-        StatusCode::GONE,
-        "pairing_burned",
-    )
-    .await;
-    assert_error(
-        app.confirm(couple, token, "b").await,
-        StatusCode::GONE,
-        "pairing_burned",
-    )
-    .await;
+    app.guess_until_burned(couple, token).await;
     // ...and the per-IP confirm limit stops guessing across pairings.
     for _ in 0..6 {
         let res = app.confirm(couple, "guess", "b").await;
