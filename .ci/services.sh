@@ -338,6 +338,10 @@ _om_start_s3() { # RUN
       sock_opts=(-filer.localSocket="$run/filer.sock" -s3.localSocket="$run/s3.sock")
     fi
     echo "$ports" >"$run/s3.ports"
+    # Every bucket takes volumes of its own. By default weed sizes volumes at gigabytes and
+    # derives how many it may create from the free disk, so on a fuller disk a run of the suite
+    # (one bucket per test) ran out of volumes and uploads failed late in the S3 pass. Small,
+    # lazily grown volumes and a fixed count make that independent of the machine's disk.
     nohup "$S3_VENV/bin/weed" mini -dir="$run/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
       -master.telemetry=false \
       -master.port="$m" -master.port.grpc=$((m + 10000)) \
@@ -346,6 +350,7 @@ _om_start_s3() { # RUN
       -s3.port="$s" -s3.port.grpc=$((s + 10000)) \
       -admin.port="$a" -admin.port.grpc=$((a + 10000)) \
       -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -volume.preStopSeconds=0 \
+      -master.volumeSizeLimitMB=128 -volume.max=400 \
       -s3.config="$run/s3.json" "${sock_opts[@]}" \
       >"$run/weed.log" 2>&1 </dev/null &
     pid=$!
