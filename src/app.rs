@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
-use crate::{http, secret, serve, store};
+use crate::{routes, secret, serve, store};
 
 /// How often rate limiters forget clients whose budget is full again.
 const RATE_LIMIT_SWEEP: std::time::Duration = std::time::Duration::from_mins(1);
@@ -164,7 +164,7 @@ impl App {
                 "/metrics is open on the public port: set METRICS_TOKEN or METRICS_ADDR"
             );
         }
-        let service = warp::service(http::routes(state));
+        let service = warp::service(routes::public(state));
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let public = async {
             serve::accept_loop(listener, service, Some(&metrics), &shutdown, stop).await;
@@ -178,7 +178,7 @@ impl App {
             };
             tracing::info!(%addr, "serving /metrics");
             let token = config.metrics.token.clone();
-            let service = warp::service(http::metrics::standalone(metrics.clone(), token));
+            let service = warp::service(routes::metrics_only(metrics.clone(), token));
             let stopped = async {
                 let _ = metrics_stopped.await;
             };

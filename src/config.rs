@@ -1,9 +1,11 @@
 //! Configuration, from environment variables only. Every variable is read and validated at
 //! start; an error names the variable. `env.example` documents each one.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actors::{MailboxLimits, Settings};
@@ -55,6 +57,125 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Where and how to reach the bucket.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// `S3_BUCKET`.
+    pub bucket: String,
+    /// `AWS_REGION`.
+    pub region: String,
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_key: String,
+    /// `AWS_SESSION_TOKEN`, for temporary credentials.
+    pub session_token: Option<String>,
+    /// `S3_ENDPOINT`, for S3-compatible servers (implies path-style addressing).
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The browser origins allowed to call the API and open WebSockets. Empty: none (native apps
+/// send no `Origin` and are unaffected).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedOrigins(Arc<HashSet<String>>);
+
+impl AllowedOrigins {
+    /// From the comma-separated `ALLOWED_ORIGINS` value.
+    #[must_use]
+    pub fn parse(list: &str) -> Self {
+        Self(Arc::new(
+            list.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        ))
+    }
+
+    /// Whether a request with this `Origin` (if any) may proceed. No `Origin`: not a browser.
+    #[must_use]
+    pub fn permits(&self, origin: Option<&str>) -> bool {
+        origin.is_none_or(|o| self.0.contains(o))
+    }
+
+    /// Whether this exact origin is in the list.
+    #[must_use]
+    pub fn contains(&self, origin: &str) -> bool {
+        self.0.contains(origin)
+    }
+}
+
+/// The limits, from the environment.
+#[derive(Debug, Clone)]
+pub struct RateConfig {
+    /// `RATE_LIMIT`: `off` disables every limit.
+    pub enabled: bool,
+    /// `TRUST_PROXY`: take the client IP from `X-Forwarded-For` (leftmost), not the socket.
+    pub trust_proxy: bool,
+    /// `RATE_LIMIT_PAIRING_PER_15MIN`: pairing requests per IP per 15 minutes (100).
+    pub pairing_per_15min: u32,
+    /// `RATE_LIMIT_CONFIRM_PER_15MIN`: confirm attempts per IP per 15 minutes (20).
+    pub confirm_per_15min: u32,
+    /// `RATE_LIMIT_SIGNALS_PER_SEC`: sustained signals (and WebSocket messages) per device (20).
+    pub signals_per_sec: u32,
+    /// `RATE_LIMIT_SIGNALS_BURST`: burst above that, for trickle-ICE set-ups (200).
+    pub signals_burst: u32,
+    /// `RATE_LIMIT_BACKUPS_PER_HOUR`: backup uploads per device per hour (30).
+    pub backups_per_hour: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            trust_proxy: false,
+            pairing_per_15min: 100,
+            confirm_per_15min: 20,
+            signals_per_sec: 20,
+            signals_burst: 200,
+            backups_per_hour: 30,
+        }
+    }
+}
+
+/// Every rate limit, by the name its metric label and the docs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Pairing requests per client IP.
+    Pairing,
+    /// Confirm attempts per client IP (on top of [`Limit::Pairing`]).
+    Confirm,
+    /// Signals (REST) and WebSocket messages per device.
+    Signals,
+    /// Backup uploads per device.
+    Backups,
+}
+
+impl Limit {
+    /// Every limit, for metrics that start each label at zero.
+    pub const ALL: [Self; 4] = [Self::Pairing, Self::Confirm, Self::Signals, Self::Backups];
+
+    /// The `limit` label of `our_memories_rate_limited_total`.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Pairing => "pairing",
+            Self::Confirm => "confirm",
+            Self::Signals => "signals",
+            Self::Backups => "backups",
+        }
+    }
+}
+
 /// Where pairings, devices, mailboxes and backup metadata live.
 #[derive(Debug, Clone)]
 pub enum MetadataBackend {
@@ -75,7 +196,7 @@ pub enum BlobBackend {
     /// Beside the metadata: files in `DATA_DIR`, or GridFS with MongoDB.
     Default,
     /// `S3_BUCKET` and the `AWS_*` credentials.
-    S3(crate::store::s3::S3Settings),
+    S3(S3Settings),
 }
 
 /// The storage selection, from the environment.
@@ -155,9 +276,9 @@ pub struct Config {
     /// Storage backends.
     pub storage: StorageConfig,
     /// `ALLOWED_ORIGINS`: browser origins for CORS and WebSocket upgrades.
-    pub allowed_origins: crate::http::browser::AllowedOrigins,
+    pub allowed_origins: AllowedOrigins,
     /// Rate limits.
-    pub rate: crate::http::rate::RateConfig,
+    pub rate: RateConfig,
     /// Domain TTLs and bounds.
     pub settings: Settings,
     /// Socket limits.
@@ -265,7 +386,7 @@ fn storage<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<StorageConfig, 
                         because: "S3_BUCKET is set",
                     })
             };
-            BlobBackend::S3(crate::store::s3::S3Settings {
+            BlobBackend::S3(S3Settings {
                 bucket: bucket.trim().to_owned(),
                 region: v
                     .get("AWS_REGION")
@@ -285,10 +406,8 @@ fn storage<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<StorageConfig, 
 }
 
 /// Reads `RATE_LIMIT`, `TRUST_PROXY` and the `RATE_LIMIT_*` sizes.
-fn rate<F: Fn(&str) -> Option<String>>(
-    v: &Vars<F>,
-) -> Result<crate::http::rate::RateConfig, ConfigError> {
-    let d = crate::http::rate::RateConfig::default();
+fn rate<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<RateConfig, ConfigError> {
+    let d = RateConfig::default();
     let switch = |var: &'static str, default: bool| match v.get(var).as_deref().map(str::trim) {
         None => Ok(default),
         Some("on" | "true" | "1") => Ok(true),
@@ -299,7 +418,7 @@ fn rate<F: Fn(&str) -> Option<String>>(
             reason: "expected on or off".to_owned(),
         }),
     };
-    Ok(crate::http::rate::RateConfig {
+    Ok(RateConfig {
         enabled: switch("RATE_LIMIT", d.enabled)?,
         trust_proxy: switch("TRUST_PROXY", d.trust_proxy)?,
         pairing_per_15min: v.positive("RATE_LIMIT_PAIRING_PER_15MIN", d.pairing_per_15min)?,
@@ -420,9 +539,7 @@ impl Config {
             ),
             secret,
             storage,
-            allowed_origins: crate::http::browser::AllowedOrigins::parse(
-                &v.get("ALLOWED_ORIGINS").unwrap_or_default(),
-            ),
+            allowed_origins: AllowedOrigins::parse(&v.get("ALLOWED_ORIGINS").unwrap_or_default()),
             rate: rate(&v)?,
             settings,
             ws: WsConfig {
@@ -506,6 +623,17 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn origins_match_exactly_and_requests_without_origin_pass() {
+        let o = AllowedOrigins::parse("https://app.example, http://localhost:5173/ ,");
+        assert!(o.permits(None));
+        assert!(o.permits(Some("https://app.example")));
+        assert!(o.permits(Some("http://localhost:5173")));
+        assert!(!o.permits(Some("https://evil.example")));
+        assert!(!o.permits(Some("https://app.example.evil")));
+        assert!(!AllowedOrigins::default().permits(Some("https://app.example")));
     }
 
     #[test]

@@ -1,24 +1,30 @@
 //! Our Memories server: the warp front end over the actors of `our-memories-actors`.
 //!
 //! # Layout
-//! - [`config`]: environment variables, validated at start; [`healthcheck`]: the container
-//!   probe (`our-memories healthcheck`).
-//! - [`app`]: builds everything and runs until shutdown; [`serve`] is the accept loop,
-//!   [`shutdown`] the signal and the bounded drain.
-//! - [`http`]: REST routes (pairing, signals, health), bearer auth, the one error mapping.
-//! - [`ws`]: the WebSocket route, wire protocol and per-socket session.
-//! - [`store`]: the MongoDB (+ GridFS) and S3 adapters, and the backend selection.
-//! - [`state`]: what handlers share; [`secret`]: the token-signing key; [`telemetry`]: logs;
-//!   [`metrics`]: the Prometheus registry behind `GET /metrics`.
+//! Layers point one way, bottom to top (a unit test in `layers.rs` checks it on the source):
+//! - [`config`]: environment variables, validated at start, and the settings types; it names
+//!   nothing above it. [`healthcheck`]: the container probe (`our-memories healthcheck`).
+//! - [`secret`] (the token-signing key), [`telemetry`] (logs), [`store`] (the MongoDB, GridFS
+//!   and S3 adapters, and the backend selection), [`metrics`] (the Prometheus registry; it
+//!   takes outcome labels, not errors), [`shutdown`] (the signal and the bounded drain).
+//! - [`front`]: what every transport shares: the error type and its status/code map, bearer
+//!   auth, rate limits, browser rules, wire helpers, per-connection values.
+//! - [`state`]: the handles and limits built once at start.
+//! - The transports, side by side, never naming each other: [`http`] (REST routes) and [`ws`]
+//!   (the JSON WebSocket: wire protocol and per-socket session).
+//! - [`routes`]: composes the transports; [`serve`]: the accept loop; [`app`]: builds
+//!   everything and runs until shutdown.
 //!
 //! The domain (rooms, mailboxes, pairing, storage) lives in the `actors` crate and knows
 //! nothing of HTTP.
 
 pub mod app;
 pub mod config;
+pub mod front;
 pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod routes;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;
@@ -26,3 +32,6 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ws;
+
+#[cfg(test)]
+mod layers;

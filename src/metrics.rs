@@ -11,7 +11,7 @@ use actors::metrics::{GaugeShare, histogram, opts, registered};
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry, TextEncoder};
 use warp::http::{Method, StatusCode};
 
-use crate::http::error::ApiError;
+use crate::config::Limit;
 
 /// HTTP durations, in seconds (a backup upload's request lasts as long as its upload).
 const HTTP_BUCKETS: &[f64] = &[
@@ -43,8 +43,47 @@ pub enum Direction {
     Download,
 }
 
+impl PairingStep {
+    /// The `step` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Initiate => "initiate",
+            Self::Confirm => "confirm",
+        }
+    }
+}
+
+/// How a counted request ended: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what was asked.
+    Ok,
+    /// A conditional download answered 304 (nothing sent).
+    NotModified,
+    /// The client went away before the last byte of a download.
+    DownloadInterrupted,
+    /// It failed with this wire error code, the one the client got (docs/protocol.md).
+    Failed(&'static str),
+}
+
+impl Outcome {
+    /// The `outcome` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NotModified => "not_modified",
+            Self::DownloadInterrupted => "download_interrupted",
+            Self::Failed(code) => code,
+        }
+    }
+}
+
 impl Direction {
-    fn label(self) -> &'static str {
+    /// The `direction` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
         match self {
             Self::Upload => "upload",
             Self::Download => "download",
@@ -161,15 +200,16 @@ impl Metrics {
             registry: r,
         };
         // Known label values start at zero, so rates and alerts see them before the first event.
+        let ok = Outcome::Ok.label();
         for d in [Direction::Upload, Direction::Download] {
-            families.backups.with_label_values(&[d.label(), "ok"]);
+            families.backups.with_label_values(&[d.label(), ok]);
             families.backup_bytes.with_label_values(&[d.label()]);
         }
-        for step in ["initiate", "confirm"] {
-            families.pairings.with_label_values(&[step, "ok"]);
+        for step in [PairingStep::Initiate, PairingStep::Confirm] {
+            families.pairings.with_label_values(&[step.label(), ok]);
         }
-        for limit in crate::http::rate::LIMIT_NAMES {
-            families.rate_limited.with_label_values(&[limit]);
+        for limit in Limit::ALL {
+            families.rate_limited.with_label_values(&[limit.label()]);
         }
         Ok(Self(Arc::new(families)))
     }
@@ -213,20 +253,21 @@ impl Metrics {
         GaugeShare::new(self.0.websocket_connections.clone(), 1)
     }
 
-    /// A pairing step's outcome: `Ok`, or the error code the client got.
-    pub fn pairing<T>(&self, step: PairingStep, result: &Result<T, ApiError>) {
-        let step = match step {
-            PairingStep::Initiate => "initiate",
-            PairingStep::Confirm => "confirm",
-        };
-        let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
-        self.0.pairings.with_label_values(&[step, outcome]).inc();
+    /// A pairing step's outcome: [`Outcome::Ok`], or the error code the client got.
+    pub fn pairing(&self, step: PairingStep, outcome: Outcome) {
+        self.0
+            .pairings
+            .with_label_values(&[step.label(), outcome.label()])
+            .inc();
     }
 
     /// A backup transfer that completed: its bytes and duration.
     pub fn backup_completed(&self, direction: Direction, bytes: u64, took: Duration) {
         let d = direction.label();
-        self.0.backups.with_label_values(&[d, "ok"]).inc();
+        self.0
+            .backups
+            .with_label_values(&[d, Outcome::Ok.label()])
+            .inc();
         self.0.backup_bytes.with_label_values(&[d]).inc_by(bytes);
         self.0
             .backup_duration
@@ -235,17 +276,20 @@ impl Metrics {
     }
 
     /// A backup request that moved no (whole) backup: the error code the client got,
-    /// `download_interrupted` (the client left mid-body) or `not_modified` (a 304).
-    pub fn backup_not_transferred(&self, direction: Direction, outcome: &'static str) {
+    /// [`Outcome::DownloadInterrupted`] or [`Outcome::NotModified`].
+    pub fn backup_not_transferred(&self, direction: Direction, outcome: Outcome) {
         self.0
             .backups
-            .with_label_values(&[direction.label(), outcome])
+            .with_label_values(&[direction.label(), outcome.label()])
             .inc();
     }
 
-    /// A request or message refused by the limit named `limit`.
-    pub fn rate_limited(&self, limit: &'static str) {
-        self.0.rate_limited.with_label_values(&[limit]).inc();
+    /// A request or message refused by `limit`.
+    pub fn rate_limited(&self, limit: Limit) {
+        self.0
+            .rate_limited
+            .with_label_values(&[limit.label()])
+            .inc();
     }
 }
 

@@ -12,9 +12,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
+use crate::front::conn::{PeerAddr, UpgradeSlot};
 use crate::metrics::{Metrics, RequestTimer, RouteSlot};
 use crate::shutdown::{Shutdown, ShutdownListener};
-use crate::ws::UpgradeSlot;
 
 /// A client that has not sent its request headers by then is disconnected (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,10 +22,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// The peer's socket address, in every request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// Accepts connections until `stop` resolves; connections already open finish through
 /// `shutdown`'s listeners. With `metrics`, every request is counted and timed.

@@ -1,16 +1,14 @@
-//! The read-only state every handler shares: actor handles, limits and the shutdown signal.
+//! What the transports share, built once at start: actor handles, limits, metrics and the
+//! shutdown signal. Route builders take from it the handles their filters need.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
-use warp::Filter;
 
-use crate::config::{Config, MetricsConfig, WsConfig};
-use crate::http::browser::AllowedOrigins;
-use crate::http::rate::RateLimits;
+use crate::config::{AllowedOrigins, Config, MetricsConfig, WsConfig};
+use crate::front::rate::RateLimits;
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownListener;
 
@@ -80,11 +78,4 @@ impl AppState {
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Injects the state into a filter chain.
-pub fn with_state(
-    state: AppState,
-) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
 }

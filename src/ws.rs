@@ -6,9 +6,6 @@
 pub mod protocol;
 pub mod session;
 
-use std::sync::{Arc, Mutex};
-
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -16,30 +13,14 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
-use crate::http::error::{ApiError, reject};
-use crate::state::{AppState, with_state};
+use crate::front::conn::UpgradeSlot;
+use crate::front::error::{ApiError, reject};
+use crate::front::wire::{named, with};
+use crate::state::AppState;
 
 /// Read buffer of a socket: enough for typical signals; larger messages still work (the
 /// buffer is only the unit of each read).
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
-
-/// The connection's upgrade handle, moved out of the request by the accept loop so that this
-/// route (and nothing else) can take it. hyper's `OnUpgrade` is not `Clone`, which warp's
-/// extension filters require; the slot is.
-#[derive(Clone)]
-pub struct UpgradeSlot(Arc<Mutex<Option<OnUpgrade>>>);
-
-impl UpgradeSlot {
-    /// Wraps the request's upgrade handle.
-    #[must_use]
-    pub fn new(on_upgrade: OnUpgrade) -> Self {
-        Self(Arc::new(Mutex::new(Some(on_upgrade))))
-    }
-
-    fn take(&self) -> Option<OnUpgrade> {
-        self.0.lock().ok()?.take()
-    }
-}
 
 /// The handshake headers a WebSocket upgrade must carry.
 struct Handshake {
@@ -93,11 +74,11 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         });
     warp::path!("ws")
         .and(warp::get())
-        .and(crate::http::named("/ws"))
+        .and(named("/ws"))
         .and(warp::header::optional::<String>("origin"))
         .and(handshake)
         .and(warp::ext::optional::<UpgradeSlot>())
-        .and(with_state(state))
+        .and(with(state))
         .and_then(upgrade)
 }
 
@@ -116,7 +97,8 @@ async fn upgrade(
     let on_upgrade = slot
         .and_then(|s| s.take())
         .ok_or_else(|| reject(ApiError::UpgradeRequired))?;
-    let accept = HeaderValue::from_str(&accept).map_err(|_| reject(ApiError::Internal))?;
+    let accept = HeaderValue::from_str(&accept)
+        .map_err(|e| reject(ApiError::Internal(format!("accept key: {e}"))))?;
     let config = socket_config(&state);
     // The socket outlives the upgrade request: its own span (a process-unique socket number),
     // which names the couple and device once the socket has joined.

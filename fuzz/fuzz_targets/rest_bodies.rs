@@ -1,4 +1,5 @@
-//! The REST JSON bodies, through `http::parse_json` (the one function every JSON route uses).
+//! The REST JSON bodies, through `front::wire::parse_json` (the one function every JSON route
+//! uses).
 //! The first byte picks the body type, the rest is the body:
 //! `0` `InitiateBody` (`POST /api/pair/initiate`), `1` `ConfirmBody` (`POST /api/pair/confirm`),
 //! `2` `SendBody` (`POST /api/signal`); other values are taken modulo 3.
@@ -9,9 +10,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use our_memories::http::error::ApiError;
+use our_memories::front::error::ApiError;
+use our_memories::front::wire::parse_json;
 use our_memories::http::pairing::{ConfirmBody, InitiateBody};
-use our_memories::http::parse_json;
 use our_memories::http::signals::SendBody;
 use our_memories_fuzz::{check_couple_id, check_device_id};
 use serde_json::value::RawValue;

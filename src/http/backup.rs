@@ -4,21 +4,21 @@
 use std::time::Instant;
 
 use actors::token::TokenClaims;
-use actors::{BackupId, BackupRecord, CoupleId, DeviceId, UploadInfo};
+use actors::{BackupId, BackupRecord, Backups, CoupleId, DeviceId, UploadInfo};
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::{authenticated, require_access};
-use super::error::{ApiError, reject};
-use super::named;
-use super::pairing::rfc3339;
-use super::rate::{DeviceLimit, authenticated_within};
-use crate::metrics::{Direction, Metrics};
-use crate::state::{AppState, with_state};
+use crate::front::auth::{authenticated, require_access};
+use crate::front::error::{ApiError, reject};
+use crate::front::rate::{DeviceLimit, authenticated_within};
+use crate::front::wire::{named, rfc3339, with};
+use crate::metrics::{Direction, Metrics, Outcome};
+use crate::state::AppState;
 
 /// Largest `X-Backup-Meta` header value.
 pub const MAX_META_BYTES: usize = 4 * 1024;
@@ -59,12 +59,19 @@ struct BackupList<'a> {
 }
 
 /// The backup routes.
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let handles = with((state.backups.clone(), state.metrics.clone()));
     let upload = warp::path!("api" / "backup")
         .and(warp::post())
         .and(named("/api/backup"))
-        .and(with_state(state.clone()))
-        .and(authenticated_within(state.clone(), DeviceLimit::Backup))
+        .and(handles.clone())
+        .and(authenticated_within(
+            state.pairing.clone(),
+            state.limits.clone(),
+            DeviceLimit::Backup,
+        ))
         .and(warp::header::optional::<String>(META_HEADER))
         .and(warp::header::optional::<String>(SHA256_HEADER))
         .and(warp::header::optional::<u64>("content-length"))
@@ -82,17 +89,17 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
         .or(one)
         .unify()
         .untuple_one()
-        .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(handles)
+        .and(authenticated(state.pairing.clone()))
         .and(warp::header::optional::<String>("if-none-match"))
         .and_then(download);
     let list = warp::path!("api" / "backups" / String)
         .and(warp::get())
         .and(named("/api/backups/{coupleId}"))
-        .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(with(state.backups.clone()))
+        .and(authenticated(state.pairing.clone()))
         .and_then(list);
-    upload.or(download).or(list)
+    upload.or(download).unify().or(list).unify()
 }
 
 /// Checks `X-Backup-Meta`: at most 4 KiB of JSON.
@@ -119,7 +126,7 @@ fn check_sha256(sha: Option<String>) -> Result<Option<String>, ApiError> {
 }
 
 async fn upload(
-    state: AppState,
+    (backups, metrics): (Backups, Metrics),
     claims: TokenClaims,
     meta: Option<String>,
     sha256: Option<String>,
@@ -127,17 +134,10 @@ async fn upload(
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
 ) -> Result<warp::reply::Response, Rejection> {
     let started = Instant::now();
-    let stored = store_upload(&state, &claims, meta, sha256, content_length, body).await;
+    let stored = store_upload(&backups, &claims, meta, sha256, content_length, body).await;
     match &stored {
-        Ok(record) => {
-            let took = started.elapsed();
-            state
-                .metrics
-                .backup_completed(Direction::Upload, record.size, took);
-        }
-        Err(e) => state
-            .metrics
-            .backup_not_transferred(Direction::Upload, e.code()),
+        Ok(record) => metrics.backup_completed(Direction::Upload, record.size, started.elapsed()),
+        Err(e) => metrics.backup_not_transferred(Direction::Upload, e.outcome()),
     }
     let reply = warp::reply::json(&WireBackup::new(&stored.map_err(reject)?));
     Ok(warp::reply::with_status(reply, StatusCode::CREATED).into_response())
@@ -145,7 +145,7 @@ async fn upload(
 
 /// Checks an upload's headers, then streams it into storage and publishes it.
 async fn store_upload(
-    state: &AppState,
+    backups: &Backups,
     claims: &TokenClaims,
     meta: Option<String>,
     sha256: Option<String>,
@@ -156,7 +156,7 @@ async fn store_upload(
         meta: check_meta(meta)?,
         expected_sha256: check_sha256(sha256)?,
     };
-    let limit = state.backups.max_bytes();
+    let limit = backups.max_bytes();
     if content_length.is_some_and(|len| len > limit) {
         return Err(actors::BackupError::TooLarge { limit }.into());
     }
@@ -165,8 +165,7 @@ async fn store_upload(
             .map(|mut buf| buf.copy_to_bytes(buf.remaining()))
             .map_err(std::io::Error::other)
     });
-    Ok(state
-        .backups
+    Ok(backups
         .upload(&claims.couple, &claims.device, info, Box::pin(body))
         .await?)
 }
@@ -183,34 +182,41 @@ fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
 async fn download(
     couple: String,
     id: Option<String>,
-    state: AppState,
+    (backups, metrics): (Backups, Metrics),
     claims: TokenClaims,
     if_none_match: Option<String>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let answered = answer_download(&state, &claims, couple, id, if_none_match.as_deref()).await;
+    let answered = answer_download(
+        &backups,
+        &metrics,
+        &claims,
+        (couple, id),
+        if_none_match.as_deref(),
+    )
+    .await;
     if let Err(e) = &answered {
-        state
-            .metrics
-            .backup_not_transferred(Direction::Download, e.code());
+        metrics.backup_not_transferred(Direction::Download, e.outcome());
     }
     answered.map_err(reject)
 }
 
 /// Finds the backup and answers with its bytes (metered until the last one is out) or a 304.
 async fn answer_download(
-    state: &AppState,
+    backups: &Backups,
+    metrics: &Metrics,
     claims: &TokenClaims,
-    couple: String,
-    id: Option<String>,
+    (couple, id): (String, Option<String>),
     if_none_match: Option<&str>,
 ) -> Result<warp::reply::Response, ApiError> {
     let couple = CoupleId::parse(couple)?;
     let id = id.map(BackupId::parse).transpose()?;
     require_access(claims, &couple, None)?;
-    let record = state.backups.find(&couple, id.as_ref()).await?;
+    let record = backups.find(&couple, id.as_ref()).await?;
     let etag = format!("\"{}\"", record.sha256);
     // Every header is checked before the body is opened, so no error follows a metered body.
-    let text = |s: &str| HeaderValue::from_str(s).map_err(|_| ApiError::Internal);
+    let text = |s: &str| {
+        HeaderValue::from_str(s).map_err(|e| ApiError::Internal(format!("stored header: {e}")))
+    };
     let mut headers = vec![
         (header::ETAG, text(&etag)?),
         (
@@ -230,18 +236,16 @@ async fn answer_download(
         headers.push((header::HeaderName::from_static(META_HEADER), text(meta)?));
     }
     let mut response = if not_modified(if_none_match, &etag) {
-        state
-            .metrics
-            .backup_not_transferred(Direction::Download, NOT_MODIFIED_OUTCOME);
+        metrics.backup_not_transferred(Direction::Download, Outcome::NotModified);
         warp::reply::with_status(warp::reply::reply(), StatusCode::NOT_MODIFIED).into_response()
     } else {
-        let blob = state.backups.open(&record).await?;
+        let blob = backups.open(&record).await?;
         headers.push((header::CONTENT_LENGTH, HeaderValue::from(blob.len)));
         headers.push((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         ));
-        warp::reply::stream(DownloadBody::new(blob, state.metrics.clone())).into_response()
+        warp::reply::stream(DownloadBody::new(blob, metrics.clone())).into_response()
     };
     response.headers_mut().extend(headers);
     Ok(response)
@@ -249,22 +253,17 @@ async fn answer_download(
 
 async fn list(
     couple: String,
-    state: AppState,
+    backups: Backups,
     claims: TokenClaims,
 ) -> Result<warp::reply::Response, Rejection> {
     let couple = CoupleId::parse(couple).map_err(reject)?;
     require_access(&claims, &couple, None).map_err(reject)?;
-    let backups = state.backups.list(&couple).await.map_err(reject)?;
+    let backups = backups.list(&couple).await.map_err(reject)?;
     let body = BackupList {
         backups: backups.iter().map(WireBackup::new).collect(),
     };
     Ok(warp::reply::json(&body).into_response())
 }
-
-/// The `outcome` of a conditional download answered with 304.
-const NOT_MODIFIED_OUTCOME: &str = "not_modified";
-/// The `outcome` of a download whose client went away before the last byte.
-const INTERRUPTED_OUTCOME: &str = "download_interrupted";
 
 /// A download's body, counted when it is dropped: complete once Content-Length bytes are out
 /// (hyper stops polling there), failed if storage failed mid-stream, else interrupted.
@@ -297,13 +296,14 @@ impl Drop for DownloadBody {
     fn drop(&mut self) {
         let d = Direction::Download;
         if self.failed {
-            self.metrics
-                .backup_not_transferred(d, "storage_unavailable");
+            let failed = ApiError::Backup(actors::BackupError::StorageUnavailable);
+            self.metrics.backup_not_transferred(d, failed.outcome());
         } else if self.sent == self.len {
             let took = self.started.elapsed();
             self.metrics.backup_completed(d, self.sent, took);
         } else {
-            self.metrics.backup_not_transferred(d, INTERRUPTED_OUTCOME);
+            self.metrics
+                .backup_not_transferred(d, Outcome::DownloadInterrupted);
         }
     }
 }

@@ -1,17 +1,17 @@
 //! The couple's devices: `GET /api/devices` lists them, `DELETE /api/devices/:deviceId`
 //! revokes one (from another device of the couple).
 
-use actors::DeviceId;
 use actors::token::TokenClaims;
+use actors::{DeviceId, Pairing};
 use serde::Serialize;
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::authenticated;
-use super::error::reject;
-use super::named;
-use super::pairing::rfc3339;
-use crate::state::{AppState, with_state};
+use crate::front::auth::authenticated;
+use crate::front::error::reject;
+use crate::front::wire::{named, rfc3339, with};
+use crate::state::AppState;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,28 +26,25 @@ struct DeviceList<'a> {
 }
 
 /// Both device routes.
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let pairing = || with(state.pairing.clone()).and(authenticated(state.pairing.clone()));
     let list = warp::path!("api" / "devices")
         .and(warp::get())
         .and(named("/api/devices"))
-        .and(with_state(state.clone()))
-        .and(authenticated(state.clone()))
+        .and(pairing())
         .and_then(list);
     let revoke = warp::path!("api" / "devices" / String)
         .and(warp::delete())
         .and(named("/api/devices/{deviceId}"))
-        .and(with_state(state.clone()))
-        .and(authenticated(state))
+        .and(pairing())
         .and_then(revoke);
-    list.or(revoke)
+    list.or(revoke).unify()
 }
 
-async fn list(state: AppState, claims: TokenClaims) -> Result<warp::reply::Response, Rejection> {
-    let mut devices = state
-        .pairing
-        .devices(&claims.couple)
-        .await
-        .map_err(reject)?;
+async fn list(pairing: Pairing, claims: TokenClaims) -> Result<warp::reply::Response, Rejection> {
+    let mut devices = pairing.devices(&claims.couple).await.map_err(reject)?;
     devices.sort_by_key(|d| (d.paired_at, d.device.clone()));
     let wire = devices
         .iter()
@@ -61,10 +58,10 @@ async fn list(state: AppState, claims: TokenClaims) -> Result<warp::reply::Respo
 
 async fn revoke(
     device: String,
-    state: AppState,
+    pairing: Pairing,
     claims: TokenClaims,
 ) -> Result<warp::reply::Response, Rejection> {
     let device = DeviceId::parse(device).map_err(reject)?;
-    state.pairing.revoke(claims, device).await.map_err(reject)?;
+    pairing.revoke(claims, device).await.map_err(reject)?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }

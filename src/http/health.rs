@@ -3,12 +3,26 @@
 //! when a backend does not answer; signaling between connected devices still works then);
 //! `/ready` is 503 unless storage answers and the server is not shutting down.
 
+use std::time::Instant;
+
+use actors::{Rooms, Storage};
 use serde::Serialize;
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::named;
-use crate::state::{AppState, with_state};
+use crate::front::wire::{named, with};
+use crate::shutdown::ShutdownListener;
+use crate::state::AppState;
+
+/// What the probes read: the rooms, the storage backends, the start time and the shutdown.
+#[derive(Clone)]
+struct Probe {
+    rooms: Rooms,
+    storage: Storage,
+    started: Instant,
+    shutdown: ShutdownListener,
+}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,7 +48,7 @@ struct Backend {
 
 impl Health {
     /// Asks the rooms and both storage backends, concurrently.
-    async fn collect(state: &AppState) -> Self {
+    async fn collect(state: &Probe) -> Self {
         let (room_stats, (metadata, blobs)) =
             tokio::join!(state.rooms.stats(), state.storage.status());
         Self {
@@ -63,19 +77,27 @@ impl Health {
 /// `GET /health` (liveness: 200 while the process serves) and `GET /ready` (readiness: 200
 /// only while storage answers and the server is not shutting down, else 503 — the signal a
 /// load balancer uses to stop sending traffic).
-pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn route(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let probe = with(Probe {
+        rooms: state.rooms.clone(),
+        storage: state.storage.clone(),
+        started: state.started,
+        shutdown: state.shutdown.clone(),
+    });
     let health = warp::path!("health")
         .and(warp::get())
         .and(named("/health"))
-        .and(with_state(state.clone()))
-        .then(|state: AppState| async move {
+        .and(probe.clone())
+        .then(|state: Probe| async move {
             warp::reply::json(&Health::collect(&state).await).into_response()
         });
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(named("/ready"))
-        .and(with_state(state))
-        .then(|state: AppState| async move {
+        .and(probe)
+        .then(|state: Probe| async move {
             let mut report = Health::collect(&state).await;
             let ready = report.status == "ok" && !state.shutdown.is_shutting_down();
             report.status = if ready { "ready" } else { "not_ready" };
@@ -86,5 +108,5 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
             };
             warp::reply::with_status(warp::reply::json(&report), status).into_response()
         });
-    health.or(ready)
+    health.or(ready).unify()
 }

@@ -1,6 +1,6 @@
 //! `GET /metrics`: the Prometheus text exposition. With `METRICS_TOKEN` set, a scrape must
 //! send it as a bearer token (compared in constant time); with `METRICS_ADDR` set, the route
-//! lives only on that listener (see [`crate::app`]).
+//! lives only on that listener (see [`crate::routes::metrics_only`]).
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use subtle::ConstantTimeEq;
 use warp::http::header::CONTENT_TYPE;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::strip_bearer;
-use super::error::{ApiError, reject};
 use crate::config::Secret;
+use crate::front::auth::strip_bearer;
+use crate::front::error::{ApiError, reject};
+use crate::front::wire::named;
 use crate::metrics::Metrics;
 
 /// The content type of the text exposition format 0.0.4.
@@ -38,7 +39,7 @@ pub fn route(
             }
         })
         .untuple_one()
-        .and(super::named(ROUTE))
+        .and(named(ROUTE))
         .and(warp::header::optional::<String>("authorization"))
         .and_then(move |authorization: Option<String>| {
             let token = Arc::clone(&token);
@@ -48,10 +49,8 @@ pub fn route(
         .and_then(move || {
             let rendered = metrics.render();
             async move {
-                let text = rendered.map_err(|e| {
-                    tracing::error!(cause = %e, "failed to render metrics");
-                    reject(ApiError::Internal)
-                })?;
+                let text = rendered
+                    .map_err(|e| reject(ApiError::Internal(format!("rendering metrics: {e}"))))?;
                 Ok::<_, Rejection>(
                     warp::reply::with_header(text, CONTENT_TYPE, CONTENT_TYPE_TEXT).into_response(),
                 )
@@ -68,17 +67,6 @@ fn authorize(token: Option<&Secret>, authorization: Option<&str>) -> Result<(), 
     } else {
         Err(reject(ApiError::MetricsUnauthorized))
     }
-}
-
-/// A service that answers only `GET /metrics` (404 otherwise), for `METRICS_ADDR`.
-pub fn standalone(
-    metrics: Metrics,
-    token: Option<Secret>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone {
-    route(metrics, token, true)
-        .map(Reply::into_response)
-        .recover(super::error::handle_rejection)
-        .unify()
 }
 
 #[cfg(test)]

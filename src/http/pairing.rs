@@ -1,17 +1,18 @@
 //! `POST /api/pair/initiate` and `POST /api/pair/confirm`.
 
-use actors::{CoupleId, DeviceId, DeviceToken, PairingToken, Timestamp};
+use actors::{CoupleId, DeviceId, DeviceToken, Pairing, PairingToken};
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::bearer;
-use super::error::{ApiError, reject};
-use super::named;
-use super::rate::{IpLimit, limit_ip};
-use super::{PAIRING_BODY_LIMIT, json_body};
-use crate::metrics::PairingStep;
-use crate::state::{AppState, with_state};
+use super::PAIRING_BODY_LIMIT;
+use crate::front::auth::bearer;
+use crate::front::error::{ApiError, reject};
+use crate::front::rate::{IpLimit, limit_ip};
+use crate::front::wire::{json_body, named, rfc3339, with};
+use crate::metrics::{Metrics, PairingStep};
+use crate::state::AppState;
 
 /// Body of `POST /api/pair/initiate`.
 #[derive(Debug, Deserialize)]
@@ -49,19 +50,16 @@ struct ConfirmReply<'a> {
     device_token: &'a str,
 }
 
-/// RFC 3339 with milliseconds, UTC: what every timestamp on the wire looks like.
-#[must_use]
-pub fn rfc3339(t: Timestamp) -> String {
-    humantime::format_rfc3339_millis(t.to_system_time()).to_string()
-}
-
 /// Both pairing routes.
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let handles = with((state.pairing.clone(), state.metrics.clone()));
     let initiate = warp::path!("api" / "pair" / "initiate")
         .and(warp::post())
         .and(named("/api/pair/initiate"))
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
-        .and(with_state(state.clone()))
+        .and(handles.clone())
         .and(bearer())
         .and(json_body::<InitiateBody>(PAIRING_BODY_LIMIT))
         .and_then(initiate);
@@ -70,23 +68,22 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = R
         .and(named("/api/pair/confirm"))
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(limit_ip(state.limits.clone(), IpLimit::Confirm))
-        .and(with_state(state))
+        .and(handles)
         .and(json_body::<ConfirmBody>(PAIRING_BODY_LIMIT))
         .and_then(confirm);
-    initiate.or(confirm)
+    initiate.or(confirm).unify()
 }
 
 async fn initiate(
-    state: AppState,
+    (pairing, metrics): (Pairing, Metrics),
     bearer: Option<DeviceToken>,
     body: InitiateBody,
 ) -> Result<warp::reply::Response, Rejection> {
-    let started = state
-        .pairing
+    let started = pairing
         .initiate(body.device_id, bearer.as_ref())
         .await
         .map_err(ApiError::from);
-    state.metrics.pairing(PairingStep::Initiate, &started);
+    metrics.pairing(PairingStep::Initiate, ApiError::outcome_of(&started));
     let started = started.map_err(reject)?;
     let reply = InitiateReply {
         couple_id: &started.couple,
@@ -97,9 +94,11 @@ async fn initiate(
     Ok(warp::reply::with_status(warp::reply::json(&reply), StatusCode::CREATED).into_response())
 }
 
-async fn confirm(state: AppState, body: ConfirmBody) -> Result<warp::reply::Response, Rejection> {
-    let done = state
-        .pairing
+async fn confirm(
+    (pairing, metrics): (Pairing, Metrics),
+    body: ConfirmBody,
+) -> Result<warp::reply::Response, Rejection> {
+    let done = pairing
         .confirm(
             body.couple_id,
             PairingToken::from_client(body.pairing_token),
@@ -107,7 +106,7 @@ async fn confirm(state: AppState, body: ConfirmBody) -> Result<warp::reply::Resp
         )
         .await
         .map_err(ApiError::from);
-    state.metrics.pairing(PairingStep::Confirm, &done);
+    metrics.pairing(PairingStep::Confirm, ApiError::outcome_of(&done));
     let done = done.map_err(reject)?;
     let reply = ConfirmReply {
         couple_id: &done.couple,

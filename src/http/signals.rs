@@ -2,19 +2,19 @@
 //! `GET /api/signals/:coupleId/:deviceId?after=<seq>`.
 
 use actors::token::TokenClaims;
-use actors::{CoupleId, DeviceId, Payload, Seq, SignalId};
+use actors::{CoupleId, DeviceId, Payload, Rooms, Seq, SignalId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::require_access;
-use super::error::{ApiError, reject};
-use super::named;
-use super::pairing::rfc3339;
-use super::rate::{DeviceLimit, authenticated_within};
-use super::{SIGNAL_BODY_LIMIT, json_body};
-use crate::state::{AppState, with_state};
+use super::SIGNAL_BODY_LIMIT;
+use crate::front::auth::require_access;
+use crate::front::error::{ApiError, reject};
+use crate::front::rate::{DeviceLimit, authenticated_within};
+use crate::front::wire::{json_body, named, raw_json, rfc3339, with};
+use crate::state::AppState;
 
 /// Body of `POST /api/signal`.
 #[derive(Debug, Deserialize)]
@@ -58,33 +58,41 @@ struct FetchReply<'a> {
 }
 
 /// Both REST signal routes.
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+pub fn routes(
+    state: &AppState,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let device = || {
+        authenticated_within(
+            state.pairing.clone(),
+            state.limits.clone(),
+            DeviceLimit::Signal,
+        )
+    };
     let send = warp::path!("api" / "signal")
         .and(warp::post())
         .and(named("/api/signal"))
-        .and(with_state(state.clone()))
-        .and(authenticated_within(state.clone(), DeviceLimit::Signal))
+        .and(with(state.rooms.clone()))
+        .and(device())
         .and(json_body::<SendBody>(SIGNAL_BODY_LIMIT))
         .and_then(send);
     let fetch = warp::path!("api" / "signals" / String / String)
         .and(warp::get())
         .and(named("/api/signals/{coupleId}/{deviceId}"))
-        .and(with_state(state.clone()))
-        .and(authenticated_within(state, DeviceLimit::Signal))
+        .and(with(state.rooms.clone()))
+        .and(device())
         .and(warp::query::<FetchQuery>())
         .and_then(fetch);
-    send.or(fetch)
+    send.or(fetch).unify()
 }
 
 async fn send(
-    state: AppState,
+    rooms: Rooms,
     claims: TokenClaims,
     body: SendBody,
 ) -> Result<warp::reply::Response, Rejection> {
     require_access(&claims, &body.couple_id, Some(&body.from_device_id)).map_err(reject)?;
     let payload = Payload::new(body.signal_payload.get());
-    let accepted = state
-        .rooms
+    let accepted = rooms
         .send(
             &body.couple_id,
             &body.from_device_id,
@@ -103,15 +111,14 @@ async fn send(
 async fn fetch(
     couple: String,
     device: String,
-    state: AppState,
+    rooms: Rooms,
     claims: TokenClaims,
     query: FetchQuery,
 ) -> Result<warp::reply::Response, Rejection> {
     let couple = CoupleId::parse(couple).map_err(reject)?;
     let device = DeviceId::parse(device).map_err(reject)?;
     require_access(&claims, &couple, Some(&device)).map_err(reject)?;
-    let signals = state
-        .rooms
+    let signals = rooms
         .fetch(&couple, &device, query.after.map(Seq))
         .await
         .map_err(reject)?;
@@ -129,13 +136,4 @@ async fn fetch(
         .collect::<Result<Vec<_>, ApiError>>()
         .map_err(reject)?;
     Ok(warp::reply::json(&FetchReply { signals: wire }).into_response())
-}
-
-/// Borrows stored payload text as raw JSON. It was validated on the way in, so a failure here
-/// means corrupt storage: an internal error, logged.
-pub fn raw_json(text: &str) -> Result<&RawValue, ApiError> {
-    serde_json::from_str(text).map_err(|e| {
-        tracing::error!(cause = %e, "stored payload is not valid JSON");
-        ApiError::Internal
-    })
 }

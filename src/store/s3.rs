@@ -16,37 +16,12 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_http_client::tls;
 use bytes::BytesMut;
 
+use crate::config::S3Settings;
+
 /// Size of each multipart part: S3's minimum, so memory per upload stays near 5 MiB.
 pub const PART_SIZE: usize = 5 * 1024 * 1024;
 /// Every backup object lives under this prefix: `backups/<couple>/<backup>`.
 const PREFIX: &str = "backups/";
-
-/// Where and how to reach the bucket.
-#[derive(Clone)]
-pub struct S3Settings {
-    /// `S3_BUCKET`.
-    pub bucket: String,
-    /// `AWS_REGION`.
-    pub region: String,
-    /// `AWS_ACCESS_KEY_ID`.
-    pub access_key: String,
-    /// `AWS_SECRET_ACCESS_KEY`.
-    pub secret_key: String,
-    /// `AWS_SESSION_TOKEN`, for temporary credentials.
-    pub session_token: Option<String>,
-    /// `S3_ENDPOINT`, for S3-compatible servers (implies path-style addressing).
-    pub endpoint: Option<String>,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("s3 {what}: {e}"))

@@ -5,7 +5,7 @@ use actors::{CoupleId, DeviceId, Seq, SignalId};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::http::error::ApiError;
+use crate::front::error::ApiError;
 
 /// What a client may send.
 #[derive(Debug)]

@@ -14,10 +14,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::protocol::{ClientMsg, ServerMsg};
-use crate::http::auth::{parse_bearer, require_access};
-use crate::http::error::ApiError;
-use crate::http::rate::DeviceLimit;
-use crate::http::signals::raw_json;
+use crate::front::auth::{parse_bearer, require_access};
+use crate::front::error::ApiError;
+use crate::front::rate::DeviceLimit;
+use crate::front::wire::raw_json;
 use crate::state::AppState;
 
 /// Close code when the server shuts down (RFC 6455 "going away").
@@ -52,6 +52,14 @@ impl Drop for Joined {
     fn drop(&mut self) {
         self.link.leave();
     }
+}
+
+/// How the session ends, once it does.
+enum Close {
+    /// With a close frame: an RFC 6455 §7.4 status code and a reason.
+    With(u16, &'static str),
+    /// Without one: the connection is gone, or the client does not read its frames.
+    Silently,
 }
 
 enum Event {
@@ -102,7 +110,7 @@ where
         };
         let close = match event {
             // The client closed (or the connection is gone): nothing to send back.
-            Event::Frame(Some(Ok(Message::Close(_))) | None) => Some(None),
+            Event::Frame(Some(Ok(Message::Close(_))) | None) => Some(Close::Silently),
             Event::Frame(Some(Ok(msg))) => {
                 session.on_frame(msg).await;
                 // After handling too: a slow join must not count as the client's silence.
@@ -110,12 +118,13 @@ where
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
-            Event::Kicked(Ok(Kick::Replaced)) => {
-                Some(Some((CLOSE_REPLACED, "replaced by a newer connection")))
-            }
-            Event::Kicked(Ok(Kick::Revoked)) => Some(Some((CLOSE_REVOKED, "device revoked"))),
+            Event::Kicked(Ok(Kick::Replaced)) => Some(Close::With(
+                CLOSE_REPLACED,
+                "replaced by a newer connection",
+            )),
+            Event::Kicked(Ok(Kick::Revoked)) => Some(Close::With(CLOSE_REVOKED, "device revoked")),
             Event::Kicked(Ok(Kick::SlowConsumer)) => {
-                Some(Some((CLOSE_SLOW_CONSUMER, "outbound queue full")))
+                Some(Close::With(CLOSE_SLOW_CONSUMER, "outbound queue full"))
             }
             Event::Kicked(Err(_)) => {
                 // The room went away (restart after a failure, or stop): tell the client to rejoin.
@@ -123,17 +132,17 @@ where
                 None
             }
             Event::Heartbeat if last_seen.elapsed() >= client_timeout => {
-                Some(Some((CLOSE_TIMEOUT, "heartbeat timeout")))
+                Some(Close::With(CLOSE_TIMEOUT, "heartbeat timeout"))
             }
             Event::Heartbeat => {
                 session.frame(Message::Ping(bytes::Bytes::new()));
                 None
             }
-            Event::Shutdown => Some(Some((CLOSE_GOING_AWAY, "server shutting down"))),
+            Event::Shutdown => Some(Close::With(CLOSE_GOING_AWAY, "server shutting down")),
         };
         // A client that does not read its own replies is dropped without a close frame.
-        if let Some(close) = close.or(session.stalled.then_some(None)) {
-            if let Some((code, reason)) = close {
+        if let Some(close) = close.or(session.stalled.then_some(Close::Silently)) {
+            if let Close::With(code, reason) = close {
                 session.frame(close_frame(code, reason));
             }
             break;
@@ -150,11 +159,13 @@ where
 
 /// The close frame owed for a read error: 1009 for an oversized message, 1002 for a
 /// protocol violation (invalid UTF-8 included), none when the connection is simply gone.
-fn read_error_close(e: &WsError) -> Option<(u16, &'static str)> {
+fn read_error_close(e: &WsError) -> Close {
     match e {
-        WsError::Capacity(_) => Some((CLOSE_TOO_BIG, "message too big")),
-        WsError::Protocol(_) | WsError::Utf8(_) => Some((CLOSE_PROTOCOL_ERROR, "protocol error")),
-        _ => None,
+        WsError::Capacity(_) => Close::With(CLOSE_TOO_BIG, "message too big"),
+        WsError::Protocol(_) | WsError::Utf8(_) => {
+            Close::With(CLOSE_PROTOCOL_ERROR, "protocol error")
+        }
+        _ => Close::Silently,
     }
 }
 
@@ -182,6 +193,7 @@ impl Session {
     }
 
     fn send_error(&mut self, err: &ApiError, id: Option<&actors::SignalId>) {
+        err.report();
         self.frame(Message::text(ServerMsg::error(err, id).to_text()));
     }
 
@@ -281,7 +293,8 @@ impl Session {
                 }
             })
             .await?;
-        let kicked = kicked.ok_or(ApiError::Internal)?;
+        let kicked =
+            kicked.ok_or_else(|| ApiError::Internal("the room made no connection".to_owned()))?;
         let span = tracing::Span::current();
         span.record("couple_id", tracing::field::display(couple));
         span.record("device_id", tracing::field::display(device));
@@ -317,7 +330,9 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         },
         RoomEvent::Accepted(id) => ServerMsg::Accepted { id },
         RoomEvent::Rejected { id, error } => {
-            return Ok(ServerMsg::error(&ApiError::Room(error.clone()), id.as_ref()).to_text());
+            let error = ApiError::Room(error.clone());
+            error.report();
+            return Ok(ServerMsg::error(&error, id.as_ref()).to_text());
         }
     };
     Ok(msg.to_text())
@@ -348,7 +363,10 @@ async fn write_loop<S>(
                 };
                 match render(&event) {
                     Ok(text) => (Message::text(text), received),
-                    Err(_) => continue,
+                    Err(e) => {
+                        e.report();
+                        continue;
+                    }
                 }
             }
         };

@@ -1,7 +1,7 @@
 //! Browser rules: helmet-equivalent security headers, CORS for `ALLOWED_ORIGINS`, and the same
 //! list checked on WebSocket upgrades.
 
-use our_memories::http::browser::AllowedOrigins;
+use our_memories::config::AllowedOrigins;
 use reqwest::StatusCode;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -8,47 +8,17 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::{CoupleId, DeviceId};
+use actors::token::TokenClaims;
+use actors::{CoupleId, DeviceId, Pairing};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use warp::{Filter, Rejection};
 
+use super::auth::authenticated;
+use super::conn::PeerAddr;
 use super::error::{ApiError, reject};
+use crate::config::{Limit, RateConfig};
 use crate::metrics::Metrics;
-use crate::serve::PeerAddr;
-
-/// The limits, from the environment.
-#[derive(Debug, Clone)]
-pub struct RateConfig {
-    /// `RATE_LIMIT`: `off` disables every limit.
-    pub enabled: bool,
-    /// `TRUST_PROXY`: take the client IP from `X-Forwarded-For` (leftmost), not the socket.
-    pub trust_proxy: bool,
-    /// `RATE_LIMIT_PAIRING_PER_15MIN`: pairing requests per IP per 15 minutes (100).
-    pub pairing_per_15min: u32,
-    /// `RATE_LIMIT_CONFIRM_PER_15MIN`: confirm attempts per IP per 15 minutes (20).
-    pub confirm_per_15min: u32,
-    /// `RATE_LIMIT_SIGNALS_PER_SEC`: sustained signals (and WebSocket messages) per device (20).
-    pub signals_per_sec: u32,
-    /// `RATE_LIMIT_SIGNALS_BURST`: burst above that, for trickle-ICE set-ups (200).
-    pub signals_burst: u32,
-    /// `RATE_LIMIT_BACKUPS_PER_HOUR`: backup uploads per device per hour (30).
-    pub backups_per_hour: u32,
-}
-
-impl Default for RateConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            trust_proxy: false,
-            pairing_per_15min: 100,
-            confirm_per_15min: 20,
-            signals_per_sec: 20,
-            signals_burst: 200,
-            backups_per_hour: 30,
-        }
-    }
-}
 
 /// One keyed limit and the numbers it was built from (for the headers).
 struct Keyed<K: std::hash::Hash + Eq + Clone> {
@@ -80,14 +50,6 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
     }
 }
 
-/// The `limit` label values of `our_memories_rate_limited_total`, one per limit.
-pub const LIMIT_NAMES: [&str; 4] = [
-    IpLimit::Pairing.name(),
-    IpLimit::Confirm.name(),
-    DeviceLimit::Signal.name(),
-    DeviceLimit::Backup.name(),
-];
-
 /// Which per-IP limit a route uses.
 #[derive(Debug, Clone, Copy)]
 pub enum IpLimit {
@@ -107,23 +69,23 @@ pub enum DeviceLimit {
 }
 
 impl IpLimit {
-    /// Its name in the metrics.
+    /// Which limit this is, for the metrics.
     #[must_use]
-    pub const fn name(self) -> &'static str {
+    pub const fn limit(self) -> Limit {
         match self {
-            Self::Pairing => "pairing",
-            Self::Confirm => "confirm",
+            Self::Pairing => Limit::Pairing,
+            Self::Confirm => Limit::Confirm,
         }
     }
 }
 
 impl DeviceLimit {
-    /// Its name in the metrics.
+    /// Which limit this is, for the metrics.
     #[must_use]
-    pub const fn name(self) -> &'static str {
+    pub const fn limit(self) -> Limit {
         match self {
-            Self::Signal => "signals",
-            Self::Backup => "backups",
+            Self::Signal => Limit::Signals,
+            Self::Backup => Limit::Backups,
         }
     }
 }
@@ -144,10 +106,10 @@ struct Limiters {
 }
 
 impl Limiters {
-    /// Counts a refusal by the limit `name`.
-    fn count(&self, name: &'static str, result: Result<(), ApiError>) -> Result<(), ApiError> {
+    /// Counts a refusal by `limit`.
+    fn count(&self, limit: Limit, result: Result<(), ApiError>) -> Result<(), ApiError> {
         if result.is_err() {
-            self.metrics.rate_limited(name);
+            self.metrics.rate_limited(limit);
         }
         result
     }
@@ -183,7 +145,7 @@ impl RateLimits {
             IpLimit::Pairing => l.pairing.check(&ip),
             IpLimit::Confirm => l.confirm.check(&ip),
         };
-        l.count(which.name(), result)
+        l.count(which.limit(), result)
     }
 
     /// Counts one action of a device against `which`.
@@ -199,7 +161,7 @@ impl RateLimits {
             DeviceLimit::Signal => l.signals.check(&key),
             DeviceLimit::Backup => l.backups.check(&key),
         };
-        l.count(which.name(), result)
+        l.count(which.limit(), result)
     }
 
     /// Forgets keys whose budget is full again, so the maps do not grow without bound.
@@ -249,14 +211,13 @@ pub fn limit_ip(
         .untuple_one()
 }
 
-/// [`authenticated`](super::auth::authenticated), then one action of that device counted
-/// against `which`.
+/// [`authenticated`], then one action of that device counted against `which`.
 pub fn authenticated_within(
-    state: crate::state::AppState,
+    pairing: Pairing,
+    limits: RateLimits,
     which: DeviceLimit,
-) -> impl Filter<Extract = (actors::token::TokenClaims,), Error = Rejection> + Clone {
-    let limits = state.limits.clone();
-    super::auth::authenticated(state).and_then(move |claims: actors::token::TokenClaims| {
+) -> impl Filter<Extract = (TokenClaims,), Error = Rejection> + Clone {
+    authenticated(pairing).and_then(move |claims: TokenClaims| {
         let limits = limits.clone();
         async move {
             limits

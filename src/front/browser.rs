@@ -2,11 +2,11 @@
 //! CORS for the origins in `ALLOWED_ORIGINS` (preflight answered; other origins get no CORS
 //! headers), and the same list checked against the `Origin` of WebSocket upgrades.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
+
+use super::wire::named;
+use crate::config::AllowedOrigins;
 
 /// Methods a cross-origin browser may use.
 const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
@@ -17,35 +17,6 @@ const ALLOW_HEADERS: &str =
 const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy";
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "600";
-
-/// The browser origins allowed to call the API and open WebSockets. Empty: none (native apps
-/// send no `Origin` and are unaffected).
-#[derive(Debug, Clone, Default)]
-pub struct AllowedOrigins(Arc<HashSet<String>>);
-
-impl AllowedOrigins {
-    /// From the comma-separated `ALLOWED_ORIGINS` value.
-    #[must_use]
-    pub fn parse(list: &str) -> Self {
-        Self(Arc::new(
-            list.split(',')
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
-        ))
-    }
-
-    /// Whether a request with this `Origin` (if any) may proceed. No `Origin`: not a browser.
-    #[must_use]
-    pub fn permits(&self, origin: Option<&str>) -> bool {
-        origin.is_none_or(|o| self.0.contains(o))
-    }
-
-    fn allowed<'a>(&self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-        let origin = headers.get(header::ORIGIN)?;
-        self.0.contains(origin.to_str().ok()?).then_some(origin)
-    }
-}
 
 /// helmet's default headers (v7), for every response.
 fn security_headers(h: &mut HeaderMap) {
@@ -89,10 +60,16 @@ pub fn preflight() -> impl Filter<Extract = (warp::reply::Response,), Error = Re
         })
         .untuple_one()
         .and(warp::header::<String>("access-control-request-method"))
-        .and(super::named("preflight"))
+        .and(named("preflight"))
         .map(|_method: String| {
             warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
         })
+}
+
+/// The request's `Origin`, when it is one of `origins`.
+fn allowed<'a>(origins: &AllowedOrigins, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    origins.contains(origin.to_str().ok()?).then_some(origin)
 }
 
 /// Adds the security headers, and the CORS headers when the request's `Origin` is allowed.
@@ -105,7 +82,7 @@ pub fn decorate(
     let h = response.headers_mut();
     security_headers(h);
     h.append(header::VARY, HeaderValue::from_static("origin"));
-    if let Some(origin) = origins.allowed(request) {
+    if let Some(origin) = allowed(origins, request) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if preflight {
             h.insert(
@@ -128,20 +105,4 @@ pub fn decorate(
         }
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins_match_exactly_and_requests_without_origin_pass() {
-        let o = AllowedOrigins::parse("https://app.example, http://localhost:5173/ ,");
-        assert!(o.permits(None));
-        assert!(o.permits(Some("https://app.example")));
-        assert!(o.permits(Some("http://localhost:5173")));
-        assert!(!o.permits(Some("https://evil.example")));
-        assert!(!o.permits(Some("https://app.example.evil")));
-        assert!(!AllowedOrigins::default().permits(Some("https://app.example")));
-    }
 }

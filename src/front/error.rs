@@ -8,6 +8,8 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
+use crate::metrics::Outcome;
+
 /// Everything a request can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -72,9 +74,9 @@ pub enum ApiError {
         /// The limit's window, for `RateLimit-Policy`.
         window: std::time::Duration,
     },
-    /// A bug or an unexpected failure; the cause is logged, never sent.
-    #[error("internal error")]
-    Internal,
+    /// A bug or an unexpected failure; the cause (inside) is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<IdError> for ApiError {
@@ -129,7 +131,7 @@ impl ApiError {
             | Self::Backup(B::StorageUnavailable | B::Unavailable | B::Busy) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -180,22 +182,41 @@ impl ApiError {
             Self::LengthRequired => "length_required",
             Self::UpgradeRequired => "upgrade_required",
             Self::RateLimited { .. } => "rate_limited",
-            Self::Internal => "internal",
+            Self::Internal(_) => "internal",
         }
     }
 
-    /// The message sent to the client: the error's text, except for 5xx, whose cause is
-    /// logged instead (it may describe the server's internals).
+    /// The metrics outcome of a request that failed with this error: its code.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Failed(self.code())
+    }
+
+    /// The outcome of a request that ended with `result`.
+    #[must_use]
+    pub fn outcome_of<T>(result: &Result<T, Self>) -> Outcome {
+        result.as_ref().map_or_else(Self::outcome, |_| Outcome::Ok)
+    }
+
+    /// The message sent to the client: the error's text, except for 5xx, whose cause may
+    /// describe the server's internals (see [`ApiError::report`]).
     #[must_use]
     pub fn public_message(&self) -> String {
         if self.status().is_server_error() {
-            tracing::error!(code = self.code(), cause = ?self, "request failed");
             match self.status() {
                 StatusCode::SERVICE_UNAVAILABLE => "temporarily unavailable; retry".to_owned(),
                 _ => "internal error".to_owned(),
             }
         } else {
             self.to_string()
+        }
+    }
+
+    /// Logs a server error with its cause, once, where it is answered (the HTTP renderer,
+    /// a WebSocket `error` message). Client errors are the client's: not logged here.
+    pub fn report(&self) {
+        if self.status().is_server_error() {
+            tracing::error!(code = self.code(), cause = ?self, "request failed");
         }
     }
 
@@ -248,7 +269,7 @@ pub fn reject(e: impl Into<ApiError>) -> Rejection {
 /// Turns every rejection, ours or warp's, into the JSON error body.
 pub async fn handle_rejection(r: Rejection) -> Result<warp::reply::Response, Infallible> {
     let err = if let Some(e) = r.find::<ApiError>() {
-        return Ok(e.clone().into_response());
+        e.clone()
     } else if r.is_not_found() {
         ApiError::NotFound
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
@@ -264,9 +285,9 @@ pub async fn handle_rejection(r: Rejection) -> Result<warp::reply::Response, Inf
     } else if let Some(e) = r.find::<warp::reject::MissingHeader>() {
         upgrade_or_invalid(e.name(), e.to_string())
     } else {
-        tracing::error!(rejection = ?r, "unhandled rejection");
-        ApiError::Internal
+        ApiError::Internal(format!("unhandled rejection: {r:?}"))
     };
+    err.report();
     Ok(err.into_response())
 }
 

@@ -2,11 +2,10 @@
 //! and the access rule every route applies: a token only opens its own couple and device.
 
 use actors::token::TokenClaims;
-use actors::{CoupleId, DeviceId, DeviceToken};
+use actors::{CoupleId, DeviceId, DeviceToken, Pairing};
 use warp::{Filter, Rejection};
 
 use super::error::{ApiError, reject};
-use crate::state::AppState;
 
 /// The bearer token, if the request carries one (not yet verified).
 pub fn bearer() -> impl Filter<Extract = (Option<DeviceToken>,), Error = Rejection> + Clone {
@@ -34,13 +33,13 @@ pub fn parse_bearer(header: &str) -> Result<DeviceToken, ApiError> {
 
 /// A verified device token; rejects with 401 if missing or invalid.
 pub fn authenticated(
-    state: AppState,
+    pairing: Pairing,
 ) -> impl Filter<Extract = (TokenClaims,), Error = Rejection> + Clone {
     bearer().and_then(move |token: Option<DeviceToken>| {
-        let state = state.clone();
+        let pairing = pairing.clone();
         async move {
             let token = token.ok_or_else(|| reject(ApiError::MissingToken))?;
-            state.pairing.authenticate(&token).await.map_err(reject)
+            pairing.authenticate(&token).await.map_err(reject)
         }
     })
 }

@@ -1,0 +1,31 @@
+//! Per-connection values the accept loop ([`crate::serve`]) puts into every request's
+//! extensions, for the filters of any transport to read.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::upgrade::OnUpgrade;
+
+/// The peer's socket address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The connection's upgrade handle, moved out of the request by the accept loop so that an
+/// upgrade route (and nothing else) can take it. hyper's `OnUpgrade` is not `Clone`, which
+/// warp's extension filters require; the slot is.
+#[derive(Clone)]
+pub struct UpgradeSlot(Arc<Mutex<Option<OnUpgrade>>>);
+
+impl UpgradeSlot {
+    /// Wraps the request's upgrade handle.
+    #[must_use]
+    pub fn new(on_upgrade: OnUpgrade) -> Self {
+        Self(Arc::new(Mutex::new(Some(on_upgrade))))
+    }
+
+    /// Takes the handle; `None` if another filter took it already.
+    #[must_use]
+    pub fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().ok()?.take()
+    }
+}

@@ -1,0 +1,52 @@
+//! Composes the transports: the only module that knows them all. Every route of the public
+//! port, the JSON error renderer, the browser headers and the request span; and the lone
+//! `/metrics` service for `METRICS_ADDR`.
+
+use std::convert::Infallible;
+
+use warp::{Filter, Reply};
+
+use crate::config::Secret;
+use crate::front::browser;
+use crate::front::error::handle_rejection;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::{http, ws};
+
+/// Every route of the public port, with the JSON error renderer.
+pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let origins = state.origins.clone();
+    // With METRICS_ADDR set, /metrics is served there instead (and 404 here).
+    let metrics = http::metrics::route(
+        state.metrics.clone(),
+        state.metrics_config.token.clone(),
+        state.metrics_config.addr.is_none(),
+    );
+    let api = browser::preflight()
+        .or(http::health::route(&state))
+        .or(metrics)
+        .or(http::pairing::routes(&state))
+        .or(http::signals::routes(&state))
+        .or(http::backup::routes(&state))
+        .or(http::devices::routes(&state))
+        .or(ws::route(state))
+        .recover(handle_rejection)
+        .map(Reply::into_response);
+    warp::header::headers_cloned()
+        .and(api)
+        .map(move |request: warp::http::HeaderMap, response| {
+            browser::decorate(&origins, &request, response)
+        })
+        .with(warp::trace(crate::telemetry::request_span))
+}
+
+/// A service that answers only `GET /metrics` (404 otherwise), for `METRICS_ADDR`.
+pub fn metrics_only(
+    metrics: Metrics,
+    token: Option<Secret>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    http::metrics::route(metrics, token, true)
+        .map(Reply::into_response)
+        .recover(handle_rejection)
+        .unify()
+}
