@@ -164,10 +164,16 @@ impl App {
                 "/metrics is open on the public port: set METRICS_TOKEN or METRICS_ADDR"
             );
         }
+        let cap = serve::connection_cap(config.conn.max);
+        // Behind trusted proxies every connection comes from a proxy: no per-IP cap then.
+        let per_ip = (config.rate.trusted_proxies == 0).then_some(config.conn.per_ip);
+        tracing::info!(max = cap, per_ip, "connection caps");
+        let admission = serve::Admission::new(cap, per_ip, metrics.clone());
         let service = warp::service(routes::public(state));
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let public = async {
-            serve::accept_loop(listener, service, Some(&metrics), &shutdown, stop).await;
+            let counted = Some((&metrics, &admission));
+            serve::accept_loop(listener, service, counted, &shutdown, stop).await;
             let _ = stop_metrics.send(());
         };
         // METRICS_ADDR's listener: /metrics alone, not itself counted in the HTTP metrics

@@ -24,6 +24,17 @@ pub const DEFAULT_WS_CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
 pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 128 * 1024;
 /// Events queued for one socket before it counts as a slow consumer.
 pub const DEFAULT_WS_OUTBOUND_QUEUE: usize = 512;
+/// Time for an upgraded WebSocket to send `join-couple`.
+pub const DEFAULT_WS_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served in full, before the file-descriptor limit lowers it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Connections from one IP: a household behind one NAT, with room to spare.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// Time to receive a JSON body (at most 72 KiB): generous for a phone, short for an attacker.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// File descriptors kept free below the limit: the metrics listener, storage, uploads in
+/// flight, logs, and the connections that answer refusals and probes when the cap is reached.
+pub const FD_RESERVE: usize = 256;
 /// Longest graceful shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,8 +130,11 @@ impl AllowedOrigins {
 pub struct RateConfig {
     /// `RATE_LIMIT`: `off` disables every limit.
     pub enabled: bool,
-    /// `TRUST_PROXY`: take the client IP from `X-Forwarded-For` (leftmost), not the socket.
-    pub trust_proxy: bool,
+    /// `TRUST_PROXY`: how many reverse proxies stand in front of the server (0: none). The
+    /// client IP is then taken that many hops from the right of `X-Forwarded-For` + the socket
+    /// peer, the entries those proxies appended (Express's `trust proxy = N`), never from an
+    /// entry the client could write itself.
+    pub trusted_proxies: usize,
     /// `RATE_LIMIT_PAIRING_PER_15MIN`: pairing requests per IP per 15 minutes (100).
     pub pairing_per_15min: u32,
     /// `RATE_LIMIT_CONFIRM_PER_15MIN`: confirm attempts per IP per 15 minutes (20).
@@ -137,7 +151,7 @@ impl Default for RateConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            trust_proxy: false,
+            trusted_proxies: 0,
             pairing_per_15min: 100,
             confirm_per_15min: 20,
             signals_per_sec: 20,
@@ -219,6 +233,9 @@ pub enum Environment {
     Production,
 }
 
+/// Most reverse proxies `TRUST_PROXY` may name: more is a configuration mistake.
+pub const MAX_TRUSTED_PROXIES: usize = 10;
+
 /// Where the signing secret comes from.
 #[derive(Clone)]
 pub enum SecretSource {
@@ -260,6 +277,32 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Bounded outbound queue per socket.
     pub outbound_queue: usize,
+    /// An upgraded socket must join a couple within this (again after each `leave-couple`),
+    /// so unjoined sockets cannot pile up.
+    pub join_timeout: Duration,
+}
+
+/// Limits on connections, and on how long a client may hold one without progress.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// `MAX_CONNECTIONS`: connections on `PORT` served in full (HTTP and WebSocket). The
+    /// server lowers it at start to stay [`FD_RESERVE`] below the file-descriptor limit.
+    pub max: usize,
+    /// `MAX_CONNECTIONS_PER_IP`: connections served in full from one TCP peer address. Not
+    /// applied with `TRUST_PROXY` (every connection then comes from the proxy).
+    pub per_ip: usize,
+    /// `BODY_TIMEOUT_SECS`: longest time to receive a JSON request body.
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            max: DEFAULT_MAX_CONNECTIONS,
+            per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
 }
 
 /// The whole server configuration.
@@ -283,6 +326,8 @@ pub struct Config {
     pub settings: Settings,
     /// Socket limits.
     pub ws: WsConfig,
+    /// Connection caps and the body deadline.
+    pub conn: ConnConfig,
     /// Longest graceful shutdown.
     pub shutdown_timeout: Duration,
     /// Access to `/metrics`.
@@ -300,6 +345,17 @@ pub enum ConfigError {
         /// What was given.
         value: String,
         /// What is expected.
+        reason: String,
+    },
+    /// Two variables whose values do not fit together; both are named, since either may be
+    /// the one to change.
+    #[error("{first} and {second} do not fit together: {reason}")]
+    Conflict {
+        /// One variable.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+        /// How they must relate, with both values.
         reason: String,
     },
     /// A variable required in this environment.
@@ -420,7 +476,20 @@ fn rate<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<RateConfig, Config
     };
     Ok(RateConfig {
         enabled: switch("RATE_LIMIT", d.enabled)?,
-        trust_proxy: switch("TRUST_PROXY", d.trust_proxy)?,
+        trusted_proxies: match v.get("TRUST_PROXY").as_deref().map(str::trim) {
+            None => d.trusted_proxies,
+            Some("off" | "false") => 0,
+            Some("on" | "true") => 1,
+            Some(n) => n.parse().ok().filter(|&n| n <= MAX_TRUSTED_PROXIES).ok_or_else(|| {
+                ConfigError::Invalid {
+                    var: "TRUST_PROXY",
+                    value: n.to_owned(),
+                    reason: format!(
+                        "expected off, on (one proxy) or the number of proxies, 0 to {MAX_TRUSTED_PROXIES}"
+                    ),
+                }
+            })?,
+        },
         pairing_per_15min: v.positive("RATE_LIMIT_PAIRING_PER_15MIN", d.pairing_per_15min)?,
         confirm_per_15min: v.positive("RATE_LIMIT_CONFIRM_PER_15MIN", d.confirm_per_15min)?,
         signals_per_sec: v.positive("RATE_LIMIT_SIGNALS_PER_SEC", d.signals_per_sec)?,
@@ -548,6 +617,12 @@ impl Config {
                 max_message_bytes: v
                     .positive("WS_MAX_MESSAGE_BYTES", DEFAULT_WS_MAX_MESSAGE_BYTES)?,
                 outbound_queue: v.positive("WS_OUTBOUND_QUEUE", DEFAULT_WS_OUTBOUND_QUEUE)?,
+                join_timeout: v.secs("WS_JOIN_TIMEOUT_SECS", DEFAULT_WS_JOIN_TIMEOUT)?,
+            },
+            conn: ConnConfig {
+                max: v.positive("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
+                per_ip: v.positive("MAX_CONNECTIONS_PER_IP", DEFAULT_MAX_CONNECTIONS_PER_IP)?,
+                body_timeout: v.secs("BODY_TIMEOUT_SECS", DEFAULT_BODY_TIMEOUT)?,
             },
             shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             metrics: metrics(&v)?,
@@ -594,11 +669,15 @@ impl Config {
             ));
         }
         if self.ws.client_timeout <= self.ws.heartbeat {
-            return Err(invalid(
-                "WS_CLIENT_TIMEOUT_SECS",
-                format!("{:?}", self.ws.client_timeout),
-                "must be longer than WS_HEARTBEAT_SECS",
-            ));
+            return Err(ConfigError::Conflict {
+                first: "WS_HEARTBEAT_SECS",
+                second: "WS_CLIENT_TIMEOUT_SECS",
+                reason: format!(
+                    "the heartbeat ({} s) must be shorter than the client timeout ({} s)",
+                    self.ws.heartbeat.as_secs(),
+                    self.ws.client_timeout.as_secs()
+                ),
+            });
         }
         if self.ws.max_message_bytes <= self.settings.max_payload_bytes {
             return Err(invalid(
@@ -686,6 +765,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("AWS_SECRET_ACCESS_KEY"), "{err}");
+    }
+
+    #[test]
+    fn a_heartbeat_that_does_not_fit_the_timeout_names_both_variables() {
+        let err = from(&[("WS_HEARTBEAT_SECS", "8")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("WS_HEARTBEAT_SECS and WS_CLIENT_TIMEOUT_SECS"),
+            "{err}"
+        );
+        assert!(err.contains("heartbeat (8 s)"), "{err}");
+    }
+
+    #[test]
+    fn trust_proxy_counts_proxies() {
+        for (value, hops) in [("off", 0), ("on", 1), ("true", 1), ("2", 2), ("0", 0)] {
+            let c = from(&[("TRUST_PROXY", value)]).unwrap();
+            assert_eq!(c.rate.trusted_proxies, hops, "{value}");
+        }
+        for bad in ["11", "-1", "yes please"] {
+            let err = from(&[("TRUST_PROXY", bad)]).unwrap_err().to_string();
+            assert!(err.starts_with("TRUST_PROXY"), "{err}");
+        }
     }
 
     #[test]

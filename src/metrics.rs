@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actors::DomainMetrics;
-use actors::metrics::{GaugeShare, histogram, opts, registered};
+pub use actors::metrics::GaugeShare;
+use actors::metrics::{histogram, opts, registered};
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry, TextEncoder};
 use warp::http::{Method, StatusCode};
 
@@ -91,6 +92,32 @@ impl Direction {
     }
 }
 
+/// Why a connection was not served in full (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefusal {
+    /// Its client IP already had `MAX_CONNECTIONS_PER_IP` open: answered 503 (probes excepted).
+    PerIp,
+    /// `MAX_CONNECTIONS` were open: answered 503 (probes excepted), from the reserve.
+    Total,
+    /// The reserve for answering refusals was full too: closed without a word.
+    Dropped,
+}
+
+impl ConnRefusal {
+    /// Every reason, for metrics that start each label at zero.
+    pub const ALL: [Self; 3] = [Self::PerIp, Self::Total, Self::Dropped];
+
+    /// The `reason` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::PerIp => "per_ip",
+            Self::Total => "total",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
 /// The server's metrics; cheap to clone into every request.
 #[derive(Clone)]
 pub struct Metrics(Arc<Families>);
@@ -101,11 +128,28 @@ struct Families {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     websocket_connections: IntGauge,
+    connections: IntGauge,
+    connections_refused: IntCounterVec,
     pairings: IntCounterVec,
     backups: IntCounterVec,
     backup_bytes: IntCounterVec,
     backup_duration: HistogramVec,
     rate_limited: IntCounterVec,
+}
+
+/// A counter family in `r`.
+fn counters(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    registered(r, IntCounterVec::new(opts(name, help), labels)?)
+}
+
+/// A gauge in `r`.
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    registered(r, IntGauge::with_opts(opts(name, help))?)
 }
 
 impl Metrics {
@@ -118,15 +162,11 @@ impl Metrics {
         ))?;
         let families = Families {
             domain: DomainMetrics::register(&r)?,
-            http_requests: registered(
+            http_requests: counters(
                 &r,
-                IntCounterVec::new(
-                    opts(
-                        "http_requests_total",
-                        "HTTP requests answered, by route template, method and status code.",
-                    ),
-                    &["route", "method", "code"],
-                )?,
+                "http_requests_total",
+                "HTTP requests answered, by route template, method and status code.",
+                &["route", "method", "code"],
             )?,
             http_duration: registered(
                 &r,
@@ -139,42 +179,39 @@ impl Metrics {
                     &["route", "method"],
                 )?,
             )?,
-            websocket_connections: registered(
+            websocket_connections: gauge(
                 &r,
-                IntGauge::with_opts(opts(
-                    "websocket_connections",
-                    "WebSocket connections open now (joined or not).",
-                ))?,
+                "websocket_connections",
+                "WebSocket connections open now (joined or not).",
             )?,
-            pairings: registered(
+            connections: gauge(
                 &r,
-                IntCounterVec::new(
-                    opts(
-                        "pairings_total",
-                        "Pairing requests, by step and outcome (ok or the error code).",
-                    ),
-                    &["step", "outcome"],
-                )?,
+                "connections",
+                "TCP connections open now on the public port and served in full (HTTP and WebSocket).",
             )?,
-            backups: registered(
+            connections_refused: counters(
                 &r,
-                IntCounterVec::new(
-                    opts(
-                        "backups_total",
-                        "Backup requests, by direction and outcome (ok, not_modified, download_interrupted or the error code).",
-                    ),
-                    &["direction", "outcome"],
-                )?,
+                "connections_refused_total",
+                "Connections over MAX_CONNECTIONS_PER_IP or MAX_CONNECTIONS, by reason.",
+                &["reason"],
             )?,
-            backup_bytes: registered(
+            pairings: counters(
                 &r,
-                IntCounterVec::new(
-                    opts(
-                        "backup_bytes_total",
-                        "Ciphertext bytes of completed backup transfers, by direction.",
-                    ),
-                    &["direction"],
-                )?,
+                "pairings_total",
+                "Pairing requests, by step and outcome (ok or the error code).",
+                &["step", "outcome"],
+            )?,
+            backups: counters(
+                &r,
+                "backups_total",
+                "Backup requests, by direction and outcome (ok, not_modified, download_interrupted or the error code).",
+                &["direction", "outcome"],
+            )?,
+            backup_bytes: counters(
+                &r,
+                "backup_bytes_total",
+                "Ciphertext bytes of completed backup transfers, by direction.",
+                &["direction"],
             )?,
             backup_duration: registered(
                 &r,
@@ -187,15 +224,11 @@ impl Metrics {
                     &["direction"],
                 )?,
             )?,
-            rate_limited: registered(
+            rate_limited: counters(
                 &r,
-                IntCounterVec::new(
-                    opts(
-                        "rate_limited_total",
-                        "Requests and WebSocket messages refused with 429, by limit.",
-                    ),
-                    &["limit"],
-                )?,
+                "rate_limited_total",
+                "Requests and WebSocket messages refused with 429, by limit.",
+                &["limit"],
             )?,
             registry: r,
         };
@@ -210,6 +243,11 @@ impl Metrics {
         }
         for limit in Limit::ALL {
             families.rate_limited.with_label_values(&[limit.label()]);
+        }
+        for reason in ConnRefusal::ALL {
+            families
+                .connections_refused
+                .with_label_values(&[reason.label()]);
         }
         Ok(Self(Arc::new(families)))
     }
@@ -251,6 +289,20 @@ impl Metrics {
     #[must_use]
     pub fn websocket_open(&self) -> GaugeShare {
         GaugeShare::new(self.0.websocket_connections.clone(), 1)
+    }
+
+    /// An open connection served in full, counted while the guard lives.
+    #[must_use]
+    pub fn connection_open(&self) -> GaugeShare {
+        GaugeShare::new(self.0.connections.clone(), 1)
+    }
+
+    /// A connection that was not served in full.
+    pub fn connection_refused(&self, reason: ConnRefusal) {
+        self.0
+            .connections_refused
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     /// A pairing step's outcome: [`Outcome::Ok`], or the error code the client got.

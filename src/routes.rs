@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use warp::{Filter, Reply};
 
 use crate::config::Secret;
-use crate::front::browser;
 use crate::front::error::handle_rejection;
+use crate::front::{browser, conn};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::{http, ws};
@@ -22,14 +22,18 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         state.metrics_config.token.clone(),
         state.metrics_config.addr.is_none(),
     );
-    let api = browser::preflight()
-        .or(http::health::route(&state))
-        .or(metrics)
-        .or(http::pairing::routes(&state))
-        .or(http::signals::routes(&state))
-        .or(http::backup::routes(&state))
-        .or(http::devices::routes(&state))
-        .or(ws::route(state))
+    // The probes answer on every connection, also one over a connection cap.
+    let probes = http::health::route(&state).or(metrics);
+    let served = conn::admitted().and(
+        browser::preflight()
+            .or(http::pairing::routes(&state))
+            .or(http::signals::routes(&state))
+            .or(http::backup::routes(&state))
+            .or(http::devices::routes(&state))
+            .or(ws::route(state)),
+    );
+    let api = probes
+        .or(served)
         .recover(handle_rejection)
         .map(Reply::into_response);
     warp::header::headers_cloned()

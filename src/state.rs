@@ -29,6 +29,8 @@ pub struct AppState {
     pub limits: RateLimits,
     /// Socket limits.
     pub ws: Arc<WsConfig>,
+    /// Longest wait for a JSON request body.
+    pub body_timeout: std::time::Duration,
     /// For `/health` uptime.
     pub started: Instant,
     /// Sessions watch it to close with 1001 on shutdown (and hold the server open until they do).
@@ -58,6 +60,7 @@ impl AppState {
             origins: config.allowed_origins.clone(),
             limits: RateLimits::new(&config.rate, &metrics),
             ws: Arc::new(config.ws.clone()),
+            body_timeout: config.conn.body_timeout,
             started: Instant::now(),
             shutdown,
             metrics,

@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hyper::upgrade::OnUpgrade;
+use warp::{Filter, Rejection};
+
+use super::error::{ApiError, reject};
+use crate::metrics::ConnRefusal;
 
 /// The peer's socket address, in every request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -28,4 +32,21 @@ impl UpgradeSlot {
     pub fn take(&self) -> Option<OnUpgrade> {
         self.0.lock().ok()?.take()
     }
+}
+
+/// Marks every request of a connection over a connection cap: only the probes (`/health`,
+/// `/ready`, `/metrics`) are answered; everything else gets 503 `too_many_connections`.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused(pub ConnRefusal);
+
+/// Passes requests of connections served in full; rejects those of a refused connection.
+pub fn admitted() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::ext::optional::<Refused>()
+        .and_then(|refused: Option<Refused>| async move {
+            match refused {
+                None => Ok(()),
+                Some(Refused(reason)) => Err(reject(ApiError::TooManyConnections(reason))),
+            }
+        })
+        .untuple_one()
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
 
-use crate::metrics::Outcome;
+use crate::metrics::{ConnRefusal, Outcome};
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +74,15 @@ pub enum ApiError {
         /// The limit's window, for `RateLimit-Policy`.
         window: std::time::Duration,
     },
+    /// The connection is over `MAX_CONNECTIONS_PER_IP` or `MAX_CONNECTIONS`.
+    #[error("too many connections ({}); close some or retry later", .0.label())]
+    TooManyConnections(ConnRefusal),
+    /// A JSON body did not arrive within `BODY_TIMEOUT_SECS`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// `Host` is missing (HTTP/1.1), repeated or not a valid authority (RFC 9112 §3.2).
+    #[error("a request needs exactly one valid Host header")]
+    InvalidHost,
     /// A bug or an unexpected failure; the cause (inside) is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,6 +105,7 @@ impl ApiError {
         use RoomError as R;
         match self {
             Self::InvalidRequest(_)
+            | Self::InvalidHost
             | Self::Backup(B::Interrupted)
             | Self::UnknownMessageType
             | Self::BinaryFrame
@@ -123,11 +133,12 @@ impl ApiError {
             | Self::Room(R::PayloadTooLarge { .. })
             | Self::Backup(B::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Backup(B::TooSlow) => StatusCode::REQUEST_TIMEOUT,
+            Self::Backup(B::TooSlow) | Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Room(R::MailboxFull) | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Pairing(P::StorageUnavailable | P::Unavailable)
             | Self::Room(R::StorageUnavailable | R::Unavailable)
+            | Self::TooManyConnections(_)
             | Self::Backup(B::StorageUnavailable | B::Unavailable | B::Busy) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -143,6 +154,9 @@ impl ApiError {
         use RoomError as R;
         match self {
             Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidHost => "invalid_host",
+            Self::BodyTimeout => "body_timeout",
+            Self::TooManyConnections(_) => "too_many_connections",
             Self::UnknownMessageType => "unknown_type",
             Self::BinaryFrame => "binary_not_supported",
             Self::NotJoined => "not_joined",
@@ -202,7 +216,7 @@ impl ApiError {
     /// describe the server's internals (see [`ApiError::report`]).
     #[must_use]
     pub fn public_message(&self) -> String {
-        if self.status().is_server_error() {
+        if self.hides_cause() {
             match self.status() {
                 StatusCode::SERVICE_UNAVAILABLE => "temporarily unavailable; retry".to_owned(),
                 _ => "internal error".to_owned(),
@@ -215,9 +229,15 @@ impl ApiError {
     /// Logs a server error with its cause, once, where it is answered (the HTTP renderer,
     /// a WebSocket `error` message). Client errors are the client's: not logged here.
     pub fn report(&self) {
-        if self.status().is_server_error() {
+        if self.hides_cause() {
             tracing::error!(code = self.code(), cause = ?self, "request failed");
         }
+    }
+
+    /// A server-side failure whose cause is internal: logged, never sent. (A connection over
+    /// its cap is a 503 too, but says why, and is counted instead of logged.)
+    fn hides_cause(&self) -> bool {
+        self.status().is_server_error() && !matches!(self, Self::TooManyConnections(_))
     }
 
     /// The HTTP response.

@@ -97,7 +97,7 @@ type DeviceKey = (CoupleId, DeviceId);
 pub struct RateLimits(Option<Arc<Limiters>>);
 
 struct Limiters {
-    trust_proxy: bool,
+    trusted_proxies: usize,
     metrics: Metrics,
     pairing: Keyed<IpAddr>,
     confirm: Keyed<IpAddr>,
@@ -124,7 +124,7 @@ impl RateLimits {
         }
         let limiters = (|| {
             Some(Limiters {
-                trust_proxy: config.trust_proxy,
+                trusted_proxies: config.trusted_proxies,
                 metrics: metrics.clone(),
                 pairing: Keyed::new(config.pairing_per_15min, Duration::from_mins(15))?,
                 confirm: Keyed::new(config.confirm_per_15min, Duration::from_mins(15))?,
@@ -174,22 +174,31 @@ impl RateLimits {
         }
     }
 
-    fn trust_proxy(&self) -> bool {
-        self.0.as_ref().is_some_and(|l| l.trust_proxy)
+    fn trusted_proxies(&self) -> usize {
+        self.0.as_ref().map_or(0, |l| l.trusted_proxies)
     }
 }
 
-/// The client's IP: the socket's peer, or with `TRUST_PROXY` the leftmost `X-Forwarded-For`.
+/// The client's IP, as Express's `trust proxy = N` finds it: the addresses are the
+/// `X-Forwarded-For` entries followed by the socket peer, and each of the `TRUST_PROXY` proxies
+/// appended the one before it, so the client is `N` places from the right. Entries left of
+/// that were written by the client and are never used. A chain shorter than `N` (or an entry
+/// that is not an IP address) gives the leftmost address the proxies vouch for.
 fn client_ip(
     limits: &RateLimits,
     peer: Option<PeerAddr>,
     forwarded: Option<&str>,
 ) -> Option<IpAddr> {
-    let from_proxy = limits
-        .trust_proxy()
-        .then(|| forwarded?.split(',').next()?.trim().parse().ok())
-        .flatten();
-    from_proxy.or(peer.map(|p| p.0.ip()))
+    let peer = peer?.0.ip();
+    let mut client = peer;
+    let hops = forwarded.into_iter().flat_map(|f| f.rsplit(','));
+    for entry in hops.take(limits.trusted_proxies()) {
+        match entry.trim().parse() {
+            Ok(ip) => client = ip,
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }
 
 /// A filter that counts the request against a per-IP limit and rejects it with 429 when over.
@@ -273,6 +282,37 @@ mod tests {
     }
 
     #[test]
+    fn the_client_ip_is_taken_from_the_right_past_the_trusted_proxies() {
+        let peer = Some(PeerAddr("10.0.0.9:9".parse().unwrap()));
+        let behind = |n| {
+            RateLimits::new(
+                &RateConfig {
+                    trusted_proxies: n,
+                    ..RateConfig::default()
+                },
+                &metrics(),
+            )
+        };
+        // The client wrote "6.6.6.6"; one proxy appended the address it saw, 1.2.3.4.
+        let xff = Some("6.6.6.6, 1.2.3.4");
+        assert_eq!(client_ip(&behind(0), peer, xff), Some(ip("10.0.0.9")));
+        assert_eq!(client_ip(&behind(1), peer, xff), Some(ip("1.2.3.4")));
+        // Two proxies: the second appended the first's address.
+        let xff = Some("6.6.6.6, 1.2.3.4, 10.0.0.8");
+        assert_eq!(client_ip(&behind(2), peer, xff), Some(ip("1.2.3.4")));
+        // Fewer entries than proxies, or garbage: the leftmost address vouched for.
+        assert_eq!(
+            client_ip(&behind(3), peer, Some("1.2.3.4")),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            client_ip(&behind(2), peer, Some("1.2.3.4, garbage")),
+            Some(ip("10.0.0.9"))
+        );
+        assert_eq!(client_ip(&behind(1), peer, None), Some(ip("10.0.0.9")));
+    }
+
+    #[test]
     fn off_means_no_limit_and_proxies_are_trusted_only_when_told() {
         let off = RateLimits::new(
             &RateConfig {
@@ -293,14 +333,14 @@ mod tests {
         );
         let proxied = RateLimits::new(
             &RateConfig {
-                trust_proxy: true,
+                trusted_proxies: 1,
                 ..RateConfig::default()
             },
             &metrics(),
         );
         assert_eq!(
             client_ip(&proxied, peer, Some("1.2.3.4, 10.0.0.1")),
-            Some(ip("1.2.3.4"))
+            Some(ip("10.0.0.1"))
         );
         assert_eq!(
             client_ip(&proxied, peer, Some("garbage")),

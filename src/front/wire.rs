@@ -3,9 +3,11 @@
 //! HTTP metrics.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use actors::Timestamp;
-use bytes::Bytes;
+use bytes::{Buf, BufMut, BytesMut};
+use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use warp::{Filter, Rejection};
@@ -39,13 +41,34 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-/// A JSON body of at most `limit` bytes, parsed into `T` (which validates ids while parsing).
+/// A JSON body of at most `limit` bytes that arrives within `deadline` (408 `body_timeout`
+/// otherwise, so a client trickling bytes cannot hold a connection), parsed into `T` (which
+/// validates ids while parsing).
 pub fn json_body<T: DeserializeOwned + Send>(
     limit: u64,
+    deadline: Duration,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::body::content_length_limit(limit)
-        .and(warp::body::bytes())
-        .and_then(|body: Bytes| async move { parse_json(&body).map_err(reject) })
+        .and(warp::body::stream())
+        .and_then(move |body| async move {
+            let body = tokio::time::timeout(deadline, collect(body))
+                .await
+                .map_err(|_| reject(ApiError::BodyTimeout))?
+                .map_err(|e| reject(ApiError::InvalidRequest(format!("reading the body: {e}"))))?;
+            parse_json(&body).map_err(reject)
+        })
+}
+
+/// Reads a whole body (its length is already bounded by `Content-Length`).
+async fn collect(
+    body: impl Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<BytesMut, warp::Error> {
+    let mut out = BytesMut::new();
+    futures_util::pin_mut!(body);
+    while let Some(chunk) = body.next().await {
+        out.put(chunk?);
+    }
+    Ok(out)
 }
 
 /// Borrows stored payload text as raw JSON. It was validated on the way in, so a failure here
@@ -55,8 +78,62 @@ pub fn raw_json(text: &str) -> Result<&RawValue, ApiError> {
         .map_err(|e| ApiError::Internal(format!("stored payload is not valid JSON: {e}")))
 }
 
+/// Deepest nesting of arrays and objects accepted in client JSON that the server keeps or
+/// relays untouched (signal payloads, backup metadata). SDP and ICE payloads nest 3 or 4
+/// levels; a limit keeps a peer's parser (and ours) safe from deeply nested input.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Checks that `raw` (valid JSON) nests arrays and objects at most [`MAX_JSON_DEPTH`] deep.
+pub fn check_depth(raw: &RawValue, what: &str) -> Result<(), ApiError> {
+    let mut depth = 0usize;
+    let (mut in_string, mut escaped) = (false, false);
+    for b in raw.get().bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(ApiError::InvalidRequest(format!(
+                        "{what} nests deeper than {MAX_JSON_DEPTH} levels"
+                    )));
+                }
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// RFC 3339 with milliseconds, UTC: what every timestamp on the wire looks like.
 #[must_use]
 pub fn rfc3339(t: Timestamp) -> String {
     humantime::format_rfc3339_millis(t.to_system_time()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> &RawValue {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = |n| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_depth(raw(&deep(MAX_JSON_DEPTH)), "payload").is_ok());
+        let err = check_depth(raw(&deep(MAX_JSON_DEPTH + 1)), "payload").unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+        assert!(
+            err.to_string().contains("payload nests deeper than 32"),
+            "{err}"
+        );
+        let quoted = format!(r#"{{"sdp":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert!(check_depth(raw(&quoted), "payload").is_ok());
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(40), "}".repeat(40));
+        assert!(check_depth(raw(&objects), "meta").is_err());
+    }
 }

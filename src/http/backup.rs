@@ -16,7 +16,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::front::auth::{authenticated, require_access};
 use crate::front::error::{ApiError, reject};
 use crate::front::rate::{DeviceLimit, authenticated_within};
-use crate::front::wire::{named, rfc3339, with};
+use crate::front::wire::{check_depth, named, rfc3339, with};
 use crate::metrics::{Direction, Metrics, Outcome};
 use crate::state::AppState;
 
@@ -110,8 +110,9 @@ fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
             "{META_HEADER} is larger than {MAX_META_BYTES} bytes"
         )));
     }
-    serde_json::from_str::<&RawValue>(&meta)
+    let json = serde_json::from_str::<&RawValue>(&meta)
         .map_err(|e| ApiError::InvalidRequest(format!("{META_HEADER} is not JSON: {e}")))?;
+    check_depth(json, META_HEADER)?;
     Ok(Some(meta))
 }
 

@@ -61,7 +61,10 @@ pub fn routes(
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(handles.clone())
         .and(bearer())
-        .and(json_body::<InitiateBody>(PAIRING_BODY_LIMIT))
+        .and(json_body::<InitiateBody>(
+            PAIRING_BODY_LIMIT,
+            state.body_timeout,
+        ))
         .and_then(initiate);
     let confirm = warp::path!("api" / "pair" / "confirm")
         .and(warp::post())
@@ -69,7 +72,10 @@ pub fn routes(
         .and(limit_ip(state.limits.clone(), IpLimit::Pairing))
         .and(limit_ip(state.limits.clone(), IpLimit::Confirm))
         .and(handles)
-        .and(json_body::<ConfirmBody>(PAIRING_BODY_LIMIT))
+        .and(json_body::<ConfirmBody>(
+            PAIRING_BODY_LIMIT,
+            state.body_timeout,
+        ))
         .and_then(confirm);
     initiate.or(confirm).unify()
 }

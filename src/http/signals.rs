@@ -13,7 +13,7 @@ use super::SIGNAL_BODY_LIMIT;
 use crate::front::auth::require_access;
 use crate::front::error::{ApiError, reject};
 use crate::front::rate::{DeviceLimit, authenticated_within};
-use crate::front::wire::{json_body, named, raw_json, rfc3339, with};
+use crate::front::wire::{check_depth, json_body, named, raw_json, rfc3339, with};
 use crate::state::AppState;
 
 /// Body of `POST /api/signal`.
@@ -26,8 +26,16 @@ pub struct SendBody {
     pub from_device_id: DeviceId,
     /// The recipient.
     pub to_device_id: DeviceId,
-    /// Any JSON value, relayed untouched.
+    /// Any JSON value, relayed untouched (nested at most `MAX_JSON_DEPTH` deep).
+    #[serde(deserialize_with = "shallow_payload")]
     pub signal_payload: Box<RawValue>,
+}
+
+/// A payload whose nesting is checked while the body is parsed.
+fn shallow_payload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<RawValue>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    check_depth(&raw, "signalPayload").map_err(serde::de::Error::custom)?;
+    Ok(raw)
 }
 
 #[derive(Serialize)]
@@ -73,7 +81,7 @@ pub fn routes(
         .and(named("/api/signal"))
         .and(with(state.rooms.clone()))
         .and(device())
-        .and(json_body::<SendBody>(SIGNAL_BODY_LIMIT))
+        .and(json_body::<SendBody>(SIGNAL_BODY_LIMIT, state.body_timeout))
         .and_then(send);
     let fetch = warp::path!("api" / "signals" / String / String)
         .and(warp::get())

@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::front::error::ApiError;
+use crate::front::wire::check_depth;
 
 /// What a client may send.
 #[derive(Debug)]
@@ -94,11 +95,15 @@ impl<'a> ClientMsg<'a> {
                 last_seq: f.last_seq,
             },
             Kind::LeaveCouple => ClientMsg::LeaveCouple,
-            Kind::WebrtcSignal => ClientMsg::WebrtcSignal {
-                to: f.to,
-                payload: required(f.payload, "payload")?,
-                id: f.id,
-            },
+            Kind::WebrtcSignal => {
+                let payload = required(f.payload, "payload")?;
+                check_depth(payload, "payload")?;
+                ClientMsg::WebrtcSignal {
+                    to: f.to,
+                    payload,
+                    id: f.id,
+                }
+            }
             Kind::Ack => ClientMsg::Ack {
                 seq: required(f.seq, "seq")?,
             },
@@ -233,6 +238,14 @@ mod tests {
                 "invalid_request",
             ),
             (r#"{"type":"dance"}"#, "unknown_type"),
+            (
+                &format!(
+                    r#"{{"type":"webrtc-signal","payload":{}1{}}}"#,
+                    "[".repeat(1000),
+                    "]".repeat(1000)
+                ),
+                "invalid_request",
+            ),
             (
                 &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
                 "invalid_request",

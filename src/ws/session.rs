@@ -34,6 +34,8 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4001;
 pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code when the client stayed silent past the client timeout.
 pub const CLOSE_TIMEOUT: u16 = 4002;
+/// Close code when the socket did not join a couple within the join timeout.
+pub const CLOSE_JOIN_TIMEOUT: u16 = 4004;
 /// The session's own frames (pongs, errors, pings, close) queued for the writer.
 const FRAME_QUEUE: usize = 32;
 /// Longest wait for the writer to flush after the session ends.
@@ -66,6 +68,8 @@ enum Event {
     Frame(Option<Result<Message, WsError>>),
     Kicked(Result<Kick, oneshot::error::RecvError>),
     Heartbeat,
+    Silent,
+    JoinTimeout,
     Shutdown,
 }
 
@@ -92,8 +96,13 @@ where
     let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx, relays));
     let mut shutdown = state.shutdown.clone();
     let (heartbeat_every, client_timeout) = (state.ws.heartbeat, state.ws.client_timeout);
+    let join_timeout = state.ws.join_timeout;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    let mut last_seen = Instant::now();
+    // Closed exactly `client_timeout` after the last frame, whatever the heartbeat's phase.
+    let silence = tokio::time::sleep(client_timeout);
+    // An unjoined socket must join within `join_timeout` (again after each leave-couple).
+    let join_deadline = tokio::time::sleep(join_timeout);
+    tokio::pin!(silence, join_deadline);
     let mut session = Session {
         state,
         events,
@@ -106,15 +115,18 @@ where
             frame = stream.next() => Event::Frame(frame),
             kick = kicked(&mut session.joined) => Event::Kicked(kick),
             _ = heartbeat.tick() => Event::Heartbeat,
+            () = &mut silence => Event::Silent,
+            () = &mut join_deadline, if session.joined.is_none() => Event::JoinTimeout,
             () = shutdown.recv() => Event::Shutdown,
         };
+        let was_joined = session.joined.is_some();
         let close = match event {
             // The client closed (or the connection is gone): nothing to send back.
             Event::Frame(Some(Ok(Message::Close(_))) | None) => Some(Close::Silently),
             Event::Frame(Some(Ok(msg))) => {
                 session.on_frame(msg).await;
                 // After handling too: a slow join must not count as the client's silence.
-                last_seen = Instant::now();
+                silence.as_mut().reset(Instant::now() + client_timeout);
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
@@ -131,15 +143,18 @@ where
                 session.room_gone(None);
                 None
             }
-            Event::Heartbeat if last_seen.elapsed() >= client_timeout => {
-                Some(Close::With(CLOSE_TIMEOUT, "heartbeat timeout"))
-            }
+            Event::Silent => Some(Close::With(CLOSE_TIMEOUT, "heartbeat timeout")),
+            Event::JoinTimeout => Some(Close::With(CLOSE_JOIN_TIMEOUT, "join timeout")),
             Event::Heartbeat => {
                 session.frame(Message::Ping(bytes::Bytes::new()));
                 None
             }
             Event::Shutdown => Some(Close::With(CLOSE_GOING_AWAY, "server shutting down")),
         };
+        if was_joined && session.joined.is_none() {
+            // Left (or the room went away): the time to join again starts now.
+            join_deadline.as_mut().reset(Instant::now() + join_timeout);
+        }
         // A client that does not read its own replies is dropped without a close frame.
         if let Some(close) = close.or(session.stalled.then_some(Close::Silently)) {
             if let Close::With(code, reason) = close {

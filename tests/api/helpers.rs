@@ -537,6 +537,18 @@ impl Ws {
     }
 }
 
+/// Sends raw bytes on a new connection and returns everything the server sends back before
+/// it closes the connection (bounded by [`WAIT`]).
+pub async fn raw_response(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("server reachable");
+    // The server may answer (and close) before reading it all; a failed write is fine.
+    let _ = tcp.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Starts an upload on a raw connection: the head and `sent` bytes of a body announced as
 /// `announced` bytes, then nothing more (the connection stays open until dropped).
 pub async fn partial_upload(

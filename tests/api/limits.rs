@@ -109,7 +109,7 @@ async fn rate_limit_off_disables_every_limit() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     let app = TestApp::spawn_with(|c| {
-        c.rate.trust_proxy = true;
+        c.rate.trusted_proxies = 1;
         c.rate.pairing_per_15min = 1;
     })
     .await;
@@ -129,5 +129,30 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
         StatusCode::CREATED
     );
     assert_limited(initiate("203.0.113.1").await.unwrap(), "1").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_cannot_pick_its_key_through_a_proxy_that_appends() {
+    // nginx's default `$proxy_add_x_forwarded_for` keeps what the client sent and appends
+    // the address it saw: the client's own entries are on the left.
+    let app = TestApp::spawn_with(|c| {
+        c.rate.trusted_proxies = 1;
+        c.rate.pairing_per_15min = 3;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let res = app
+            .http
+            .post(app.url("/api/pair/initiate"))
+            .header("x-forwarded-for", format!("198.51.100.{i}, 203.0.113.7"))
+            .json(&json!({ "deviceId": "a" }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429, 429, 429, 429, 429, 429]);
     app.stop().await;
 }

@@ -3,6 +3,7 @@
 mod backup;
 mod browser;
 mod conformance;
+mod connections;
 mod dashboard;
 mod devices;
 mod helpers;

@@ -205,6 +205,7 @@ fn assert_names_nobody(text: &str, m: &Exposition, couple: &Couple) {
         "outcome",
         "direction",
         "limit",
+        "reason",
         "le",
     ];
     let labels: std::collections::BTreeSet<&str> =

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, ok_json, signal};
+use crate::helpers::{TestApp, assert_error, ok_json, raw_response, signal};
 
 #[tokio::test]
 async fn a_rest_signal_reaches_a_connected_device_live() {
@@ -193,13 +193,8 @@ async fn rest_signal_errors_are_clear() {
 
 /// Sends a raw request head and returns the response's status line.
 async fn raw_status(app: &TestApp, head: String) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    // The server may answer (and close) before reading it all; a failed write is fine.
-    let _ = tcp.write_all(head.as_bytes()).await;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(crate::helpers::WAIT, tcp.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf)
+    raw_response(app.addr, head.as_bytes())
+        .await
         .lines()
         .next()
         .unwrap_or_default()

@@ -363,6 +363,31 @@ async fn a_silent_peer_is_reported_gone_after_the_client_timeout() {
 }
 
 #[tokio::test]
+async fn peer_left_comes_at_the_client_timeout_whatever_the_heartbeat_phase() {
+    // Checked on heartbeat ticks, silence past 2.5 s was seen only at the 4 s tick.
+    let app = TestApp::spawn_with(|c| {
+        c.ws.heartbeat = Duration::from_secs(2);
+        c.ws.client_timeout = Duration::from_millis(2500);
+    })
+    .await;
+    let couple = app.pair().await;
+    let (mut a, _) = app.join(&couple, &couple.a, None).await;
+    let (b, _) = app.join(&couple, &couple.b, None).await;
+    // b's join was its last frame: the clock starts no later than now.
+    let silent_since = tokio::time::Instant::now();
+    let silent = b.into_silent();
+    a.recv_type("peer-joined").await;
+    assert_eq!(a.recv_type("peer-left").await["deviceId"], "b");
+    let took = silent_since.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "peer-left after {took:?}"
+    );
+    drop(silent);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_with_going_away() {
     let app = TestApp::spawn().await;
     let couple = app.pair().await;
