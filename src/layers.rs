@@ -55,11 +55,12 @@ fn modules() -> BTreeMap<String, String> {
     out.remove("lib");
     out.remove("main");
     out.remove("layers");
+    out.remove("docs");
     out
 }
 
 /// The source without comments and without its inline `mod tests`.
-fn code_only(text: &str) -> String {
+pub(crate) fn code_only(text: &str) -> String {
     let text = text
         .split("#[cfg(test)]\nmod tests")
         .next()

@@ -34,4 +34,6 @@ pub mod telemetry;
 pub mod ws;
 
 #[cfg(test)]
+mod docs;
+#[cfg(test)]
 mod layers;
