@@ -15,7 +15,9 @@ fn read(path: &str) -> String {
 
 /// The markdown section that starts with the heading `title` (up to the next `## `).
 fn section<'a>(doc: &'a str, title: &str) -> &'a str {
-    let start = doc.find(title).unwrap_or_else(|| panic!("no section {title}"));
+    let start = doc
+        .find(title)
+        .unwrap_or_else(|| panic!("no section {title}"));
     let rest = &doc[start + title.len()..];
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
@@ -59,7 +61,9 @@ fn every_error_code_is_in_the_protocol_table_and_nothing_else() {
     let start = source.find("pub fn code(&self)").expect("ApiError::code");
     let body = &source[start..];
     let body = &body[..body[1..].find("pub fn ").map_or(body.len(), |i| i + 1)];
-    let defined = literals(body, |s| s.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    let defined = literals(body, |s| {
+        s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    });
     assert!(defined.len() > 30, "{defined:?}");
     let documented = first_cells(section(&read("docs/protocol.md"), "## 11. Error codes"));
     same(&documented, &defined, "error codes");
@@ -86,11 +90,17 @@ fn every_close_code_is_in_the_protocol_table() {
 #[test]
 fn the_cors_lists_are_the_ones_documented() {
     let source = read("src/front/browser.rs");
-    let doc = read("docs/protocol.md").split_whitespace().collect::<Vec<_>>().join(" ");
+    let doc = read("docs/protocol.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for name in ["ALLOW_HEADERS", "EXPOSE_HEADERS", "ALLOW_METHODS"] {
         let start = source.find(&format!("const {name}")).expect(name);
         let value = source[start..].split('"').nth(1).expect("a string");
-        assert!(doc.contains(value), "docs/protocol.md does not list {name} = {value:?}");
+        assert!(
+            doc.contains(value),
+            "docs/protocol.md does not list {name} = {value:?}"
+        );
     }
 }
 

@@ -1,16 +1,42 @@
 //! `our-memories`: reads the environment, starts the server, stops on SIGINT or SIGTERM.
 //! `our-memories healthcheck` instead asks the server on `HOST`:`PORT` whether it is healthy
 //! (exit 0) or not (exit 1): the container's HEALTHCHECK. It reads nothing else and starts no
-//! runtime.
+//! runtime. `--help` and `--version` print and exit; any other argument is an error (exit 2).
 
 use std::process::ExitCode;
 
 use actors::Clock;
 use our_memories::{app::App, config::Config, healthcheck, shutdown, telemetry};
 
+/// What `--help` prints.
+const USAGE: &str = "\
+Signaling, pairing and encrypted-backup server for the Our Memories app.
+
+Usage:
+  our-memories               serve (configured by environment variables only)
+  our-memories healthcheck   exit 0 if the server on HOST:PORT answers /health with 200, else 1
+  our-memories --help        this text
+  our-memories --version     the version
+
+With no variables set it serves on 0.0.0.0:3000 with its data in ./data. Every variable is
+documented in env.example; the wire contract is docs/protocol.md.";
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return probe();
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("healthcheck") => return probe(),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("our-memories {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("unknown argument {other:?}; see our-memories --help");
+            return ExitCode::from(2);
+        }
     }
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -40,8 +66,8 @@ async fn serve(config: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // Logging is set up by now: one line, on stderr, in the log's format.
             tracing::error!("cannot start: {e}");
-            eprintln!("cannot start: {e}");
             ExitCode::FAILURE
         }
     }

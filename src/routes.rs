@@ -1,6 +1,6 @@
 //! Composes the transports: the only module that knows them all. Every route of the public
-//! port, the JSON error renderer, the browser headers and the request span; and the lone
-//! `/metrics` service for `METRICS_ADDR`.
+//! port, the JSON error renderer and the browser headers; and the lone `/metrics` service for
+//! `METRICS_ADDR`.
 
 use std::convert::Infallible;
 
@@ -41,7 +41,6 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(move |request: warp::http::HeaderMap, response| {
             browser::decorate(&origins, &request, response)
         })
-        .with(warp::trace(crate::telemetry::request_span))
 }
 
 /// A service that answers only `GET /metrics` (404 otherwise), for `METRICS_ADDR`.

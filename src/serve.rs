@@ -20,6 +20,7 @@ use crate::front::conn::{PeerAddr, Refused, UpgradeSlot};
 use crate::front::error::ApiError;
 use crate::metrics::{ConnRefusal, GaugeShare, Metrics, RequestTimer, RouteSlot};
 use crate::shutdown::{Shutdown, ShutdownListener};
+use crate::telemetry;
 
 /// A client that has not sent its request headers by then is disconnected (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -242,6 +243,7 @@ async fn serve_connection<S>(
     };
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let host_ok = host_is_valid(&req);
+        let span = telemetry::request_span(req.method(), req.uri().path());
         req.extensions_mut().insert(PeerAddr(peer));
         if let Some(refused) = refused {
             req.extensions_mut().insert(refused);
@@ -264,13 +266,17 @@ async fn serve_connection<S>(
             );
             futures_util::future::Either::Right(std::future::ready(Ok(bad)))
         };
-        async move {
+        let answered = async move {
             let response = response.await;
-            if let (Some(timer), Ok(r)) = (&mut timer, &response) {
-                timer.answered(r.status());
+            if let Ok(r) = &response {
+                telemetry::answered(r.status());
+                if let Some(timer) = &mut timer {
+                    timer.answered(r.status());
+                }
             }
             response
-        }
+        };
+        tracing::Instrument::instrument(answered, span)
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

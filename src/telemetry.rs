@@ -3,6 +3,7 @@
 //! tokens, signal payloads or backup bytes; a test runs the binary and checks that.
 
 use tracing_subscriber::EnvFilter;
+use warp::http;
 
 use crate::config::Environment;
 
@@ -22,9 +23,15 @@ pub fn init(environment: Environment) {
 
 /// The tracing span of one HTTP request, with a process-unique request id, so every event
 /// logged while serving it (actors included) can be told apart.
-#[allow(clippy::needless_pass_by_value)] // warp::trace hands the Info over by value
-pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+pub fn request_span(method: &http::Method, path: &str) -> tracing::Span {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info_span!("request", request_id = id, method = %info.method(), path = %info.path())
+    tracing::info_span!("request", request_id = id, %method, path)
+}
+
+/// The one line logged per answered request, inside its span: INFO whatever the status. A
+/// client's mistake (4xx) is routine, not a warning; a server failure (5xx) is logged with
+/// its cause, at ERROR, where it is answered.
+pub fn answered(status: http::StatusCode) {
+    tracing::info!(status = status.as_u16(), "answered");
 }

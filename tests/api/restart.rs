@@ -308,11 +308,43 @@ async fn an_unreachable_mongodb_stops_start_up_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach MongoDB"), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot reach MongoDB").count(),
+        1,
+        "{stderr}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
         "bounded wait"
     );
+}
+
+#[test]
+fn help_and_version_print_and_exit_without_serving() {
+    let run = |arg: &str| {
+        Command::new(env!("CARGO_BIN_EXE_our-memories"))
+            .arg(arg)
+            .env_clear()
+            .env("PORT", "1") // a privileged port: serving would fail, printing does not
+            .output()
+            .unwrap()
+    };
+    let help = run("--help");
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Usage:") && text.contains("healthcheck"),
+        "{text}"
+    );
+    let version = run("--version");
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("our-memories {}", env!("CARGO_PKG_VERSION"))
+    );
+    let unknown = run("--serve-faster");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("--help"));
 }
 
 #[tokio::test]
@@ -381,10 +413,23 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
         .await
         .unwrap();
     assert_eq!(res.text().await.unwrap(), "BACKUP-BYTES-MARKER");
+    let res = http.get(server.url("/api/devices")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     drop(ws);
     terminate(&mut server);
 
     let logs = server.logs.lock().unwrap().join("\n");
+    // A client's mistake is routine: one INFO line, no warning.
+    let refused = logs
+        .lines()
+        .find(|l| l.contains("\"status\":401"))
+        .expect("the 401 is logged");
+    assert!(refused.contains("\"level\":\"INFO\""), "{refused}");
+    let warnings: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("status"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
     for secret in [
         secret,
         pairing_token.as_str(),
