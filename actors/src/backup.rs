@@ -1,25 +1,204 @@
-//! Encrypted backups. The ciphertext streams from the request straight into the blob store,
-//! measured and hashed on the way, outside any actor. The backup actor then publishes the
-//! metadata record (the blob is already durable, so "latest" never points at a partial
-//! upload) and applies retention; publishing goes through one actor so concurrent uploads of
-//! a couple cannot race the retention.
+//! Encrypted backups: the [`Backups`] handle, the upload algorithm it runs, the backup actor
+//! that publishes, and the orphan sweep the janitor runs.
+//!
+//! # Upload
+//! 1. The ciphertext streams from the request straight into the blob store, outside any
+//!    actor (at most `backup_max_concurrent` uploads at once). A [`Meter`] measures and hashes
+//!    it on the way and cuts it off past the size limit, on a stalled client, or past the
+//!    whole upload's deadline.
+//! 2. The measured digest is compared with the one the client declared, if any; a mismatch
+//!    deletes the blob.
+//! 3. The backup actor publishes the metadata record (the blob is already durable, so
+//!    "latest" never points at a partial upload) and applies retention; publishing goes
+//!    through one actor so concurrent uploads of a couple cannot race the retention.
+//!
+//! A blob whose publish failed or timed out is left alone (the record may have been written);
+//! if it was never published, [`sweep_orphans`] deletes it once it is older than
+//! [`ORPHAN_AGE`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use sha2::{Digest, Sha256};
 
-use crate::clock::Timestamp;
+use crate::call::call_kept;
+use crate::clock::{Clock, Timestamp};
 use crate::error::BackupError;
-use crate::store::{BackupRecord, BlobKey, BlobStore, ByteStream, Store, StoreError};
+use crate::ids::{BackupId, CoupleId, DeviceId};
+use crate::keeper::{Keeper, Slot};
+use crate::metrics::{DomainMetrics, Restarted};
+use crate::settings::Settings;
+use crate::store::{
+    BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store, StoreError,
+};
 
 impl From<StoreError> for BackupError {
     fn from(e: StoreError) -> Self {
         tracing::error!(cause = %e, "backup storage failed");
         BackupError::StorageUnavailable
+    }
+}
+
+/// Handle to encrypted backups: streams uploads into the blob store and downloads out of it.
+#[derive(Clone)]
+pub struct Backups {
+    actor: Slot<BackupMsg>,
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Clock,
+    limits: UploadLimits,
+    uploads: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+/// What an upload declares besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadInfo {
+    /// Opaque JSON metadata (already checked by the front end).
+    pub meta: Option<String>,
+    /// The SHA-256 the client computed, lowercase hex; a mismatch discards the upload.
+    pub expected_sha256: Option<String>,
+}
+
+impl Backups {
+    /// Spawns the backup actor under its keeper; returns the handle and the keeper (stopped
+    /// at shutdown).
+    pub(crate) async fn start(
+        store: &Arc<dyn Store>,
+        blobs: &Arc<dyn BlobStore>,
+        settings: &Settings,
+        clock: &Clock,
+        metrics: &DomainMetrics,
+    ) -> Result<(Self, ActorRef<()>), SpawnErr> {
+        let args = BackupArgs {
+            store: Arc::clone(store),
+            blobs: Arc::clone(blobs),
+            retention: settings.backup_retention,
+        };
+        let (keeper, actor) =
+            Keeper::<BackupActor>::start(args, metrics.clone(), Restarted::Backup).await?;
+        let handle = Self {
+            actor,
+            store: Arc::clone(store),
+            blobs: Arc::clone(blobs),
+            clock: clock.clone(),
+            limits: UploadLimits {
+                max_bytes: settings.backup_max_bytes,
+                idle: settings.backup_idle_timeout,
+                total: settings.backup_upload_timeout,
+            },
+            uploads: Arc::new(tokio::sync::Semaphore::new(settings.backup_max_concurrent)),
+            timeout: settings.call_timeout,
+        };
+        Ok((handle, keeper))
+    }
+
+    /// The largest backup accepted.
+    #[must_use]
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
+    /// Streams `body` into storage and publishes it as the couple's latest backup, following
+    /// the steps in the [module docs](self). On any failure (too large, checksum, client
+    /// gone, storage) nothing is published and the blob is deleted.
+    pub async fn upload(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        info: UploadInfo,
+        body: ByteStream,
+    ) -> Result<BackupRecord, BackupError> {
+        let _slot = Arc::clone(&self.uploads)
+            .try_acquire_owned()
+            .map_err(|_| BackupError::Busy)?;
+        let key = BlobKey {
+            couple: couple.clone(),
+            backup: BackupId::generate(),
+        };
+        let (body, meter) = Meter::wrap(body, self.limits);
+        let written = self.blobs.put(&key, body).await;
+        let measured = {
+            let mut m = meter.lock().map_err(|_| BackupError::StorageUnavailable)?;
+            match (written, m.cut_off()) {
+                (Ok(()), _) => m.finish(),
+                (Err(_), Some(Cut::TooLarge)) => {
+                    return Err(BackupError::TooLarge {
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                (Err(_), Some(Cut::TooSlow)) => return Err(BackupError::TooSlow),
+                (Err(BlobError::Body(_)), None) => return Err(BackupError::Interrupted),
+                (Err(BlobError::Store(e)), None) => return Err(e.into()),
+            }
+        };
+        let record = BackupRecord {
+            couple: couple.clone(),
+            id: key.backup.clone(),
+            size: measured.size,
+            sha256: measured.sha256,
+            meta: info.meta,
+            uploaded_by: device.clone(),
+            created_at: self.clock.now(),
+        };
+        if info
+            .expected_sha256
+            .is_some_and(|want| !want.eq_ignore_ascii_case(&record.sha256))
+        {
+            if let Err(cause) = self.blobs.delete(&key).await {
+                tracing::warn!(cause = %cause, "failed to delete a rejected blob; the sweep will");
+            }
+            return Err(BackupError::ChecksumMismatch);
+        }
+        let publish = |reply| BackupMsg::Publish {
+            record: record.clone(),
+            reply,
+        };
+        // On a failed or timed-out publish the record may still have been written, so the
+        // blob is left alone: if it was never published, the orphan sweep deletes it.
+        call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
+        Ok(record)
+    }
+
+    /// Test hook: makes the backup actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(BackupMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
+    }
+
+    /// The couple's backups, newest first.
+    pub async fn list(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, BackupError> {
+        Ok(self.store.backups(couple).await?)
+    }
+
+    /// One backup's record: the latest when `id` is `None`.
+    pub async fn find(
+        &self,
+        couple: &CoupleId,
+        id: Option<&BackupId>,
+    ) -> Result<BackupRecord, BackupError> {
+        self.list(couple)
+            .await?
+            .into_iter()
+            .find(|b| id.is_none_or(|id| *id == b.id))
+            .ok_or(BackupError::NotFound)
+    }
+
+    /// Opens a published backup's bytes.
+    pub async fn open(&self, record: &BackupRecord) -> Result<Blob, BackupError> {
+        let key = BlobKey {
+            couple: record.couple.clone(),
+            backup: record.id.clone(),
+        };
+        // A blob can vanish between reading the record and opening it (retention): not found.
+        self.blobs.get(&key).await?.ok_or(BackupError::NotFound)
     }
 }
 
@@ -174,7 +353,7 @@ impl BackupArgs {
         Ok(())
     }
 
-    async fn apply_retention(&self, couple: &crate::ids::CoupleId) -> Result<(), StoreError> {
+    async fn apply_retention(&self, couple: &CoupleId) -> Result<(), StoreError> {
         let kept = self.store.backups(couple).await?;
         for old in kept.into_iter().skip(self.retention) {
             self.store.delete_backup(&old.couple, &old.id).await?;

@@ -14,16 +14,20 @@
 //! # Layout
 //! - [`ids`], [`token`], [`clock`]: validated identifiers, secrets and time.
 //! - [`mailbox`]: one device's ordered, bounded queue of signals.
-//! - [`room`], [`supervisor`], [`pairing`], [`backup`]: the actors; [`keeper`] restarts the
-//!   pairing and backup actors when they fail.
-//! - [`handle`]: typed handles the front end calls ([`Domain`], [`Rooms`], [`Pairing`]).
-//! - [`store`]: the persistence traits, the embedded store and the file blob store.
+//! - [`room`], [`supervisor`], [`pairing`], [`backup`]: the actors, each beside the typed
+//!   handle the front end calls ([`Rooms`] and [`RoomLink`], [`Pairing`], [`Backups`]);
+//!   [`keeper`] restarts the pairing and backup actors when they fail.
+//! - `domain`: [`Domain`] starts the tree, shuts it down and runs the store janitor; `call`:
+//!   how handles call actors, every wait bounded.
+//! - [`store`]: the persistence traits, the [`Storage`] health handle, the embedded store and
+//!   the file blob store.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod backup;
+mod call;
 pub mod clock;
+mod domain;
 pub mod error;
-pub mod handle;
 pub mod ids;
 pub mod keeper;
 pub mod mailbox;
@@ -35,17 +39,20 @@ pub mod store;
 pub mod supervisor;
 pub mod token;
 
+pub use backup::{Backups, UploadInfo};
 pub use clock::{Clock, Timestamp};
+pub use domain::Domain;
 pub use error::{BackupError, PairingError, RoomError};
-pub use handle::{
-    BackendStatus, Backups, Domain, Pairing, RoomGone, RoomLink, Rooms, Storage, UploadInfo,
-};
 pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
 pub use metrics::DomainMetrics;
+pub use pairing::Pairing;
 /// Why the actor tree could not start.
 pub use ractor::SpawnErr;
 pub use room::{ConnId, Connection, Kick, RoomEvent};
 pub use settings::Settings;
-pub use store::{BackupRecord, Blob, BlobStore, ByteStream, Store, StoreError};
+pub use store::{
+    BackendStatus, BackupRecord, Blob, BlobStore, ByteStream, Storage, Store, StoreError,
+};
+pub use supervisor::{RoomGone, RoomLink, Rooms};
 pub use token::{DeviceToken, PairingToken, SigningSecret, TokenError};

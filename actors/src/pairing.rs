@@ -1,19 +1,28 @@
 //! The pairing actor: creates couples, opens pairings and lets a second device confirm one.
 //! All pairing state changes go through this one actor, so the attempt counter and the
-//! single-use rule cannot race.
+//! single-use rule cannot race. It tells running rooms about new and revoked devices through
+//! the [`Rooms`] handle.
+//!
+//! Beside it is its handle, [`Pairing`]: pairing calls go to the actor (restarted by its
+//! keeper when it fails), while token checks read the store directly.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 
+use crate::call::call_kept;
 use crate::clock::{Clock, Timestamp};
 use crate::error::PairingError;
 use crate::ids::{CoupleId, DeviceId};
-use crate::room::RoomMsg;
+use crate::keeper::{Keeper, Slot};
+use crate::metrics::{DomainMetrics, Restarted};
 use crate::settings::Settings;
 use crate::store::{DeviceRecord, PairingRecord, Store, StoreError};
-use crate::supervisor::SupervisorMsg;
-use crate::token::{DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims};
+use crate::supervisor::Rooms;
+use crate::token::{
+    DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError,
+};
 
 /// How long a pairing record (its token hash and counters) outlives its expiry, so a late
 /// confirm still gets `pairing_expired` or `pairing_used` rather than `pairing_not_found`.
@@ -93,8 +102,8 @@ pub struct PairingArgs {
     pub settings: Settings,
     /// Time source.
     pub clock: Clock,
-    /// Told about new devices so a running room knows them.
-    pub rooms: ActorRef<SupervisorMsg>,
+    /// Told about new and revoked devices so a running room knows them.
+    pub rooms: Rooms,
 }
 
 impl From<StoreError> for PairingError {
@@ -221,10 +230,7 @@ impl PairingArgs {
         self.store
             .save_device_and_pairing(&record, &pairing)
             .await?;
-        let _ = self.rooms.cast(SupervisorMsg::Forward {
-            couple: couple.clone(),
-            msg: RoomMsg::DeviceAdded(device.clone()),
-        });
+        self.rooms.device_added(couple.clone(), device.clone());
         let device_token = self.secret.issue(&couple, &device, &nonce);
         Ok(Confirmed {
             couple,
@@ -242,10 +248,7 @@ impl PairingArgs {
             return Err(PairingError::UnknownDevice);
         }
         self.store.remove_device(&by.couple, &device).await?;
-        let _ = self.rooms.cast(SupervisorMsg::Forward {
-            couple: by.couple.clone(),
-            msg: RoomMsg::DeviceRevoked(device),
-        });
+        self.rooms.device_revoked(by.couple.clone(), device);
         Ok(())
     }
 }
@@ -288,5 +291,123 @@ impl Actor for PairingActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Handle to pairing and authentication.
+#[derive(Clone)]
+pub struct Pairing {
+    actor: Slot<PairingMsg>,
+    store: Arc<dyn Store>,
+    secret: SigningSecret,
+    timeout: Duration,
+}
+
+impl Pairing {
+    /// Spawns the pairing actor under its keeper; returns the handle and the keeper (stopped
+    /// at shutdown).
+    pub(crate) async fn start(
+        store: &Arc<dyn Store>,
+        secret: SigningSecret,
+        settings: &Settings,
+        clock: &Clock,
+        rooms: Rooms,
+        metrics: &DomainMetrics,
+    ) -> Result<(Self, ActorRef<()>), SpawnErr> {
+        let args = PairingArgs {
+            store: Arc::clone(store),
+            secret: secret.clone(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            rooms,
+        };
+        let (keeper, actor) =
+            Keeper::<PairingActor>::start(args, metrics.clone(), Restarted::Pairing).await?;
+        let handle = Self {
+            actor,
+            store: Arc::clone(store),
+            secret,
+            timeout: settings.call_timeout,
+        };
+        Ok((handle, keeper))
+    }
+
+    /// Starts a pairing. With the bearer token of a paired device it adds a device to that
+    /// device's couple; without, it creates a couple.
+    pub async fn initiate(
+        &self,
+        device: DeviceId,
+        bearer: Option<&DeviceToken>,
+    ) -> Result<Initiated, PairingError> {
+        let by = match bearer {
+            Some(t) => Some(self.authenticate(t).await?),
+            None => None,
+        };
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Initiate { device, by, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Confirms a pairing with its one-time token.
+    pub async fn confirm(
+        &self,
+        couple: CoupleId,
+        token: PairingToken,
+        device: DeviceId,
+    ) -> Result<Confirmed, PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Confirm {
+                couple,
+                token,
+                device,
+                reply,
+            },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Test hook: makes the pairing actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(PairingMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
+    }
+
+    /// Revokes `device` of the caller's couple: its token stops working and its socket is
+    /// closed at once.
+    pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Revoke { by, device, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// The devices of a couple.
+    pub async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, PairingError> {
+        Ok(self.store.devices(couple).await?)
+    }
+
+    /// Verifies a device token: the signature (constant time) and that the device is still
+    /// registered with the same nonce. Read-only, so it does not queue behind pairing work.
+    pub async fn authenticate(&self, token: &DeviceToken) -> Result<TokenClaims, PairingError> {
+        let claims = self.secret.verify(token)?;
+        let device = self.store.device(&claims.couple, &claims.device).await?;
+        match device {
+            Some(d) if d.nonce == claims.nonce => Ok(claims),
+            _ => Err(PairingError::InvalidToken(TokenError::BadSignature)),
+        }
     }
 }
