@@ -1,20 +1,6 @@
-//! Encrypted backups: the [`Backups`] handle, the upload algorithm it runs, the backup actor
-//! that publishes, and the orphan sweep the janitor runs.
-//!
-//! # Upload
-//! 1. The ciphertext streams from the request straight into the blob store, outside any
-//!    actor (at most `backup_max_concurrent` uploads at once). A [`Meter`] measures and hashes
-//!    it on the way and cuts it off past the size limit, on a stalled client, or past the
-//!    whole upload's deadline.
-//! 2. The measured digest is compared with the one the client declared, if any; a mismatch
-//!    deletes the blob.
-//! 3. The backup actor publishes the metadata record (the blob is already durable, so
-//!    "latest" never points at a partial upload) and applies retention; publishing goes
-//!    through one actor so concurrent uploads of a couple cannot race the retention.
-//!
-//! A blob whose publish failed or timed out is left alone (the record may have been written);
-//! if it was never published, [`sweep_orphans`] deletes it once it is older than
-//! [`ORPHAN_AGE`].
+//! Encrypted backups: the [`Backups`] handle, the upload algorithm it runs (see
+//! [`Backups::upload`]), the backup actor that publishes, and the orphan sweep the janitor
+//! runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -102,9 +88,23 @@ impl Backups {
         self.limits.max_bytes
     }
 
-    /// Streams `body` into storage and publishes it as the couple's latest backup, following
-    /// the steps in the [module docs](self). On any failure (too large, checksum, client
-    /// gone, storage) nothing is published and the blob is deleted.
+    /// Streams `body` into storage and publishes it as the couple's latest backup. On any
+    /// failure (too large, checksum, client gone, storage) nothing is published and the blob
+    /// is deleted.
+    ///
+    /// 1. The ciphertext streams from the request straight into the blob store, outside
+    ///    any actor (at most `backup_max_concurrent` uploads at once). A `Meter` measures
+    ///    and hashes it on the way and cuts it off past the size limit, on a stalled client,
+    ///    or past the whole upload's deadline.
+    /// 2. The measured digest is compared with the one the client declared, if any; a
+    ///    mismatch deletes the blob.
+    /// 3. The backup actor publishes the metadata record (the blob is already durable, so
+    ///    "latest" never points at a partial upload) and applies retention; publishing goes
+    ///    through one actor so concurrent uploads of a couple cannot race the retention.
+    ///
+    /// A blob whose publish failed or timed out is left alone (the record may have been
+    /// written); if it was never published, the janitor's orphan sweep deletes it once it is
+    /// older than [`ORPHAN_AGE`].
     pub async fn upload(
         &self,
         couple: &CoupleId,
@@ -205,7 +205,7 @@ impl Backups {
 /// Size and SHA-256 of a stream, measured while it passes; cuts it off past the size limit,
 /// when the client stalls, or when the upload takes too long.
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     hasher: Sha256,
     size: u64,
     cut: Option<Cut>,
@@ -213,7 +213,7 @@ pub struct Meter {
 
 /// Why a [`Meter`] cut a stream off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// More bytes than the limit.
     TooLarge,
     /// No bytes for the idle timeout, or past the whole upload's deadline.
@@ -223,7 +223,7 @@ pub enum Cut {
 /// Bounds an upload stream: size, silence between chunks, and total duration. The total is
 /// kept below the orphan sweep's age, so the janitor never takes a live upload's parts.
 #[derive(Debug, Clone, Copy)]
-pub struct UploadLimits {
+pub(crate) struct UploadLimits {
     /// Most bytes.
     pub max_bytes: u64,
     /// Longest wait for the next chunk.
@@ -234,7 +234,7 @@ pub struct UploadLimits {
 
 /// What the meter saw once the stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Measured {
+pub(crate) struct Measured {
     /// Bytes that passed.
     pub size: u64,
     /// Their SHA-256, lowercase hex.
@@ -243,7 +243,7 @@ pub struct Measured {
 
 impl Meter {
     /// Wraps `body`; the returned handle reads the result after the stream was consumed.
-    pub fn wrap(body: ByteStream, limits: UploadLimits) -> (ByteStream, Arc<Mutex<Meter>>) {
+    pub(crate) fn wrap(body: ByteStream, limits: UploadLimits) -> (ByteStream, Arc<Mutex<Meter>>) {
         let meter = Arc::new(Mutex::new(Meter {
             hasher: Sha256::new(),
             size: 0,
@@ -296,13 +296,13 @@ impl Meter {
 
     /// Why the stream was cut off, if it was.
     #[must_use]
-    pub fn cut_off(&self) -> Option<Cut> {
+    pub(crate) fn cut_off(&self) -> Option<Cut> {
         self.cut
     }
 
     /// The result (consumes the hash state).
     #[must_use]
-    pub fn finish(&mut self) -> Measured {
+    pub(crate) fn finish(&mut self) -> Measured {
         let hasher = std::mem::take(&mut self.hasher);
         Measured {
             size: self.size,
@@ -313,7 +313,7 @@ impl Meter {
 
 /// Requests to the backup actor.
 #[derive(Debug)]
-pub enum BackupMsg {
+pub(crate) enum BackupMsg {
     /// Test hook: make the actor panic, to exercise its restart.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -328,11 +328,11 @@ pub enum BackupMsg {
 
 /// The backup actor.
 #[derive(Default)]
-pub struct BackupActor;
+pub(crate) struct BackupActor;
 
 /// What the backup actor works with (cloned into each restart).
 #[derive(Clone)]
-pub struct BackupArgs {
+pub(crate) struct BackupArgs {
     /// Metadata.
     pub store: Arc<dyn Store>,
     /// Ciphertext.
@@ -403,7 +403,7 @@ impl Actor for BackupActor {
 /// Deletes blobs that no published record points to: leftovers of uploads interrupted after
 /// their blob was written, or of a retention step cut short. With `older_than`, only blobs
 /// written before that instant are considered (a younger one may be about to be published).
-pub async fn sweep_orphans(
+pub(crate) async fn sweep_orphans(
     store: &dyn Store,
     blobs: &dyn BlobStore,
     older_than: Option<Timestamp>,

@@ -52,7 +52,7 @@ pub struct Confirmed {
 
 /// Requests to the pairing actor.
 #[derive(Debug)]
-pub enum PairingMsg {
+pub(crate) enum PairingMsg {
     /// Start a pairing: for a new couple, or (with `by`) for one more device of an existing one.
     Initiate {
         /// The initiating device.
@@ -89,11 +89,11 @@ pub enum PairingMsg {
 
 /// The pairing actor.
 #[derive(Default)]
-pub struct PairingActor;
+pub(crate) struct PairingActor;
 
 /// What the pairing actor works with (cloned into each restart).
 #[derive(Clone)]
-pub struct PairingArgs {
+pub(crate) struct PairingArgs {
     /// Where couples, devices and pairings persist.
     pub store: Arc<dyn Store>,
     /// Signs device tokens.

@@ -95,7 +95,7 @@ pub struct Accepted {
 
 /// Where the answer to a send goes.
 #[derive(Debug)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A connected socket: `accepted` or `error` is pushed to it as an event.
     Socket(ConnId),
     /// A REST request waiting for its reply.
@@ -113,7 +113,7 @@ impl Origin {
 
 /// A request to one room.
 #[derive(Debug)]
-pub enum RoomMsg {
+pub(crate) enum RoomMsg {
     /// Connect a socket for `device`; `last_seq` acknowledges everything up to it first.
     Join {
         /// The authenticated device.
@@ -185,7 +185,7 @@ pub enum RoomMsg {
 
 /// A batch of signals being written for offline recipients, and who waits for it.
 #[derive(Debug)]
-pub struct PersistJob {
+pub(crate) struct PersistJob {
     signals: Vec<(DeviceId, Arc<Signal>)>,
     waiter: Option<Waiter>,
 }
@@ -211,7 +211,7 @@ struct Relay {
 }
 
 /// What a room is started with.
-pub struct RoomArgs {
+pub(crate) struct RoomArgs {
     /// Whose room.
     pub couple: CoupleId,
     /// Where mailboxes persist.
@@ -227,7 +227,7 @@ pub struct RoomArgs {
 }
 
 /// The actor. Holds nothing; all mutable data is in [`RoomState`].
-pub struct RoomActor;
+pub(crate) struct RoomActor;
 
 /// One device of the couple as the room sees it.
 #[derive(Default)]
@@ -256,7 +256,7 @@ enum Checked {
 }
 
 /// Everything a room owns.
-pub struct RoomState {
+pub(crate) struct RoomState {
     args: RoomArgs,
     epoch: u64,
     counter: u64,

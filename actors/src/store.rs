@@ -8,7 +8,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod files;
-pub mod measured;
+pub(crate) mod measured;
 
 use std::pin::Pin;
 use std::sync::Arc;

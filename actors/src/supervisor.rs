@@ -27,7 +27,7 @@ use crate::store::Store;
 
 /// Requests to the supervisor.
 #[derive(Debug)]
-pub enum SupervisorMsg {
+pub(crate) enum SupervisorMsg {
     /// The couple's room, started if needed.
     GetRoom {
         /// Whose room.
@@ -64,10 +64,10 @@ pub struct SupervisorStats {
 }
 
 /// The supervisor actor.
-pub struct RoomSupervisor;
+pub(crate) struct RoomSupervisor;
 
 /// What the supervisor starts rooms with.
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     /// Shared by all rooms.
     pub store: Arc<dyn Store>,
     /// TTLs and bounds.
@@ -79,7 +79,7 @@ pub struct SupervisorArgs {
 }
 
 /// The supervisor's map of running rooms.
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     args: SupervisorArgs,
     rooms: HashMap<CoupleId, ActorRef<RoomMsg>>,
     couples: HashMap<ActorId, CoupleId>,

@@ -201,7 +201,7 @@ impl MongoStore {
         // expires (`purgeAt` says the same; `purge_expired` uses it).
         self.op(self
             .pairings()
-            .create_index(ttl("expiresAt", actors::pairing::PAIRING_KEPT_AFTER_EXPIRY)))
+            .create_index(ttl("expiresAt", actors::PAIRING_KEPT_AFTER_EXPIRY)))
             .await?;
         self.op(self
             .signals()
