@@ -21,11 +21,15 @@ use crate::store::{
     BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store, StoreError,
 };
 
-impl From<StoreError> for BackupError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(cause = %e, "backup storage failed");
-        BackupError::StorageUnavailable
-    }
+/// What a caller of the store answers when the store fails: the cause is logged here, at
+/// the failed call, and the client hears only `storage_unavailable`.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "takes the error by value to be used as `map_err(storage_failed)`"
+)]
+fn storage_failed(e: StoreError) -> BackupError {
+    tracing::error!(cause = %e, "backup storage failed");
+    BackupError::StorageUnavailable
 }
 
 /// Handle to encrypted backups: streams uploads into the blob store and downloads out of it.
@@ -132,7 +136,7 @@ impl Backups {
                 }
                 (Err(_), Some(Cut::TooSlow)) => return Err(BackupError::TooSlow),
                 (Err(BlobError::Body(_)), None) => return Err(BackupError::Interrupted),
-                (Err(BlobError::Store(e)), None) => return Err(e.into()),
+                (Err(BlobError::Store(e)), None) => return Err(storage_failed(e)),
             }
         };
         let record = BackupRecord {
@@ -175,7 +179,7 @@ impl Backups {
 
     /// The couple's backups, newest first.
     pub async fn list(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, BackupError> {
-        Ok(self.store.backups(couple).await?)
+        self.store.backups(couple).await.map_err(storage_failed)
     }
 
     /// One backup's record: the latest when `id` is `None`.
@@ -198,7 +202,11 @@ impl Backups {
             backup: record.id.clone(),
         };
         // A blob can vanish between reading the record and opening it (retention): not found.
-        self.blobs.get(&key).await?.ok_or(BackupError::NotFound)
+        self.blobs
+            .get(&key)
+            .await
+            .map_err(storage_failed)?
+            .ok_or(BackupError::NotFound)
     }
 }
 
@@ -346,7 +354,10 @@ impl BackupArgs {
     /// applies retention. A retention failure does not undo the publish; the next publish
     /// (or the orphan sweep, for blobs) finishes the job.
     async fn publish(&self, record: BackupRecord) -> Result<(), BackupError> {
-        self.store.insert_backup(&record).await?;
+        self.store
+            .insert_backup(&record)
+            .await
+            .map_err(storage_failed)?;
         if let Err(e) = self.apply_retention(&record.couple).await {
             tracing::warn!(cause = %e, "retention failed; it is retried on the next upload");
         }

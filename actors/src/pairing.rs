@@ -106,11 +106,15 @@ pub(crate) struct PairingArgs {
     pub rooms: Rooms,
 }
 
-impl From<StoreError> for PairingError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(cause = %e, "pairing storage failed");
-        PairingError::StorageUnavailable
-    }
+/// What a caller of the store answers when the store fails: the cause is logged here, at
+/// the failed call, and the client hears only `storage_unavailable`.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "takes the error by value to be used as `map_err(storage_failed)`"
+)]
+fn storage_failed(e: StoreError) -> PairingError {
+    tracing::error!(cause = %e, "pairing storage failed");
+    PairingError::StorageUnavailable
 }
 
 impl PairingArgs {
@@ -143,14 +147,22 @@ impl PairingArgs {
             if claims.device != device {
                 return Err(PairingError::WrongDevice);
             }
-            let count = self.store.devices(&claims.couple).await?.len();
+            let count = self
+                .store
+                .devices(&claims.couple)
+                .await
+                .map_err(storage_failed)?
+                .len();
             if count >= self.settings.max_devices_per_couple {
                 return Err(PairingError::CoupleFull {
                     max: self.settings.max_devices_per_couple,
                 });
             }
             let pairing = self.new_pairing(&claims.couple, &pairing_token, now);
-            self.store.put_pairing(&pairing).await?;
+            self.store
+                .put_pairing(&pairing)
+                .await
+                .map_err(storage_failed)?;
             (claims.couple, claims.nonce, pairing)
         } else {
             let couple = CoupleId::generate();
@@ -164,7 +176,8 @@ impl PairingArgs {
             };
             self.store
                 .save_device_and_pairing(&record, &pairing)
-                .await?;
+                .await
+                .map_err(storage_failed)?;
             (couple, nonce, pairing)
         };
         let device_token = self.secret.issue(&couple, &device, &nonce);
@@ -188,14 +201,18 @@ impl PairingArgs {
         let mut pairing = self
             .store
             .pairing(&couple)
-            .await?
+            .await
+            .map_err(storage_failed)?
             .ok_or(PairingError::NotFound)?;
         if pairing.failed_attempts >= self.settings.pairing_max_attempts {
             return Err(PairingError::Burned);
         }
         if !pairing.token_hash.matches(&token.hash()) {
             pairing.failed_attempts += 1;
-            self.store.put_pairing(&pairing).await?;
+            self.store
+                .put_pairing(&pairing)
+                .await
+                .map_err(storage_failed)?;
             return Err(
                 if pairing.failed_attempts >= self.settings.pairing_max_attempts {
                     PairingError::Burned
@@ -210,7 +227,7 @@ impl PairingArgs {
         if pairing.expires_at <= now {
             return Err(PairingError::Expired);
         }
-        let devices = self.store.devices(&couple).await?;
+        let devices = self.store.devices(&couple).await.map_err(storage_failed)?;
         if devices.iter().any(|d| d.device == device) {
             return Err(PairingError::DeviceTaken);
         }
@@ -229,7 +246,8 @@ impl PairingArgs {
         pairing.consumed = true;
         self.store
             .save_device_and_pairing(&record, &pairing)
-            .await?;
+            .await
+            .map_err(storage_failed)?;
         self.rooms.device_added(couple.clone(), device.clone());
         let device_token = self.secret.issue(&couple, &device, &nonce);
         Ok(Confirmed {
@@ -244,10 +262,19 @@ impl PairingArgs {
         if by.device == device {
             return Err(PairingError::SelfRevocation);
         }
-        if self.store.device(&by.couple, &device).await?.is_none() {
+        if self
+            .store
+            .device(&by.couple, &device)
+            .await
+            .map_err(storage_failed)?
+            .is_none()
+        {
             return Err(PairingError::UnknownDevice);
         }
-        self.store.remove_device(&by.couple, &device).await?;
+        self.store
+            .remove_device(&by.couple, &device)
+            .await
+            .map_err(storage_failed)?;
         self.rooms.device_revoked(by.couple.clone(), device);
         Ok(())
     }
@@ -397,14 +424,18 @@ impl Pairing {
 
     /// The devices of a couple.
     pub async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, PairingError> {
-        Ok(self.store.devices(couple).await?)
+        self.store.devices(couple).await.map_err(storage_failed)
     }
 
     /// Verifies a device token: the signature (constant time) and that the device is still
     /// registered with the same nonce. Read-only, so it does not queue behind pairing work.
     pub async fn authenticate(&self, token: &DeviceToken) -> Result<TokenClaims, PairingError> {
         let claims = self.secret.verify(token)?;
-        let device = self.store.device(&claims.couple, &claims.device).await?;
+        let device = self
+            .store
+            .device(&claims.couple, &claims.device)
+            .await
+            .map_err(storage_failed)?;
         match device {
             Some(d) if d.nonce == claims.nonce => Ok(claims),
             _ => Err(PairingError::InvalidToken(TokenError::BadSignature)),
