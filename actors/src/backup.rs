@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::call::call_kept;
 use crate::clock::{Clock, Timestamp};
+use crate::digest::Sha256Digest;
 use crate::error::BackupError;
 use crate::ids::{BackupId, CoupleId, DeviceId};
 use crate::keeper::{Keeper, Slot};
@@ -49,8 +50,8 @@ pub struct Backups {
 pub struct UploadInfo {
     /// Opaque JSON metadata (already checked by the front end).
     pub meta: Option<String>,
-    /// The SHA-256 the client computed, lowercase hex; a mismatch discards the upload.
-    pub expected_sha256: Option<String>,
+    /// The SHA-256 the client computed; a mismatch discards the upload.
+    pub expected_sha256: Option<Sha256Digest>,
 }
 
 impl Backups {
@@ -150,7 +151,7 @@ impl Backups {
         };
         if info
             .expected_sha256
-            .is_some_and(|want| !want.eq_ignore_ascii_case(&record.sha256))
+            .is_some_and(|want| want != record.sha256)
         {
             if let Err(cause) = self.blobs.delete(&key).await {
                 tracing::warn!(cause = %cause, "failed to delete a rejected blob; the sweep will");
@@ -245,8 +246,8 @@ pub(crate) struct UploadLimits {
 pub(crate) struct Measured {
     /// Bytes that passed.
     pub size: u64,
-    /// Their SHA-256, lowercase hex.
-    pub sha256: String,
+    /// Their SHA-256.
+    pub sha256: Sha256Digest,
 }
 
 impl Meter {
@@ -314,7 +315,7 @@ impl Meter {
         let hasher = std::mem::take(&mut self.hasher);
         Measured {
             size: self.size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: Sha256Digest::from_bytes(hasher.finalize().into()),
         }
     }
 }
@@ -481,7 +482,7 @@ mod tests {
         let m = meter.lock().unwrap().finish();
         assert_eq!(m.size, 11);
         assert_eq!(
-            m.sha256,
+            m.sha256.to_string(),
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
     }

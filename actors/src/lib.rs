@@ -15,7 +15,8 @@
 //! The crate exposes handles and value types, re-exported here; the actors, their messages
 //! and their states are private. Only [`store`] (for other backends), [`token`] and
 //! [`metrics`] (for the front end's registry) are public modules.
-//! - `ids.rs`, [`token`], `clock.rs`: validated identifiers, secrets and time.
+//! - `ids.rs`, `digest.rs`, [`token`], `clock.rs`: validated identifiers, the SHA-256 digest,
+//!   secrets and time.
 //! - `error.rs`: one error enum per actor ([`RoomError`], [`PairingError`], [`BackupError`]).
 //! - `settings.rs`: TTLs and bounds ([`Settings`]); [`metrics`]: the domain's metric handles.
 //! - `mailbox.rs`: one device's ordered, bounded queue of signals.
@@ -33,6 +34,7 @@
 mod backup;
 mod call;
 mod clock;
+mod digest;
 mod domain;
 mod error;
 mod ids;
@@ -48,6 +50,7 @@ pub mod token;
 
 pub use backup::{Backups, ORPHAN_AGE, UploadInfo};
 pub use clock::{Clock, Timestamp};
+pub use digest::{DigestError, Sha256Digest};
 pub use domain::Domain;
 pub use error::{BackupError, PairingError, RoomError};
 pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};

@@ -19,6 +19,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::digest::Sha256Digest;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::token::{DeviceNonce, TokenHash};
 
@@ -95,8 +96,8 @@ pub struct BackupRecord {
     pub id: BackupId,
     /// Size of the ciphertext in bytes.
     pub size: u64,
-    /// SHA-256 of the ciphertext, lowercase hex: the `ETag`.
-    pub sha256: String,
+    /// SHA-256 of the ciphertext (lowercase hex when written): the `ETag`.
+    pub sha256: Sha256Digest,
     /// The client's opaque metadata (JSON text, at most 4 KiB), stored beside the blob.
     pub meta: Option<String>,
     /// The device that uploaded it.
