@@ -20,7 +20,8 @@
 //! - `error.rs`: one error enum per actor ([`RoomError`], [`PairingError`], [`BackupError`]).
 //! - `settings.rs`: TTLs and bounds ([`Settings`]); [`metrics`]: the domain's metric handles.
 //! - `mailbox.rs`: one device's ordered, bounded queue of signals.
-//! - `room.rs`: one couple's room actor and the events it sends a socket.
+//! - `room.rs`: one couple's room actor and the events it sends a socket; `room/dedupe.rs`:
+//!   its resend window; `room/persist.rs`: its background writes to the store.
 //! - `supervisor.rs`: the room supervisor and its handles [`Rooms`] and [`RoomLink`].
 //! - `pairing.rs`: the pairing actor and its handle [`Pairing`].
 //! - `backup.rs`: the backup actor, its handle [`Backups`] and the upload algorithm.

@@ -21,7 +21,7 @@ use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Payload, Signal};
 use crate::metrics::{DomainMetrics, Restarted};
-use crate::room::{Accepted, ConnId, Connection, Origin, RoomActor, RoomArgs, RoomMsg};
+use crate::room::{Accepted, ConnId, Connection, Origin, Relay, RoomActor, RoomArgs, RoomMsg};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -347,12 +347,14 @@ impl Rooms {
     ) -> Result<Accepted, RoomError> {
         let received = std::time::Instant::now();
         self.call_room(couple, |reply| RoomMsg::Send {
-            from: from.clone(),
-            to: Some(to.clone()),
-            payload: payload.clone(),
-            id: None,
+            relay: Relay {
+                from: from.clone(),
+                to: Some(to.clone()),
+                payload: payload.clone(),
+                id: None,
+                received,
+            },
             origin: Origin::Rest(reply),
-            received,
         })
         .await
     }
@@ -421,13 +423,16 @@ impl RoomLink {
         payload: Payload,
         id: Option<SignalId>,
     ) -> Result<(), RoomGone> {
-        Ok(self.room.cast(RoomMsg::Send {
+        let relay = Relay {
             from: self.device.clone(),
             to,
             payload,
             id,
-            origin: Origin::Socket(self.conn),
             received: std::time::Instant::now(),
+        };
+        Ok(self.room.cast(RoomMsg::Send {
+            relay,
+            origin: Origin::Socket(self.conn),
         })?)
     }
 
