@@ -661,7 +661,7 @@ impl Config {
                 "must be at most 3600 (acknowledgements are kept one hour)",
             ));
         }
-        if self.settings.backup_upload_timeout >= actors::backup::ORPHAN_AGE {
+        if self.settings.backup_upload_timeout >= actors::ORPHAN_AGE {
             return Err(invalid(
                 "BACKUP_UPLOAD_TIMEOUT_SECS",
                 self.settings.backup_upload_timeout.as_secs().to_string(),

@@ -1,32 +1,220 @@
-//! Encrypted backups. The ciphertext streams from the request straight into the blob store,
-//! measured and hashed on the way, outside any actor. The backup actor then publishes the
-//! metadata record (the blob is already durable, so "latest" never points at a partial
-//! upload) and applies retention; publishing goes through one actor so concurrent uploads of
-//! a couple cannot race the retention.
+//! Encrypted backups: the [`Backups`] handle, the upload algorithm it runs (see
+//! [`Backups::upload`]), the backup actor that publishes, and the orphan sweep the janitor
+//! runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 use sha2::{Digest, Sha256};
 
-use crate::clock::Timestamp;
+use crate::call::call_kept;
+use crate::clock::{Clock, Timestamp};
+use crate::digest::Sha256Digest;
 use crate::error::BackupError;
-use crate::store::{BackupRecord, BlobKey, BlobStore, ByteStream, Store, StoreError};
+use crate::ids::{BackupId, CoupleId, DeviceId};
+use crate::keeper::{Keeper, Slot};
+use crate::metrics::{DomainMetrics, Restarted};
+use crate::settings::Settings;
+use crate::store::{
+    BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store, StoreError,
+};
 
-impl From<StoreError> for BackupError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(cause = %e, "backup storage failed");
-        BackupError::StorageUnavailable
+/// What a caller of the store answers when the store fails: the cause is logged here, at
+/// the failed call, and the client hears only `storage_unavailable`.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "takes the error by value to be used as `map_err(storage_failed)`"
+)]
+fn storage_failed(e: StoreError) -> BackupError {
+    tracing::error!(cause = %e, "backup storage failed");
+    BackupError::StorageUnavailable
+}
+
+/// Handle to encrypted backups: streams uploads into the blob store and downloads out of it.
+#[derive(Clone)]
+pub struct Backups {
+    actor: Slot<BackupMsg>,
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Clock,
+    limits: UploadLimits,
+    uploads: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+/// What an upload declares besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct UploadInfo {
+    /// Opaque JSON metadata (already checked by the front end).
+    pub meta: Option<String>,
+    /// The SHA-256 the client computed; a mismatch discards the upload.
+    pub expected_sha256: Option<Sha256Digest>,
+}
+
+impl Backups {
+    /// Spawns the backup actor under its keeper; returns the handle and the keeper (stopped
+    /// at shutdown).
+    pub(crate) async fn start(
+        store: &Arc<dyn Store>,
+        blobs: &Arc<dyn BlobStore>,
+        settings: &Settings,
+        clock: &Clock,
+        metrics: &DomainMetrics,
+    ) -> Result<(Self, ActorRef<()>), SpawnErr> {
+        let args = BackupArgs {
+            store: Arc::clone(store),
+            blobs: Arc::clone(blobs),
+            retention: settings.backup_retention,
+        };
+        let (keeper, actor) =
+            Keeper::<BackupActor>::start(args, metrics.clone(), Restarted::Backup).await?;
+        let handle = Self {
+            actor,
+            store: Arc::clone(store),
+            blobs: Arc::clone(blobs),
+            clock: clock.clone(),
+            limits: UploadLimits {
+                max_bytes: settings.backup_max_bytes,
+                idle: settings.backup_idle_timeout,
+                total: settings.backup_upload_timeout,
+            },
+            uploads: Arc::new(tokio::sync::Semaphore::new(settings.backup_max_concurrent)),
+            timeout: settings.call_timeout,
+        };
+        Ok((handle, keeper))
+    }
+
+    /// The largest backup accepted.
+    #[must_use]
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
+    /// Streams `body` into storage and publishes it as the couple's latest backup. On any
+    /// failure (too large, checksum, client gone, storage) nothing is published and the blob
+    /// is deleted.
+    ///
+    /// 1. The ciphertext streams from the request straight into the blob store, outside
+    ///    any actor (at most `backup_max_concurrent` uploads at once). A `Meter` measures
+    ///    and hashes it on the way and cuts it off past the size limit, on a stalled client,
+    ///    or past the whole upload's deadline.
+    /// 2. The measured digest is compared with the one the client declared, if any; a
+    ///    mismatch deletes the blob.
+    /// 3. The backup actor publishes the metadata record (the blob is already durable, so
+    ///    "latest" never points at a partial upload) and applies retention; publishing goes
+    ///    through one actor so concurrent uploads of a couple cannot race the retention.
+    ///
+    /// A blob whose publish failed or timed out is left alone (the record may have been
+    /// written); if it was never published, the janitor's orphan sweep deletes it once it is
+    /// older than [`ORPHAN_AGE`].
+    pub async fn upload(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        info: UploadInfo,
+        body: ByteStream,
+    ) -> Result<BackupRecord, BackupError> {
+        let _slot = Arc::clone(&self.uploads)
+            .try_acquire_owned()
+            .map_err(|_| BackupError::Busy)?;
+        let key = BlobKey {
+            couple: couple.clone(),
+            backup: BackupId::generate(),
+        };
+        let (body, meter) = Meter::wrap(body, self.limits);
+        let written = self.blobs.put(&key, body).await;
+        let measured = {
+            let mut m = meter.lock().map_err(|_| BackupError::StorageUnavailable)?;
+            match (written, m.cut_off()) {
+                (Ok(()), _) => m.finish(),
+                (Err(_), Some(Cut::TooLarge)) => {
+                    return Err(BackupError::TooLarge {
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                (Err(_), Some(Cut::TooSlow)) => return Err(BackupError::TooSlow),
+                (Err(BlobError::Body(_)), None) => return Err(BackupError::Interrupted),
+                (Err(BlobError::Store(e)), None) => return Err(storage_failed(e)),
+            }
+        };
+        let record = BackupRecord {
+            couple: couple.clone(),
+            id: key.backup.clone(),
+            size: measured.size,
+            sha256: measured.sha256,
+            meta: info.meta,
+            uploaded_by: device.clone(),
+            created_at: self.clock.now(),
+        };
+        if info
+            .expected_sha256
+            .is_some_and(|want| want != record.sha256)
+        {
+            if let Err(cause) = self.blobs.delete(&key).await {
+                tracing::warn!(cause = %cause, "failed to delete a rejected blob; the sweep will");
+            }
+            return Err(BackupError::ChecksumMismatch);
+        }
+        let publish = |reply| BackupMsg::Publish {
+            record: record.clone(),
+            reply,
+        };
+        // On a failed or timed-out publish the record may still have been written, so the
+        // blob is left alone: if it was never published, the orphan sweep deletes it.
+        call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
+        Ok(record)
+    }
+
+    /// Test hook: makes the backup actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(BackupMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
+    }
+
+    /// The couple's backups, newest first.
+    pub async fn list(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, BackupError> {
+        self.store.backups(couple).await.map_err(storage_failed)
+    }
+
+    /// One backup's record: the latest when `id` is `None`.
+    pub async fn find(
+        &self,
+        couple: &CoupleId,
+        id: Option<&BackupId>,
+    ) -> Result<BackupRecord, BackupError> {
+        self.list(couple)
+            .await?
+            .into_iter()
+            .find(|b| id.is_none_or(|id| *id == b.id))
+            .ok_or(BackupError::NotFound)
+    }
+
+    /// Opens a published backup's bytes.
+    pub async fn open(&self, record: &BackupRecord) -> Result<Blob, BackupError> {
+        let key = BlobKey {
+            couple: record.couple.clone(),
+            backup: record.id.clone(),
+        };
+        // A blob can vanish between reading the record and opening it (retention): not found.
+        self.blobs
+            .get(&key)
+            .await
+            .map_err(storage_failed)?
+            .ok_or(BackupError::NotFound)
     }
 }
 
 /// Size and SHA-256 of a stream, measured while it passes; cuts it off past the size limit,
 /// when the client stalls, or when the upload takes too long.
 #[derive(Debug)]
-pub struct Meter {
+pub(crate) struct Meter {
     hasher: Sha256,
     size: u64,
     cut: Option<Cut>,
@@ -34,7 +222,7 @@ pub struct Meter {
 
 /// Why a [`Meter`] cut a stream off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// More bytes than the limit.
     TooLarge,
     /// No bytes for the idle timeout, or past the whole upload's deadline.
@@ -44,7 +232,7 @@ pub enum Cut {
 /// Bounds an upload stream: size, silence between chunks, and total duration. The total is
 /// kept below the orphan sweep's age, so the janitor never takes a live upload's parts.
 #[derive(Debug, Clone, Copy)]
-pub struct UploadLimits {
+pub(crate) struct UploadLimits {
     /// Most bytes.
     pub max_bytes: u64,
     /// Longest wait for the next chunk.
@@ -55,16 +243,16 @@ pub struct UploadLimits {
 
 /// What the meter saw once the stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Measured {
+pub(crate) struct Measured {
     /// Bytes that passed.
     pub size: u64,
-    /// Their SHA-256, lowercase hex.
-    pub sha256: String,
+    /// Their SHA-256.
+    pub sha256: Sha256Digest,
 }
 
 impl Meter {
     /// Wraps `body`; the returned handle reads the result after the stream was consumed.
-    pub fn wrap(body: ByteStream, limits: UploadLimits) -> (ByteStream, Arc<Mutex<Meter>>) {
+    pub(crate) fn wrap(body: ByteStream, limits: UploadLimits) -> (ByteStream, Arc<Mutex<Meter>>) {
         let meter = Arc::new(Mutex::new(Meter {
             hasher: Sha256::new(),
             size: 0,
@@ -117,24 +305,24 @@ impl Meter {
 
     /// Why the stream was cut off, if it was.
     #[must_use]
-    pub fn cut_off(&self) -> Option<Cut> {
+    pub(crate) fn cut_off(&self) -> Option<Cut> {
         self.cut
     }
 
     /// The result (consumes the hash state).
     #[must_use]
-    pub fn finish(&mut self) -> Measured {
+    pub(crate) fn finish(&mut self) -> Measured {
         let hasher = std::mem::take(&mut self.hasher);
         Measured {
             size: self.size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: Sha256Digest::from_bytes(hasher.finalize().into()),
         }
     }
 }
 
 /// Requests to the backup actor.
 #[derive(Debug)]
-pub enum BackupMsg {
+pub(crate) enum BackupMsg {
     /// Test hook: make the actor panic, to exercise its restart.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -149,11 +337,11 @@ pub enum BackupMsg {
 
 /// The backup actor.
 #[derive(Default)]
-pub struct BackupActor;
+pub(crate) struct BackupActor;
 
 /// What the backup actor works with (cloned into each restart).
 #[derive(Clone)]
-pub struct BackupArgs {
+pub(crate) struct BackupArgs {
     /// Metadata.
     pub store: Arc<dyn Store>,
     /// Ciphertext.
@@ -167,14 +355,17 @@ impl BackupArgs {
     /// applies retention. A retention failure does not undo the publish; the next publish
     /// (or the orphan sweep, for blobs) finishes the job.
     async fn publish(&self, record: BackupRecord) -> Result<(), BackupError> {
-        self.store.insert_backup(&record).await?;
+        self.store
+            .insert_backup(&record)
+            .await
+            .map_err(storage_failed)?;
         if let Err(e) = self.apply_retention(&record.couple).await {
             tracing::warn!(cause = %e, "retention failed; it is retried on the next upload");
         }
         Ok(())
     }
 
-    async fn apply_retention(&self, couple: &crate::ids::CoupleId) -> Result<(), StoreError> {
+    async fn apply_retention(&self, couple: &CoupleId) -> Result<(), StoreError> {
         let kept = self.store.backups(couple).await?;
         for old in kept.into_iter().skip(self.retention) {
             self.store.delete_backup(&old.couple, &old.id).await?;
@@ -224,7 +415,7 @@ impl Actor for BackupActor {
 /// Deletes blobs that no published record points to: leftovers of uploads interrupted after
 /// their blob was written, or of a retention step cut short. With `older_than`, only blobs
 /// written before that instant are considered (a younger one may be about to be published).
-pub async fn sweep_orphans(
+pub(crate) async fn sweep_orphans(
     store: &dyn Store,
     blobs: &dyn BlobStore,
     older_than: Option<Timestamp>,
@@ -291,7 +482,7 @@ mod tests {
         let m = meter.lock().unwrap().finish();
         assert_eq!(m.size, 11);
         assert_eq!(
-            m.sha256,
+            m.sha256.to_string(),
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
     }

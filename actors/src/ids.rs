@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Longest identifier accepted from a client.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 
 /// Why a client-supplied identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

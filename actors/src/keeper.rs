@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::metrics::{DomainMetrics, Restarted};
 
 /// Where handles find the current instance of a kept actor.
-pub struct Slot<M>(watch::Receiver<Option<ActorRef<M>>>);
+pub(crate) struct Slot<M>(watch::Receiver<Option<ActorRef<M>>>);
 
 impl<M> Clone for Slot<M> {
     fn clone(&self) -> Self {
@@ -22,12 +22,13 @@ impl<M> Clone for Slot<M> {
 impl<M: ractor::Message> Slot<M> {
     /// The running instance (`None` only while a restart is failing).
     #[must_use]
-    pub fn current(&self) -> Option<ActorRef<M>> {
+    pub(crate) fn current(&self) -> Option<ActorRef<M>> {
         self.0.borrow().clone()
     }
 
     /// Waits until an instance other than `old` is published (tests: after a fault).
-    pub async fn replaced(&mut self, old: ractor::ActorId) {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) async fn replaced(&mut self, old: ractor::ActorId) {
         loop {
             if self
                 .0
@@ -45,7 +46,7 @@ impl<M: ractor::Message> Slot<M> {
 }
 
 /// What a keeper is started with.
-pub struct KeeperArgs<A: Actor> {
+pub(crate) struct KeeperArgs<A: Actor> {
     args: A::Arguments,
     metrics: DomainMetrics,
     which: Restarted,
@@ -53,10 +54,10 @@ pub struct KeeperArgs<A: Actor> {
 }
 
 /// The keeper actor of one singleton of type `A`.
-pub struct Keeper<A>(PhantomData<fn() -> A>);
+pub(crate) struct Keeper<A>(PhantomData<fn() -> A>);
 
 /// What a keeper holds.
-pub struct KeeperState<A: Actor> {
+pub(crate) struct KeeperState<A: Actor> {
     args: A::Arguments,
     metrics: DomainMetrics,
     which: Restarted,
@@ -71,7 +72,7 @@ where
 {
     /// Starts the keeper and its first child; returns the keeper and the slot to read.
     /// Restarts are counted as `which`.
-    pub async fn start(
+    pub(crate) async fn start(
         args: A::Arguments,
         metrics: DomainMetrics,
         which: Restarted,

@@ -56,7 +56,7 @@ pub struct Signal {
 
 /// A mailbox slot.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The signal.
     pub signal: Arc<Signal>,
     /// Whether a copy is (or is being) written to the store, so an ack must reach the store too.
@@ -74,7 +74,7 @@ pub struct MailboxLimits {
 
 /// What an acknowledgement removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Acked {
+pub(crate) struct Acked {
     /// How many signals were removed.
     pub removed: usize,
     /// Whether any removed signal had a copy in the store.
@@ -83,7 +83,7 @@ pub struct Acked {
 
 /// An ordered queue of unacknowledged signals for one device.
 #[derive(Debug, Default)]
-pub struct Mailbox {
+pub(crate) struct Mailbox {
     entries: VecDeque<Entry>,
     bytes: usize,
 }
@@ -91,12 +91,12 @@ pub struct Mailbox {
 impl Mailbox {
     /// Whether a signal of `len` payload bytes fits.
     #[must_use]
-    pub fn has_room(&self, len: usize, limits: MailboxLimits) -> bool {
+    pub(crate) fn has_room(&self, len: usize, limits: MailboxLimits) -> bool {
         self.entries.len() < limits.max_signals && self.bytes + len <= limits.max_bytes
     }
 
     /// Appends a signal. Callers check [`Mailbox::has_room`] first and push in seq order.
-    pub fn push(&mut self, entry: Entry) {
+    pub(crate) fn push(&mut self, entry: Entry) {
         debug_assert!(
             self.entries
                 .back()
@@ -107,7 +107,7 @@ impl Mailbox {
     }
 
     /// Cumulative acknowledgement: drops every signal with `seq <= up_to`.
-    pub fn ack(&mut self, up_to: Seq) -> Acked {
+    pub(crate) fn ack(&mut self, up_to: Seq) -> Acked {
         let mut acked = Acked::default();
         while let Some(front) = self.entries.front() {
             if front.signal.seq > up_to {
@@ -123,7 +123,7 @@ impl Mailbox {
 
     /// Drops signals whose TTL has passed; returns how many of them had no copy in the store
     /// (a stored copy is counted when the store purges it).
-    pub fn expire(&mut self, now: Timestamp) -> u64 {
+    pub(crate) fn expire(&mut self, now: Timestamp) -> u64 {
         let mut only_here = 0;
         self.entries.retain(|e| {
             let keep = e.signal.expires_at > now;
@@ -135,7 +135,7 @@ impl Mailbox {
     }
 
     /// Removes one signal (a write that failed); returns whether it was there.
-    pub fn remove(&mut self, seq: Seq) -> bool {
+    pub(crate) fn remove(&mut self, seq: Seq) -> bool {
         let Some(pos) = self.entries.iter().position(|e| e.signal.seq == seq) else {
             return false;
         };
@@ -146,26 +146,26 @@ impl Mailbox {
     }
 
     /// Notes that a signal is being written to the store.
-    pub fn mark_on_disk(&mut self, seq: Seq) {
+    pub(crate) fn mark_on_disk(&mut self, seq: Seq) {
         if let Some(e) = self.entries.iter_mut().rev().find(|e| e.signal.seq == seq) {
             e.on_disk = true;
         }
     }
 
     /// Notes that a write of a signal failed, so it is written again later.
-    pub fn mark_in_memory(&mut self, seq: Seq) {
+    pub(crate) fn mark_in_memory(&mut self, seq: Seq) {
         if let Some(e) = self.entries.iter_mut().rev().find(|e| e.signal.seq == seq) {
             e.on_disk = false;
         }
     }
 
     /// Every waiting signal, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
 
     /// Signals with no copy in the store yet, marking them as written (the caller writes them).
-    pub fn take_unpersisted(&mut self) -> Vec<Arc<Signal>> {
+    pub(crate) fn take_unpersisted(&mut self) -> Vec<Arc<Signal>> {
         self.entries
             .iter_mut()
             .filter(|e| !e.on_disk)
@@ -178,13 +178,14 @@ impl Mailbox {
 
     /// Number of waiting signals.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether nothing is waiting.
+    #[cfg(test)]
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }

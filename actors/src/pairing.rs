@@ -1,19 +1,28 @@
 //! The pairing actor: creates couples, opens pairings and lets a second device confirm one.
 //! All pairing state changes go through this one actor, so the attempt counter and the
-//! single-use rule cannot race.
+//! single-use rule cannot race. It tells running rooms about new and revoked devices through
+//! the [`Rooms`] handle.
+//!
+//! Beside it is its handle, [`Pairing`]: pairing calls go to the actor (restarted by its
+//! keeper when it fails), while token checks read the store directly.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr};
 
+use crate::call::call_kept;
 use crate::clock::{Clock, Timestamp};
 use crate::error::PairingError;
 use crate::ids::{CoupleId, DeviceId};
-use crate::room::RoomMsg;
+use crate::keeper::{Keeper, Slot};
+use crate::metrics::{DomainMetrics, Restarted};
 use crate::settings::Settings;
 use crate::store::{DeviceRecord, PairingRecord, Store, StoreError};
-use crate::supervisor::SupervisorMsg;
-use crate::token::{DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims};
+use crate::supervisor::Rooms;
+use crate::token::{
+    DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError,
+};
 
 /// How long a pairing record (its token hash and counters) outlives its expiry, so a late
 /// confirm still gets `pairing_expired` or `pairing_used` rather than `pairing_not_found`.
@@ -43,7 +52,7 @@ pub struct Confirmed {
 
 /// Requests to the pairing actor.
 #[derive(Debug)]
-pub enum PairingMsg {
+pub(crate) enum PairingMsg {
     /// Start a pairing: for a new couple, or (with `by`) for one more device of an existing one.
     Initiate {
         /// The initiating device.
@@ -80,11 +89,11 @@ pub enum PairingMsg {
 
 /// The pairing actor.
 #[derive(Default)]
-pub struct PairingActor;
+pub(crate) struct PairingActor;
 
 /// What the pairing actor works with (cloned into each restart).
 #[derive(Clone)]
-pub struct PairingArgs {
+pub(crate) struct PairingArgs {
     /// Where couples, devices and pairings persist.
     pub store: Arc<dyn Store>,
     /// Signs device tokens.
@@ -93,15 +102,19 @@ pub struct PairingArgs {
     pub settings: Settings,
     /// Time source.
     pub clock: Clock,
-    /// Told about new devices so a running room knows them.
-    pub rooms: ActorRef<SupervisorMsg>,
+    /// Told about new and revoked devices so a running room knows them.
+    pub rooms: Rooms,
 }
 
-impl From<StoreError> for PairingError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(cause = %e, "pairing storage failed");
-        PairingError::StorageUnavailable
-    }
+/// What a caller of the store answers when the store fails: the cause is logged here, at
+/// the failed call, and the client hears only `storage_unavailable`.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "takes the error by value to be used as `map_err(storage_failed)`"
+)]
+fn storage_failed(e: StoreError) -> PairingError {
+    tracing::error!(cause = %e, "pairing storage failed");
+    PairingError::StorageUnavailable
 }
 
 impl PairingArgs {
@@ -134,14 +147,22 @@ impl PairingArgs {
             if claims.device != device {
                 return Err(PairingError::WrongDevice);
             }
-            let count = self.store.devices(&claims.couple).await?.len();
+            let count = self
+                .store
+                .devices(&claims.couple)
+                .await
+                .map_err(storage_failed)?
+                .len();
             if count >= self.settings.max_devices_per_couple {
                 return Err(PairingError::CoupleFull {
                     max: self.settings.max_devices_per_couple,
                 });
             }
             let pairing = self.new_pairing(&claims.couple, &pairing_token, now);
-            self.store.put_pairing(&pairing).await?;
+            self.store
+                .put_pairing(&pairing)
+                .await
+                .map_err(storage_failed)?;
             (claims.couple, claims.nonce, pairing)
         } else {
             let couple = CoupleId::generate();
@@ -155,7 +176,8 @@ impl PairingArgs {
             };
             self.store
                 .save_device_and_pairing(&record, &pairing)
-                .await?;
+                .await
+                .map_err(storage_failed)?;
             (couple, nonce, pairing)
         };
         let device_token = self.secret.issue(&couple, &device, &nonce);
@@ -179,14 +201,18 @@ impl PairingArgs {
         let mut pairing = self
             .store
             .pairing(&couple)
-            .await?
+            .await
+            .map_err(storage_failed)?
             .ok_or(PairingError::NotFound)?;
         if pairing.failed_attempts >= self.settings.pairing_max_attempts {
             return Err(PairingError::Burned);
         }
         if !pairing.token_hash.matches(&token.hash()) {
             pairing.failed_attempts += 1;
-            self.store.put_pairing(&pairing).await?;
+            self.store
+                .put_pairing(&pairing)
+                .await
+                .map_err(storage_failed)?;
             return Err(
                 if pairing.failed_attempts >= self.settings.pairing_max_attempts {
                     PairingError::Burned
@@ -201,7 +227,7 @@ impl PairingArgs {
         if pairing.expires_at <= now {
             return Err(PairingError::Expired);
         }
-        let devices = self.store.devices(&couple).await?;
+        let devices = self.store.devices(&couple).await.map_err(storage_failed)?;
         if devices.iter().any(|d| d.device == device) {
             return Err(PairingError::DeviceTaken);
         }
@@ -220,11 +246,9 @@ impl PairingArgs {
         pairing.consumed = true;
         self.store
             .save_device_and_pairing(&record, &pairing)
-            .await?;
-        let _ = self.rooms.cast(SupervisorMsg::Forward {
-            couple: couple.clone(),
-            msg: RoomMsg::DeviceAdded(device.clone()),
-        });
+            .await
+            .map_err(storage_failed)?;
+        self.rooms.device_added(couple.clone(), device.clone());
         let device_token = self.secret.issue(&couple, &device, &nonce);
         Ok(Confirmed {
             couple,
@@ -238,14 +262,20 @@ impl PairingArgs {
         if by.device == device {
             return Err(PairingError::SelfRevocation);
         }
-        if self.store.device(&by.couple, &device).await?.is_none() {
+        if self
+            .store
+            .device(&by.couple, &device)
+            .await
+            .map_err(storage_failed)?
+            .is_none()
+        {
             return Err(PairingError::UnknownDevice);
         }
-        self.store.remove_device(&by.couple, &device).await?;
-        let _ = self.rooms.cast(SupervisorMsg::Forward {
-            couple: by.couple.clone(),
-            msg: RoomMsg::DeviceRevoked(device),
-        });
+        self.store
+            .remove_device(&by.couple, &device)
+            .await
+            .map_err(storage_failed)?;
+        self.rooms.device_revoked(by.couple.clone(), device);
         Ok(())
     }
 }
@@ -288,5 +318,127 @@ impl Actor for PairingActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Handle to pairing and authentication.
+#[derive(Clone)]
+pub struct Pairing {
+    actor: Slot<PairingMsg>,
+    store: Arc<dyn Store>,
+    secret: SigningSecret,
+    timeout: Duration,
+}
+
+impl Pairing {
+    /// Spawns the pairing actor under its keeper; returns the handle and the keeper (stopped
+    /// at shutdown).
+    pub(crate) async fn start(
+        store: &Arc<dyn Store>,
+        secret: SigningSecret,
+        settings: &Settings,
+        clock: &Clock,
+        rooms: Rooms,
+        metrics: &DomainMetrics,
+    ) -> Result<(Self, ActorRef<()>), SpawnErr> {
+        let args = PairingArgs {
+            store: Arc::clone(store),
+            secret: secret.clone(),
+            settings: settings.clone(),
+            clock: clock.clone(),
+            rooms,
+        };
+        let (keeper, actor) =
+            Keeper::<PairingActor>::start(args, metrics.clone(), Restarted::Pairing).await?;
+        let handle = Self {
+            actor,
+            store: Arc::clone(store),
+            secret,
+            timeout: settings.call_timeout,
+        };
+        Ok((handle, keeper))
+    }
+
+    /// Starts a pairing. With the bearer token of a paired device it adds a device to that
+    /// device's couple; without, it creates a couple.
+    pub async fn initiate(
+        &self,
+        device: DeviceId,
+        bearer: Option<&DeviceToken>,
+    ) -> Result<Initiated, PairingError> {
+        let by = match bearer {
+            Some(t) => Some(self.authenticate(t).await?),
+            None => None,
+        };
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Initiate { device, by, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Confirms a pairing with its one-time token.
+    pub async fn confirm(
+        &self,
+        couple: CoupleId,
+        token: PairingToken,
+        device: DeviceId,
+    ) -> Result<Confirmed, PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Confirm {
+                couple,
+                token,
+                device,
+                reply,
+            },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Test hook: makes the pairing actor panic and waits until its keeper has restarted it.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self) {
+        let mut slot = self.actor.clone();
+        if let Some(actor) = slot.current() {
+            let _ = actor.cast(PairingMsg::Panic);
+            slot.replaced(actor.get_id()).await;
+        }
+    }
+
+    /// Revokes `device` of the caller's couple: its token stops working and its socket is
+    /// closed at once.
+    pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::Revoke { by, device, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// The devices of a couple.
+    pub async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, PairingError> {
+        self.store.devices(couple).await.map_err(storage_failed)
+    }
+
+    /// Verifies a device token: the signature (constant time) and that the device is still
+    /// registered with the same nonce. Read-only, so it does not queue behind pairing work.
+    pub async fn authenticate(&self, token: &DeviceToken) -> Result<TokenClaims, PairingError> {
+        let claims = self.secret.verify(token)?;
+        let device = self
+            .store
+            .device(&claims.couple, &claims.device)
+            .await
+            .map_err(storage_failed)?;
+        match device {
+            Some(d) if d.nonce == claims.nonce => Ok(claims),
+            _ => Err(PairingError::InvalidToken(TokenError::BadSignature)),
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! The room of one couple: owns the bounded senders of its connected sockets and the ordered
 //! mailbox of each of its devices. Relaying between connected devices touches no storage;
 //! only signals for a device that is not connected are written, off the actor's hot path.
+//!
+//! Its sub-states have modules of their own: `room/dedupe.rs`, the resend window (a signal id
+//! is taken, or its write is in flight and resends wait for it); `room/persist.rs`, the
+//! background writes to the store and their count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +20,15 @@ use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Entry, Mailbox, MailboxLimits, Payload, Signal};
 use crate::metrics::{DomainMetrics, GaugeShare, Transport};
 use crate::settings::Settings;
-use crate::store::{Store, StoredSignal};
+use crate::store::Store;
 use crate::supervisor::SupervisorMsg;
+
+mod dedupe;
+mod persist;
+
+use dedupe::{Lookup, ResendWindow};
+pub(crate) use persist::PersistJob;
+use persist::{Waiter, Writes};
 
 /// Sequence numbers are `epoch << EPOCH_SHIFT | counter`: each room activation takes a new
 /// epoch from the store, so numbers keep increasing across restarts without a write per signal.
@@ -95,7 +106,7 @@ pub struct Accepted {
 
 /// Where the answer to a send goes.
 #[derive(Debug)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// A connected socket: `accepted` or `error` is pushed to it as an event.
     Socket(ConnId),
     /// A REST request waiting for its reply.
@@ -113,7 +124,7 @@ impl Origin {
 
 /// A request to one room.
 #[derive(Debug)]
-pub enum RoomMsg {
+pub(crate) enum RoomMsg {
     /// Connect a socket for `device`; `last_seq` acknowledges everything up to it first.
     Join {
         /// The authenticated device.
@@ -134,18 +145,10 @@ pub enum RoomMsg {
     },
     /// Relay a signal to one device (`to`) or to every other device of the couple.
     Send {
-        /// The authenticated sender.
-        from: DeviceId,
-        /// One recipient, or `None` for all other devices.
-        to: Option<DeviceId>,
-        /// The opaque payload.
-        payload: Payload,
-        /// For de-duplication of resends.
-        id: Option<SignalId>,
+        /// The signal.
+        relay: Relay,
         /// Where the answer goes.
         origin: Origin,
-        /// When the front end received it.
-        received: std::time::Instant,
     },
     /// Cumulative acknowledgement of a device's mailbox.
     Ack {
@@ -183,35 +186,23 @@ pub enum RoomMsg {
     Panic,
 }
 
-/// A batch of signals being written for offline recipients, and who waits for it.
-#[derive(Debug)]
-pub struct PersistJob {
-    signals: Vec<(DeviceId, Arc<Signal>)>,
-    waiter: Option<Waiter>,
-}
-
-/// The sender waiting for a write before it is told "accepted".
-#[derive(Debug)]
-struct Waiter {
-    from: DeviceId,
-    origin: Origin,
-    accepted: Accepted,
-    /// The id the client gave: a socket hears `accepted` only for signals that carried one.
-    client_id: Option<SignalId>,
-    dedupe_key: Option<(DeviceId, SignalId)>,
-}
-
 /// A signal to relay, as [`RoomMsg::Send`] carries it.
-struct Relay {
-    from: DeviceId,
-    to: Option<DeviceId>,
-    payload: Payload,
-    id: Option<SignalId>,
-    received: std::time::Instant,
+#[derive(Debug)]
+pub(crate) struct Relay {
+    /// The authenticated sender.
+    pub(crate) from: DeviceId,
+    /// One recipient, or `None` for all other devices.
+    pub(crate) to: Option<DeviceId>,
+    /// The opaque payload.
+    pub(crate) payload: Payload,
+    /// For de-duplication of resends.
+    pub(crate) id: Option<SignalId>,
+    /// When the front end received it.
+    pub(crate) received: std::time::Instant,
 }
 
 /// What a room is started with.
-pub struct RoomArgs {
+pub(crate) struct RoomArgs {
     /// Whose room.
     pub couple: CoupleId,
     /// Where mailboxes persist.
@@ -227,22 +218,13 @@ pub struct RoomArgs {
 }
 
 /// The actor. Holds nothing; all mutable data is in [`RoomState`].
-pub struct RoomActor;
+pub(crate) struct RoomActor;
 
 /// One device of the couple as the room sees it.
 #[derive(Default)]
 struct Member {
     mailbox: Mailbox,
     conn: Option<Connection>,
-}
-
-/// A resend window entry: an id seen recently and the seq it got.
-struct Seen {
-    seq: Seq,
-    expires_at: Timestamp,
-    /// While the original's write is in flight, resends wait here for its outcome instead of
-    /// hearing "accepted" before the signal is durable.
-    pending: Option<Vec<Origin>>,
 }
 
 /// What validating a send found.
@@ -256,13 +238,15 @@ enum Checked {
 }
 
 /// Everything a room owns.
-pub struct RoomState {
+pub(crate) struct RoomState {
     args: RoomArgs,
     epoch: u64,
     counter: u64,
     members: HashMap<DeviceId, Member>,
-    seen: HashMap<(DeviceId, SignalId), Seen>,
-    writes_in_flight: usize,
+    /// Signal ids seen recently, so a resend is not delivered twice.
+    resends: ResendWindow<Origin>,
+    /// Background writes to the store.
+    writes: Writes,
     last_active: Instant,
     closing: bool,
     /// This room in `rooms_active`, and its mailboxes in `mailbox_signals`; both are taken
@@ -287,12 +271,12 @@ impl Actor for RoomActor {
             _running: args.metrics.room_guard(),
             mailbox_depth: args.metrics.mailbox_share(),
             span: tracing::info_span!("room", couple_id = %args.couple),
+            writes: Writes::new(Arc::clone(&args.store), args.couple.clone()),
             args,
             epoch: 0,
             counter: 0,
             members: HashMap::new(),
-            seen: HashMap::new(),
-            writes_in_flight: 0,
+            resends: ResendWindow::default(),
             last_active: Instant::now(),
             closing: false,
         })
@@ -360,7 +344,7 @@ impl Actor for RoomActor {
     ) -> Result<(), ActorProcessingErr> {
         // With writes still in flight their outcome will never be seen, so write everything
         // (writes are idempotent, and stored acks hide what was acknowledged meanwhile).
-        let everything = st.writes_in_flight > 0;
+        let everything = st.writes.in_flight();
         let pending: Vec<_> = st
             .members
             .iter_mut()
@@ -374,10 +358,7 @@ impl Actor for RoomActor {
             })
             .collect();
         if !pending.is_empty() {
-            let records = st.records(&pending);
-            if let Err(e) = st.args.store.put_signals(&records).await {
-                tracing::error!(couple_id = %st.args.couple, cause = %e, "failed to flush mailboxes on stop");
-            }
+            st.writes.flush(&pending).await;
         }
         Ok(())
     }
@@ -413,23 +394,7 @@ impl RoomState {
                 let _ = reply.send(Ok(()));
             }
             RoomMsg::Leave { device, conn } => self.leave(me, &device, conn),
-            RoomMsg::Send {
-                from,
-                to,
-                payload,
-                id,
-                origin,
-                received,
-            } => {
-                let relay = Relay {
-                    from,
-                    to,
-                    payload,
-                    id,
-                    received,
-                };
-                self.send(me, relay, origin).await?;
-            }
+            RoomMsg::Send { relay, origin } => self.send(me, relay, origin).await?,
             RoomMsg::Ack { device, up_to } => self.ack(&device, up_to),
             RoomMsg::Fetch {
                 device,
@@ -485,7 +450,7 @@ impl RoomState {
     }
 
     fn is_idle(&self) -> bool {
-        self.writes_in_flight == 0 && self.members.values().all(|m| m.conn.is_none())
+        !self.writes.in_flight() && self.members.values().all(|m| m.conn.is_none())
     }
 
     fn connected_peers(&self, except: &DeviceId) -> Vec<DeviceId> {
@@ -546,7 +511,7 @@ impl RoomState {
             .map(|s| (device.clone(), s))
             .collect();
         if !unwritten.is_empty() {
-            self.spawn_write(
+            self.writes.spawn_write(
                 me,
                 PersistJob {
                     signals: unwritten,
@@ -616,7 +581,7 @@ impl RoomState {
             self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
         }
         if self.members.remove(device).is_some() {
-            self.spawn_ack(device, self.clamp(Seq(u64::MAX)));
+            self.writes.spawn_ack(device, self.clamp(Seq(u64::MAX)));
         }
     }
 
@@ -683,8 +648,8 @@ impl RoomState {
                 return Ok(());
             }
             Ok(Checked::DuplicatePending) => {
-                if let Some(seen) = id.and_then(|id| self.seen.get_mut(&(from, id))) {
-                    seen.pending.get_or_insert_with(Vec::new).push(origin);
+                if let Some(id) = id {
+                    self.resends.wait(&(from, id), origin);
                 }
                 return Ok(());
             }
@@ -707,13 +672,10 @@ impl RoomState {
         });
         let offline = self.deliver(me, recipients, &signal, received);
         let dedupe_key = (from.clone(), id.clone());
-        self.seen.insert(
+        self.resends.taken(
             dedupe_key.clone(),
-            Seen {
-                seq,
-                expires_at: now.plus(self.args.settings.dedupe_window),
-                pending: None,
-            },
+            seq,
+            now.plus(self.args.settings.dedupe_window),
         );
         let accepted = Accepted { id, seq };
         // Recipients that were kicked while pushing had their mailbox written by `disconnect`;
@@ -737,10 +699,8 @@ impl RoomState {
                 (d, Arc::clone(&signal))
             })
             .collect();
-        if let Some(seen) = self.seen.get_mut(&dedupe_key) {
-            seen.pending = Some(Vec::new());
-        }
-        self.spawn_write(
+        self.resends.writing(&dedupe_key);
+        self.writes.spawn_write(
             me,
             PersistJob {
                 signals,
@@ -799,15 +759,13 @@ impl RoomState {
             return Err(RoomError::PayloadTooLarge { limit });
         }
         if let Some(id) = id {
-            let key = (from.clone(), id.clone());
-            if let Some(seen) = self.seen.get(&key).filter(|s| s.expires_at > now) {
-                if seen.pending.is_some() {
-                    return Ok(Checked::DuplicatePending);
+            match self.resends.lookup(&(from.clone(), id.clone()), now) {
+                Lookup::New => {}
+                Lookup::Taken(seq) => {
+                    let id = id.clone();
+                    return Ok(Checked::Duplicate(Accepted { id, seq }));
                 }
-                return Ok(Checked::Duplicate(Accepted {
-                    id: id.clone(),
-                    seq: seen.seq,
-                }));
+                Lookup::Writing => return Ok(Checked::DuplicatePending),
             }
         }
         self.members.entry(from.clone()).or_default();
@@ -867,55 +825,9 @@ impl RoomState {
         }
     }
 
-    fn records(&self, signals: &[(DeviceId, Arc<Signal>)]) -> Vec<StoredSignal> {
-        signals
-            .iter()
-            .map(|(to, s)| StoredSignal {
-                couple: self.args.couple.clone(),
-                to: to.clone(),
-                seq: s.seq,
-                id: s.id.clone(),
-                from: s.from.clone(),
-                payload: s.payload.as_str().to_owned(),
-                created_at: s.created_at,
-                expires_at: s.expires_at,
-            })
-            .collect()
-    }
-
-    /// Writes signals in a task of its own; the result comes back as [`RoomMsg::Persisted`].
-    fn spawn_write(&mut self, me: &ActorRef<RoomMsg>, job: PersistJob) {
-        self.writes_in_flight += 1;
-        let records = self.records(&job.signals);
-        let store = Arc::clone(&self.args.store);
-        let couple = self.args.couple.clone();
-        let me = me.clone();
-        tokio::spawn(async move {
-            let ok = match store.put_signals(&records).await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(couple_id = %couple, cause = %e, "failed to persist signals");
-                    false
-                }
-            };
-            // The room may be gone (panic); the write stands and is loaded by its successor.
-            let _ = me.cast(RoomMsg::Persisted { job, ok });
-        });
-    }
-
-    fn spawn_ack(&self, device: &DeviceId, up_to: Seq) {
-        let store = Arc::clone(&self.args.store);
-        let (couple, device) = (self.args.couple.clone(), device.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store.ack_signals(&couple, &device, up_to).await {
-                tracing::warn!(couple_id = %couple, cause = %e, "failed to record ack; signals may be redelivered");
-            }
-        });
-    }
-
     /// A background write finished: answer the waiting sender, or undo the signal on failure.
     fn persisted(&mut self, me: &ActorRef<RoomMsg>, job: PersistJob, ok: bool) {
-        self.writes_in_flight -= 1;
+        self.writes.finished();
         let Some(waiter) = job.waiter else {
             if !ok {
                 // A flush nobody waits for: mark the signals unwritten so the flush on stop
@@ -929,11 +841,13 @@ impl RoomState {
             return;
         };
         let id = waiter.client_id;
-        // Resends that arrived during the write hear the same outcome as the original.
-        let resends = waiter.dedupe_key.as_ref().and_then(|key| {
-            let seen = self.seen.get_mut(key)?;
-            seen.pending.take()
-        });
+        // Resends that arrived during the write hear the same outcome as the original; after
+        // a failure the id is forgotten, so a later resend is a fresh signal.
+        let resends = match &waiter.dedupe_key {
+            Some(key) if ok => self.resends.written(key),
+            Some(key) => self.resends.failed(key),
+            None => Vec::new(),
+        };
         let result = if ok {
             Ok(waiter.accepted)
         } else {
@@ -942,12 +856,9 @@ impl RoomState {
                     m.mailbox.remove(s.seq);
                 }
             }
-            if let Some(key) = &waiter.dedupe_key {
-                self.seen.remove(key);
-            }
             Err(RoomError::StorageUnavailable)
         };
-        for origin in resends.into_iter().flatten() {
+        for origin in resends {
             self.answer(me, &waiter.from, origin, id.clone(), result.clone());
         }
         self.answer(me, &waiter.from, waiter.origin, id, result);
@@ -964,7 +875,7 @@ impl RoomState {
         if let Some(m) = self.members.get_mut(device)
             && m.mailbox.ack(up_to).touched_disk
         {
-            self.spawn_ack(device, up_to);
+            self.writes.spawn_ack(device, up_to);
         }
     }
 
@@ -983,7 +894,7 @@ impl RoomState {
         for m in self.members.values_mut() {
             self.args.metrics.signals_expired(m.mailbox.expire(now));
         }
-        self.seen.retain(|_, s| s.expires_at > now);
+        self.resends.expire(now);
         if self.is_idle() && self.last_active.elapsed() >= self.args.settings.room_idle_after {
             let _ = self.args.supervisor.cast(SupervisorMsg::RoomIdle {
                 couple: self.args.couple.clone(),

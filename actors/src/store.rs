@@ -1,14 +1,17 @@
-//! What the domain needs from persistence, as one trait, so the actors do not know which
-//! database sits behind them. [`embedded::EmbeddedStore`] is the default; other backends
-//! implement the same trait and pass the same conformance tests.
+//! What the domain needs from persistence, as traits ([`Store`] for records, [`BlobStore`]
+//! for backup bytes), so the actors do not know which database sits behind them.
+//! [`embedded::EmbeddedStore`] and [`files::FileBlobs`] are the defaults; other backends
+//! implement the same traits and pass the same conformance tests. The [`Storage`] handle
+//! reports the backends' health.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 pub mod files;
-pub mod measured;
+pub(crate) mod measured;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::digest::Sha256Digest;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::token::{DeviceNonce, TokenHash};
 
@@ -92,8 +96,8 @@ pub struct BackupRecord {
     pub id: BackupId,
     /// Size of the ciphertext in bytes.
     pub size: u64,
-    /// SHA-256 of the ciphertext, lowercase hex: the `ETag`.
-    pub sha256: String,
+    /// SHA-256 of the ciphertext (lowercase hex when written): the `ETag`.
+    pub sha256: Sha256Digest,
     /// The client's opaque metadata (JSON text, at most 4 KiB), stored beside the blob.
     pub meta: Option<String>,
     /// The device that uploaded it.
@@ -278,4 +282,48 @@ pub trait Store: Send + Sync + 'static {
 
     /// Unpublishes a backup (retention); its blob is deleted afterwards.
     async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError>;
+}
+
+/// Handle to the storage backends' health, for `/health` and logs.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+}
+
+/// One backend's name and whether it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// `embedded`, `mongodb`, `files`, `gridfs`, `s3`.
+    pub backend: &'static str,
+    /// Whether it answered a ping just now.
+    pub ok: bool,
+}
+
+impl Storage {
+    /// A handle over the (measured) backends the domain runs on.
+    pub(crate) fn new(store: Arc<dyn Store>, blobs: Arc<dyn BlobStore>) -> Self {
+        Self { store, blobs }
+    }
+
+    /// Names of the metadata and blob backends.
+    #[must_use]
+    pub fn backends(&self) -> (&'static str, &'static str) {
+        (self.store.backend(), self.blobs.backend())
+    }
+
+    /// Pings both backends (each bounded by its own operation timeout).
+    pub async fn status(&self) -> (BackendStatus, BackendStatus) {
+        let (store, blobs) = tokio::join!(self.store.ping(), self.blobs.ping());
+        (
+            BackendStatus {
+                backend: self.store.backend(),
+                ok: store.is_ok(),
+            },
+            BackendStatus {
+                backend: self.blobs.backend(),
+                ok: blobs.is_ok(),
+            },
+        )
+    }
 }

@@ -1,24 +1,33 @@
 //! The room supervisor: the one map from couple to room actor. It spawns rooms on demand,
 //! stops idle ones, and forgets a room that failed so the next request starts a fresh one
 //! from durable state, without any other room noticing.
+//!
+//! Beside it are its handles: [`Rooms`], which the front end (and the pairing actor) calls to
+//! reach a couple's room, and [`RoomLink`], a joined socket's line to its room.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
 
+use crate::call::{CallFailure, call, try_call};
 use crate::clock::Clock;
 use crate::error::RoomError;
-use crate::ids::CoupleId;
+use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
+use crate::mailbox::{Payload, Signal};
 use crate::metrics::{DomainMetrics, Restarted};
-use crate::room::{RoomActor, RoomArgs, RoomMsg};
+use crate::room::{Accepted, ConnId, Connection, Origin, Relay, RoomActor, RoomArgs, RoomMsg};
 use crate::settings::Settings;
 use crate::store::Store;
 
 /// Requests to the supervisor.
 #[derive(Debug)]
-pub enum SupervisorMsg {
+pub(crate) enum SupervisorMsg {
     /// The couple's room, started if needed.
     GetRoom {
         /// Whose room.
@@ -55,10 +64,10 @@ pub struct SupervisorStats {
 }
 
 /// The supervisor actor.
-pub struct RoomSupervisor;
+pub(crate) struct RoomSupervisor;
 
 /// What the supervisor starts rooms with.
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     /// Shared by all rooms.
     pub store: Arc<dyn Store>,
     /// TTLs and bounds.
@@ -70,7 +79,7 @@ pub struct SupervisorArgs {
 }
 
 /// The supervisor's map of running rooms.
-pub struct SupervisorState {
+pub(crate) struct SupervisorState {
     args: SupervisorArgs,
     rooms: HashMap<CoupleId, ActorRef<RoomMsg>>,
     couples: HashMap<ActorId, CoupleId>,
@@ -186,5 +195,260 @@ impl Actor for RoomSupervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// What to do with a room's answer: `None` means the room was gone or closing, so asking the
+/// supervisor for a fresh room and trying once more is safe. A timeout is never retried: the
+/// room may still act on the first message.
+fn settle<T>(r: Result<T, CallFailure<RoomError>>) -> Option<Result<T, RoomError>> {
+    match r {
+        Ok(v) => Some(Ok(v)),
+        Err(CallFailure::Gone | CallFailure::Refused(RoomError::Unavailable)) => None,
+        Err(CallFailure::Refused(e)) => Some(Err(e)),
+        Err(CallFailure::NoAnswer) => Some(Err(RoomError::Unavailable)),
+    }
+}
+
+/// Handle to the room supervisor: find a couple's room and talk to it.
+#[derive(Clone)]
+pub struct Rooms {
+    sup: ActorRef<SupervisorMsg>,
+    timeout: Duration,
+}
+
+impl Rooms {
+    /// Spawns the supervisor (unnamed, so parallel trees do not collide) and returns its
+    /// handle.
+    pub(crate) async fn start(
+        store: &Arc<dyn Store>,
+        settings: &Settings,
+        clock: &Clock,
+        metrics: &DomainMetrics,
+    ) -> Result<Self, SpawnErr> {
+        let (sup, _) = Actor::spawn(
+            None,
+            RoomSupervisor,
+            SupervisorArgs {
+                store: Arc::clone(store),
+                settings: settings.clone(),
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+            },
+        )
+        .await?;
+        Ok(Self {
+            sup,
+            timeout: settings.call_timeout,
+        })
+    }
+
+    /// Stops every room (each writes what its connected devices have not acknowledged), then
+    /// the supervisor, waiting at most `timeout` for each step.
+    pub(crate) async fn stop(&self, timeout: Duration) {
+        let sup = self.sup.get_cell();
+        sup.stop_children_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await;
+        let _ = sup
+            .stop_and_wait(Some("shutdown".to_owned()), Some(timeout))
+            .await;
+    }
+
+    /// Tells the couple's room, if it is running, that `device` was paired into the couple.
+    pub(crate) fn device_added(&self, couple: CoupleId, device: DeviceId) {
+        self.forward(couple, RoomMsg::DeviceAdded(device));
+    }
+
+    /// Tells the couple's room, if it is running, that `device` was revoked: its socket is
+    /// closed and its mailbox dropped.
+    pub(crate) fn device_revoked(&self, couple: CoupleId, device: DeviceId) {
+        self.forward(couple, RoomMsg::DeviceRevoked(device));
+    }
+
+    /// Passes `msg` to the couple's room only if it is running (a stopped room reloads
+    /// everything from the store anyway).
+    fn forward(&self, couple: CoupleId, msg: RoomMsg) {
+        let _ = self.sup.cast(SupervisorMsg::Forward { couple, msg });
+    }
+
+    async fn room(&self, couple: &CoupleId) -> Result<ActorRef<RoomMsg>, RoomError> {
+        let couple = couple.clone();
+        call(
+            &self.sup,
+            |reply| SupervisorMsg::GetRoom { couple, reply },
+            self.timeout,
+            RoomError::Unavailable,
+        )
+        .await
+    }
+
+    /// Calls the couple's room, retrying once on a fresh room (see [`settle`]).
+    async fn call_room<T: Send + 'static>(
+        &self,
+        couple: &CoupleId,
+        mut build: impl FnMut(RpcReplyPort<Result<T, RoomError>>) -> RoomMsg,
+    ) -> Result<T, RoomError> {
+        for _ in 0..2 {
+            let room = self.room(couple).await?;
+            if let Some(result) = settle(try_call(&room, &mut build, self.timeout).await) {
+                return result;
+            }
+        }
+        Err(RoomError::Unavailable)
+    }
+
+    /// Connects a socket of `device`, retrying once like [`Rooms::call_room`]. `connect` makes
+    /// a fresh [`Connection`] per attempt.
+    /// On success the room has queued `joined` and the backlog on the socket.
+    pub async fn join(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        last_seq: Option<Seq>,
+        mut connect: impl FnMut() -> Connection,
+    ) -> Result<RoomLink, RoomError> {
+        for _ in 0..2 {
+            let room = self.room(couple).await?;
+            let conn = connect();
+            let conn_id = conn.id;
+            let join = |reply| RoomMsg::Join {
+                device: device.clone(),
+                conn,
+                last_seq,
+                reply,
+            };
+            let outcome = try_call(&room, join, self.timeout).await;
+            if matches!(outcome, Err(CallFailure::NoAnswer)) {
+                // The room may still take the join later: make it drop this socket again.
+                let _ = room.cast(RoomMsg::Leave {
+                    device: device.clone(),
+                    conn: conn_id,
+                });
+            }
+            if let Some(result) = settle(outcome) {
+                return result.map(|()| RoomLink {
+                    room,
+                    device: device.clone(),
+                    conn: conn_id,
+                });
+            }
+        }
+        Err(RoomError::Unavailable)
+    }
+
+    /// REST send: relays live if the recipient is connected, else stores it; answers once the
+    /// signal is accepted (durably, for an offline recipient).
+    pub async fn send(
+        &self,
+        couple: &CoupleId,
+        from: &DeviceId,
+        to: &DeviceId,
+        payload: Payload,
+    ) -> Result<Accepted, RoomError> {
+        let received = std::time::Instant::now();
+        self.call_room(couple, |reply| RoomMsg::Send {
+            relay: Relay {
+                from: from.clone(),
+                to: Some(to.clone()),
+                payload: payload.clone(),
+                id: None,
+                received,
+            },
+            origin: Origin::Rest(reply),
+        })
+        .await
+    }
+
+    /// REST poll: acknowledges up to `after`, returns what is still waiting for `device`.
+    pub async fn fetch(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        after: Option<Seq>,
+    ) -> Result<Vec<Arc<Signal>>, RoomError> {
+        self.call_room(couple, |reply| RoomMsg::Fetch {
+            device: device.clone(),
+            after,
+            reply,
+        })
+        .await
+    }
+
+    /// Rooms running and rooms failed, for `/health` and tests.
+    pub async fn stats(&self) -> Result<SupervisorStats, RoomError> {
+        match self
+            .sup
+            .call(SupervisorMsg::Stats, Some(self.timeout))
+            .await
+        {
+            Ok(CallResult::Success(s)) => Ok(s),
+            _ => Err(RoomError::Unavailable),
+        }
+    }
+
+    /// Test hook: makes the couple's room panic.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self, couple: &CoupleId) -> Result<(), RoomError> {
+        let room = self.room(couple).await?;
+        room.cast(RoomMsg::Panic)
+            .map_err(|_| RoomError::Unavailable)
+    }
+}
+
+/// A joined socket's line to its room: fire-and-forget messages whose answers come back as
+/// events on the socket.
+#[derive(Debug, Clone)]
+pub struct RoomLink {
+    room: ActorRef<RoomMsg>,
+    device: DeviceId,
+    conn: ConnId,
+}
+
+/// The room behind a [`RoomLink`] is gone (stopped or failed); the socket must rejoin.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the room is gone; rejoin")]
+pub struct RoomGone;
+
+impl<T> From<MessagingErr<T>> for RoomGone {
+    fn from(_: MessagingErr<T>) -> Self {
+        RoomGone
+    }
+}
+
+impl RoomLink {
+    /// Relays a signal; `accepted` or `error` arrives as an event.
+    pub fn send(
+        &self,
+        to: Option<DeviceId>,
+        payload: Payload,
+        id: Option<SignalId>,
+    ) -> Result<(), RoomGone> {
+        let relay = Relay {
+            from: self.device.clone(),
+            to,
+            payload,
+            id,
+            received: std::time::Instant::now(),
+        };
+        Ok(self.room.cast(RoomMsg::Send {
+            relay,
+            origin: Origin::Socket(self.conn),
+        })?)
+    }
+
+    /// Cumulative acknowledgement.
+    pub fn ack(&self, up_to: Seq) -> Result<(), RoomGone> {
+        Ok(self.room.cast(RoomMsg::Ack {
+            device: self.device.clone(),
+            up_to,
+        })?)
+    }
+
+    /// Leaves the room (also called when the socket closes).
+    pub fn leave(&self) {
+        let _ = self.room.cast(RoomMsg::Leave {
+            device: self.device.clone(),
+            conn: self.conn,
+        });
     }
 }

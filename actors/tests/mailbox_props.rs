@@ -5,12 +5,11 @@
 
 use std::sync::Arc;
 
-use our_memories_actors::room::ConnId;
 use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
-    Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomEvent, RoomLink,
-    Seq, Settings, SigningSecret, Store,
+    Clock, ConnId, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomEvent,
+    RoomLink, Seq, Settings, SigningSecret, Store,
 };
 use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};

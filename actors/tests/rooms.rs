@@ -83,7 +83,7 @@ async fn idle_rooms_stop_and_a_later_request_restarts_them_with_their_mailboxes(
     assert_eq!((pending[0].id.clone(), pending[0].seq), (sent.id, sent.seq));
     assert_eq!(
         d.rooms.stats().await.unwrap(),
-        our_memories_actors::supervisor::SupervisorStats {
+        our_memories_actors::SupervisorStats {
             rooms: 1,
             failures: 0
         }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use actors::token::TokenClaims;
-use actors::{BackupId, BackupRecord, Backups, CoupleId, DeviceId, UploadInfo};
+use actors::{BackupId, BackupRecord, Backups, CoupleId, DeviceId, Sha256Digest, UploadInfo};
 use bytes::Buf;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -32,7 +32,7 @@ pub const SHA256_HEADER: &str = "x-content-sha256";
 struct WireBackup<'a> {
     backup_id: &'a BackupId,
     size: u64,
-    sha256: &'a str,
+    sha256: &'a Sha256Digest,
     created_at: String,
     uploaded_by: &'a DeviceId,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,14 +116,11 @@ fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(Some(meta))
 }
 
-/// Checks `X-Content-SHA256`: 64 hex digits.
-fn check_sha256(sha: Option<String>) -> Result<Option<String>, ApiError> {
-    match sha {
-        Some(s) if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) => Err(
-            ApiError::InvalidRequest(format!("{SHA256_HEADER} must be 64 hex digits")),
-        ),
-        other => Ok(other.map(|s| s.to_ascii_lowercase())),
-    }
+/// Parses `X-Content-SHA256`: 64 hex digits, in either case.
+fn parse_sha256(sha: Option<&str>) -> Result<Option<Sha256Digest>, ApiError> {
+    sha.map(Sha256Digest::parse)
+        .transpose()
+        .map_err(|_| ApiError::InvalidRequest(format!("{SHA256_HEADER} must be 64 hex digits")))
 }
 
 async fn upload(
@@ -155,7 +152,7 @@ async fn store_upload(
 ) -> Result<BackupRecord, ApiError> {
     let info = UploadInfo {
         meta: check_meta(meta)?,
-        expected_sha256: check_sha256(sha256)?,
+        expected_sha256: parse_sha256(sha256.as_deref())?,
     };
     let limit = backups.max_bytes();
     if content_length.is_some_and(|len| len > limit) {

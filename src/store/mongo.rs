@@ -13,7 +13,7 @@ use actors::store::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
     PairingRecord, Purged, Store, StoreError, StoredSignal, fill,
 };
-use actors::{BackupId, CoupleId, DeviceId, Seq, Timestamp};
+use actors::{BackupId, CoupleId, DeviceId, Seq, Sha256Digest, Timestamp};
 use async_trait::async_trait;
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -107,7 +107,8 @@ struct BackupDoc {
     couple_id: CoupleId,
     backup_id: BackupId,
     size: i64,
-    sha256: String,
+    /// Lowercase hex, as the digest serializes.
+    sha256: Sha256Digest,
     meta: Option<String>,
     uploaded_by: DeviceId,
     created_at: DateTime,
@@ -201,7 +202,7 @@ impl MongoStore {
         // expires (`purgeAt` says the same; `purge_expired` uses it).
         self.op(self
             .pairings()
-            .create_index(ttl("expiresAt", actors::pairing::PAIRING_KEPT_AFTER_EXPIRY)))
+            .create_index(ttl("expiresAt", actors::PAIRING_KEPT_AFTER_EXPIRY)))
             .await?;
         self.op(self
             .signals()
@@ -492,7 +493,7 @@ impl Store for MongoStore {
             couple_id: backup.couple.clone(),
             backup_id: backup.id.clone(),
             size: to_i64(backup.size),
-            sha256: backup.sha256.clone(),
+            sha256: backup.sha256,
             meta: backup.meta.clone(),
             uploaded_by: backup.uploaded_by.clone(),
             created_at: dt(backup.created_at),

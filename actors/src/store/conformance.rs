@@ -10,6 +10,7 @@ use super::{
     StoredSignal,
 };
 use crate::clock::{Clock, Timestamp};
+use crate::digest::Sha256Digest;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 use crate::token::{DeviceNonce, PairingToken};
 
@@ -60,7 +61,7 @@ fn backup(couple: &CoupleId, created: u64) -> BackupRecord {
         couple: couple.clone(),
         id: BackupId::generate(),
         size: created,
-        sha256: "ab".repeat(32),
+        sha256: Sha256Digest::from_bytes([0xab; 32]),
         meta: Some("{\"v\":1}".to_owned()),
         uploaded_by: DeviceId::parse("a").expect("valid id"),
         created_at: at(created),

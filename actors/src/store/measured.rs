@@ -15,7 +15,7 @@ use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
 use crate::metrics::DomainMetrics;
 
 /// A backend with its metrics.
-pub struct Measured<S: ?Sized> {
+pub(crate) struct Measured<S: ?Sized> {
     inner: Arc<S>,
     backend: &'static str,
     metrics: DomainMetrics,
@@ -23,7 +23,7 @@ pub struct Measured<S: ?Sized> {
 
 impl Measured<dyn Store> {
     /// Measures a metadata store.
-    pub fn store(inner: Arc<dyn Store>, metrics: DomainMetrics) -> Self {
+    pub(crate) fn store(inner: Arc<dyn Store>, metrics: DomainMetrics) -> Self {
         let backend = inner.backend();
         Self {
             inner,
@@ -35,7 +35,7 @@ impl Measured<dyn Store> {
 
 impl Measured<dyn BlobStore> {
     /// Measures a blob store.
-    pub fn blobs(inner: Arc<dyn BlobStore>, metrics: DomainMetrics) -> Self {
+    pub(crate) fn blobs(inner: Arc<dyn BlobStore>, metrics: DomainMetrics) -> Self {
         let backend = inner.backend();
         Self {
             inner,
