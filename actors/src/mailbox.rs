@@ -1,5 +1,11 @@
 //! One device's ordered mailbox: signals wait here, by sequence number, until the device
 //! acknowledges them or they expire. Pure data; the room actor owns one per device.
+//!
+//! A signal already handed to the device's live socket is kept for a resume, but never
+//! makes a sender fail: when the mailbox is at its bound, the oldest delivered signals make
+//! room (they are *evicted*), and the mailbox remembers the newest seq it evicted, so a
+//! resume from an older `lastSeq` is told that it did not recover everything. Only a backlog
+//! of never-delivered signals fills a mailbox (docs/protocol.md §5.4).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -61,9 +67,12 @@ pub(crate) struct Entry {
     pub signal: Arc<Signal>,
     /// Whether a copy is (or is being) written to the store, so an ack must reach the store too.
     pub on_disk: bool,
+    /// Whether it was handed to the device's live socket (so it may be evicted for room).
+    pub delivered: bool,
 }
 
-/// Bounds of one mailbox; a full mailbox refuses new signals and never drops accepted ones.
+/// Bounds of one mailbox. A mailbox full of never-delivered signals refuses new ones; it never
+/// drops a signal its device has not been handed.
 #[derive(Debug, Clone, Copy)]
 pub struct MailboxLimits {
     /// Most signals waiting at once.
@@ -86,13 +95,81 @@ pub(crate) struct Acked {
 pub(crate) struct Mailbox {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// The newest seq evicted (delivered, never acknowledged) and not acknowledged since.
+    evicted_through: Option<Seq>,
 }
 
 impl Mailbox {
-    /// Whether a signal of `len` payload bytes fits.
+    /// Whether a signal of `len` payload bytes fits without evicting anything.
     #[must_use]
     pub(crate) fn has_room(&self, len: usize, limits: MailboxLimits) -> bool {
         self.entries.len() < limits.max_signals && self.bytes + len <= limits.max_bytes
+    }
+
+    /// How many of the oldest entries must be evicted for a signal of `len` bytes to fit:
+    /// `Some(0)` when it fits, `None` when only never-delivered signals stand in the way.
+    #[must_use]
+    pub(crate) fn evictions_needed(&self, len: usize, limits: MailboxLimits) -> Option<usize> {
+        if self.has_room(len, limits) {
+            return Some(0);
+        }
+        let (mut count, mut bytes) = (self.entries.len(), self.bytes);
+        let mut evict = 0;
+        for e in &self.entries {
+            if count < limits.max_signals && bytes + len <= limits.max_bytes {
+                return Some(evict);
+            }
+            if !e.delivered {
+                return None;
+            }
+            count -= 1;
+            bytes -= e.signal.payload.len();
+            evict += 1;
+        }
+        (len <= limits.max_bytes && limits.max_signals > 0).then_some(evict)
+    }
+
+    /// Evicts the `n` oldest entries (delivered ones, per [`Mailbox::evictions_needed`]);
+    /// returns what went, and through which seq, so the store can forget them too.
+    pub(crate) fn evict(&mut self, n: usize) -> (Acked, Option<Seq>) {
+        let mut acked = Acked::default();
+        let mut through = None;
+        for _ in 0..n {
+            let Some(e) = self.entries.pop_front() else {
+                break;
+            };
+            debug_assert!(e.delivered, "only delivered signals are evicted");
+            acked.removed += 1;
+            acked.touched_disk |= e.on_disk;
+            self.bytes -= e.signal.payload.len();
+            through = Some(e.signal.seq);
+        }
+        if through.is_some() {
+            self.evicted_through = through.max(self.evicted_through);
+        }
+        (acked, through)
+    }
+
+    /// Whether a device that processed everything through `last_seq` (nothing, if `None`)
+    /// gets everything after it: false when a signal after it was evicted.
+    #[must_use]
+    pub(crate) fn recovers_from(&self, last_seq: Option<Seq>) -> bool {
+        self.evicted_through
+            .is_none_or(|evicted| last_seq.is_some_and(|last| last >= evicted))
+    }
+
+    /// Notes that a signal was handed to the device's live socket.
+    pub(crate) fn mark_delivered(&mut self, seq: Seq) {
+        if let Some(e) = self.entries.iter_mut().rev().find(|e| e.signal.seq == seq) {
+            e.delivered = true;
+        }
+    }
+
+    /// Notes that every waiting signal was handed to the device's (new) socket.
+    pub(crate) fn mark_all_delivered(&mut self) {
+        for e in &mut self.entries {
+            e.delivered = true;
+        }
     }
 
     /// Appends a signal. Callers check [`Mailbox::has_room`] first and push in seq order.
@@ -108,6 +185,9 @@ impl Mailbox {
 
     /// Cumulative acknowledgement: drops every signal with `seq <= up_to`.
     pub(crate) fn ack(&mut self, up_to: Seq) -> Acked {
+        if self.evicted_through.is_some_and(|evicted| evicted <= up_to) {
+            self.evicted_through = None;
+        }
         let mut acked = Acked::default();
         while let Some(front) = self.entries.front() {
             if front.signal.seq > up_to {
@@ -210,7 +290,59 @@ mod tests {
                 expires_at: Timestamp(expires),
             }),
             on_disk,
+            delivered: false,
         }
+    }
+
+    fn delivered(seq: u64, payload: &str) -> Entry {
+        Entry {
+            delivered: true,
+            ..entry(seq, payload, 100, false)
+        }
+    }
+
+    #[test]
+    fn delivered_signals_make_room_and_undelivered_ones_do_not() {
+        let mut m = Mailbox::default();
+        m.push(delivered(1, "1234"));
+        m.push(delivered(2, "12"));
+        m.push(entry(3, "1", 100, false));
+        assert!(!m.has_room(1, LIMITS), "count bound");
+        assert_eq!(m.evictions_needed(1, LIMITS), Some(1));
+        assert_eq!(
+            m.evictions_needed(8, LIMITS),
+            Some(2),
+            "the byte bound evicts more"
+        );
+        assert_eq!(
+            m.evictions_needed(10, LIMITS),
+            None,
+            "only an undelivered one is left"
+        );
+        assert!(m.recovers_from(None));
+        let (acked, through) = m.evict(1);
+        assert_eq!((acked.removed, through), (1, Some(Seq(1))));
+        assert!(m.has_room(1, LIMITS));
+        assert!(!m.recovers_from(None), "signal 1 is gone");
+        assert!(
+            m.recovers_from(Some(Seq(1))),
+            "a device that had 1 misses nothing"
+        );
+        m.ack(Seq(1));
+        assert!(m.recovers_from(None), "acknowledged since");
+    }
+
+    #[test]
+    fn a_mailbox_of_undelivered_signals_stays_full() {
+        let mut m = Mailbox::default();
+        for seq in 1..=3 {
+            m.push(entry(seq, "1", 100, false));
+        }
+        assert_eq!(m.evictions_needed(1, LIMITS), None);
+        m.mark_delivered(Seq(2));
+        assert_eq!(m.evictions_needed(1, LIMITS), None, "oldest first");
+        m.mark_all_delivered();
+        assert_eq!(m.evictions_needed(1, LIMITS), Some(1));
     }
 
     #[test]

@@ -73,6 +73,7 @@ struct Families {
     relayed_rest: IntCounter,
     relay_latency: Histogram,
     signals_expired: IntCounter,
+    signals_evicted: IntCounter,
     actor_restarts: IntCounterVec,
     storage_duration: HistogramVec,
     storage_errors: IntCounterVec,
@@ -140,6 +141,13 @@ impl DomainMetrics {
                 IntCounter::with_opts(opts(
                     "signals_expired_total",
                     "Signals whose TTL (SIGNAL_TTL_SECS) passed before their recipient acknowledged them.",
+                ))?,
+            )?,
+            signals_evicted: registered(
+                r,
+                IntCounter::with_opts(opts(
+                    "signals_evicted_total",
+                    "Delivered but unacknowledged signals dropped to make room in a full mailbox.",
                 ))?,
             )?,
             actor_restarts: registered(
@@ -217,6 +225,11 @@ impl DomainMetrics {
         if count > 0 {
             self.0.signals_expired.inc_by(count);
         }
+    }
+
+    /// Delivered signals evicted from a full mailbox.
+    pub(crate) fn signals_evicted(&self, count: usize) {
+        self.0.signals_evicted.inc_by(count as u64);
     }
 
     /// An actor failed and was (or will be) restarted.

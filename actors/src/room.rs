@@ -48,6 +48,9 @@ pub enum RoomEvent {
         device: DeviceId,
         /// Other devices connected at this moment.
         peers: Vec<DeviceId>,
+        /// Whether every signal after the join's `lastSeq` is still here: false when some
+        /// were evicted from a full mailbox (delivered to an earlier socket, never acknowledged).
+        recovered: bool,
     },
     /// Another device connected.
     PeerJoined(DeviceId),
@@ -314,6 +317,7 @@ impl Actor for RoomActor {
                     expires_at: s.expires_at,
                 }),
                 on_disk: true,
+                delivered: false,
             };
             st.members.entry(to).or_default().mailbox.push(entry);
         }
@@ -551,6 +555,7 @@ impl RoomState {
             couple: self.args.couple.clone(),
             device: device.clone(),
             peers,
+            recovered: member.mailbox.recovers_from(last_seq),
         })
         .chain(member.mailbox.iter().map(|e| RoomEvent::Signal {
             signal: Arc::clone(&e.signal),
@@ -566,7 +571,9 @@ impl RoomState {
                 return;
             }
         }
-        self.members.entry(device.clone()).or_default().conn = Some(conn);
+        let member = self.members.entry(device.clone()).or_default();
+        member.mailbox.mark_all_delivered();
+        member.conn = Some(conn);
         if !was_connected {
             self.broadcast(me, device, &RoomEvent::PeerJoined(device.clone()));
         }
@@ -730,6 +737,7 @@ impl RoomState {
             let entry = Entry {
                 signal: Arc::clone(signal),
                 on_disk: false,
+                delivered: false,
             };
             if let Some(m) = self.members.get_mut(&to) {
                 m.mailbox.push(entry);
@@ -738,7 +746,11 @@ impl RoomState {
                 signal: Arc::clone(signal),
                 received: Some(received),
             };
-            if !self.push(me, &to, live) {
+            if self.push(me, &to, live) {
+                if let Some(m) = self.members.get_mut(&to) {
+                    m.mailbox.mark_delivered(signal.seq);
+                }
+            } else {
                 offline.push(to);
             }
         }
@@ -771,11 +783,26 @@ impl RoomState {
         self.members.entry(from.clone()).or_default();
         let recipients = self.recipients(from, to)?;
         let limits = self.limits();
+        let mut evictions = Vec::new();
         for r in &recipients {
             let m = self.members.entry(r.clone()).or_default();
             self.args.metrics.signals_expired(m.mailbox.expire(now));
-            if !m.mailbox.has_room(payload.len(), limits) {
-                return Err(RoomError::MailboxFull);
+            match m.mailbox.evictions_needed(payload.len(), limits) {
+                None => return Err(RoomError::MailboxFull),
+                Some(0) => {}
+                Some(n) => evictions.push((r.clone(), n)),
+            }
+        }
+        // All or nothing: only once every recipient has room (or can make it) is anything
+        // evicted. Stored copies of evicted signals are forgotten like acknowledged ones.
+        for (r, n) in evictions {
+            let Some(m) = self.members.get_mut(&r) else {
+                continue;
+            };
+            let (evicted, through) = m.mailbox.evict(n);
+            self.args.metrics.signals_evicted(evicted.removed);
+            if let (true, Some(through)) = (evicted.touched_disk, through) {
+                self.writes.spawn_ack(&r, through);
             }
         }
         Ok(Checked::Fresh(recipients))

@@ -1,15 +1,17 @@
 //! Property tests of the mailbox through a real room: under any interleaving of sends,
 //! disconnects, reconnects (with `lastSeq`) and acknowledgements, a receiver that follows the
 //! documented rule (process seq > last processed, ack, resume with lastSeq) processes every
-//! accepted signal exactly once and in order.
+//! accepted signal exactly once and in order. A third device that stays connected and never
+//! acknowledges (as a Socket.IO app written for the original server) receives every signal
+//! sent to it, in order, and never makes its sender fail, however small the mailbox.
 
 use std::sync::Arc;
 
 use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
-    Clock, ConnId, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomEvent,
-    RoomLink, Seq, Settings, SigningSecret, Store,
+    Clock, ConnId, Connection, CoupleId, DeviceId, Domain, DomainMetrics, MailboxLimits, Payload,
+    RoomError, RoomEvent, RoomLink, Seq, Settings, SigningSecret, Store,
 };
 use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +26,8 @@ enum Op {
     Connect,
     /// `b` acknowledges what it processed.
     Ack,
+    /// `a` sends the next payload to `c`, which never acknowledges.
+    SendToSilent,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,16 +36,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Disconnect),
         1 => Just(Op::Connect),
         1 => Just(Op::Ack),
+        3 => Just(Op::SendToSilent),
     ]
 }
 
 /// The receiving device, following the client rules of docs/protocol.md.
 struct Receiver {
-    socket: Option<(
-        RoomLink,
-        mpsc::Receiver<RoomEvent>,
-        oneshot::Receiver<our_memories_actors::Kick>,
-    )>,
+    socket: Option<Socket>,
     last: Seq,
     processed: Vec<String>,
     next_conn: ConnId,
@@ -63,29 +64,89 @@ impl Receiver {
     }
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// A small mailbox, so that full mailboxes (and evictions) happen within a test case.
+const MAILBOX: MailboxLimits = MailboxLimits {
+    max_signals: 6,
+    max_bytes: 1024 * 1024,
+};
+
+type Socket = (
+    RoomLink,
+    mpsc::Receiver<RoomEvent>,
+    oneshot::Receiver<our_memories_actors::Kick>,
+);
+
+/// Joins `device` with a fresh socket (a queue long enough for any test case).
+async fn connect(
+    d: &Domain,
+    couple: &CoupleId,
+    device: &DeviceId,
+    last: Option<Seq>,
+    id: ConnId,
+) -> Socket {
+    let (tx, events) = mpsc::channel(1024);
+    let mut kicked = None;
+    let link = d
+        .rooms
+        .join(couple, device, last, || {
+            let (kick, k) = oneshot::channel();
+            kicked = Some(k);
+            Connection {
+                id,
+                events: tx.clone(),
+                kick,
+            }
+        })
+        .await
+        .unwrap();
+    (link, events, kicked.unwrap())
+}
+
+/// A domain with a small mailbox, and a pairing opened by device `a`.
+async fn start() -> (tempfile::TempDir, Domain, our_memories_actors::Initiated) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let blobs = Arc::new(FileBlobs::open(dir.path()).unwrap());
+    let settings = Settings {
+        mailbox: MAILBOX,
+        ..Settings::default()
+    };
     let d = Domain::start(
         store,
         blobs,
         SigningSecret::generate(),
-        Settings::default(),
+        settings,
         Clock::manual(),
         DomainMetrics::unregistered(),
     )
     .await
     .unwrap();
     let a = DeviceId::parse("a").unwrap();
-    let b = DeviceId::parse("b").unwrap();
-    let started = d.pairing.initiate(a.clone(), None).await.unwrap();
+    let started = d.pairing.initiate(a, None).await.unwrap();
+    (dir, d, started)
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (_dir, d, started) = start().await;
     let couple: CoupleId = started.couple.clone();
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
     d.pairing
         .confirm(couple.clone(), started.pairing_token, b.clone())
         .await
         .unwrap();
-
+    // The silent device c joins the couple through a second pairing, opened by a.
+    let silent_device = DeviceId::parse("c").unwrap();
+    let again = d
+        .pairing
+        .initiate(a.clone(), Some(&started.device_token))
+        .await
+        .unwrap();
+    d.pairing
+        .confirm(couple.clone(), again.pairing_token, silent_device.clone())
+        .await
+        .unwrap();
+    let (_silent_link, mut silent, _) = connect(&d, &couple, &silent_device, None, 0).await;
+    let mut sent_to_silent = Vec::new();
     let mut rx = Receiver {
         socket: None,
         last: Seq(0),
@@ -98,11 +159,25 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Send => {
                 let payload = format!("{}", sent.len());
                 // A call: when it returns, the room has pushed the signal to b's queue (if any).
-                d.rooms
+                match d
+                    .rooms
                     .send(&couple, &a, &b, Payload::new(payload.clone()))
                     .await
-                    .unwrap();
-                sent.push(payload);
+                {
+                    Ok(_) => sent.push(payload),
+                    // Only a backlog b was never handed fills its mailbox.
+                    Err(RoomError::MailboxFull) => prop_assert!(rx.socket.is_none()),
+                    Err(e) => return Err(TestCaseError::fail(format!("send to b: {e}"))),
+                }
+            }
+            Op::SendToSilent => {
+                let payload = format!("c{}", sent_to_silent.len());
+                let sent = d
+                    .rooms
+                    .send(&couple, &a, &silent_device, Payload::new(payload.clone()))
+                    .await;
+                prop_assert!(sent.is_ok(), "a never-acking device never fails its sender");
+                sent_to_silent.push(payload);
             }
             Op::Disconnect => {
                 rx.drain();
@@ -115,24 +190,9 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some((link, _, _)) = rx.socket.take() {
                     link.leave();
                 }
-                let (tx, events) = mpsc::channel(1024);
-                let mut kicked = None;
                 let id = rx.next_conn;
                 rx.next_conn += 1;
-                let link = d
-                    .rooms
-                    .join(&couple, &b, Some(rx.last), || {
-                        let (kick, k) = oneshot::channel();
-                        kicked = Some(k);
-                        Connection {
-                            id,
-                            events: tx.clone(),
-                            kick,
-                        }
-                    })
-                    .await
-                    .unwrap();
-                rx.socket = Some((link, events, kicked.unwrap()));
+                rx.socket = Some(connect(&d, &couple, &b, Some(rx.last), id).await);
             }
             Op::Ack => {
                 rx.drain();
@@ -150,6 +210,17 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         &rx.processed,
         &sent,
         "every accepted signal exactly once, in order"
+    );
+    let mut heard = Vec::new();
+    while let Ok(event) = silent.try_recv() {
+        if let RoomEvent::Signal { signal, .. } = event {
+            heard.push(signal.payload.as_str().to_owned());
+        }
+    }
+    prop_assert_eq!(
+        &heard,
+        &sent_to_silent,
+        "the silent device hears all, in order"
     );
     d.shutdown(std::time::Duration::from_secs(5)).await;
     Ok(())

@@ -126,6 +126,8 @@ pub enum ServerMsg<'a> {
         device_id: &'a DeviceId,
         /// Other devices connected now.
         peers: &'a [DeviceId],
+        /// Whether every signal after `lastSeq` is still in the mailbox (docs §5.4).
+        recovered: bool,
     },
     /// Another device connected.
     #[serde(rename_all = "camelCase")]
@@ -277,11 +279,12 @@ mod tests {
             couple_id: &c,
             device_id: &from,
             peers: &[],
+            recovered: true,
         }
         .to_text();
         assert_eq!(
             joined,
-            r#"{"type":"joined","coupleId":"c","deviceId":"a","peers":[]}"#
+            r#"{"type":"joined","coupleId":"c","deviceId":"a","peers":[],"recovered":true}"#
         );
         assert_eq!(ServerMsg::Pong.to_text(), r#"{"type":"pong"}"#);
     }

@@ -330,10 +330,12 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
             couple,
             device,
             peers,
+            recovered,
         } => ServerMsg::Joined {
             couple_id: couple,
             device_id: device,
             peers,
+            recovered: *recovered,
         },
         RoomEvent::PeerJoined(d) => ServerMsg::PeerJoined { device_id: d },
         RoomEvent::PeerLeft(d) => ServerMsg::PeerLeft { device_id: d },

@@ -16,7 +16,7 @@ async fn join_reports_peers_and_presence() {
     let (mut a, joined) = app.join(&couple, &couple.a, None).await;
     assert_eq!(
         joined,
-        json!({ "type": "joined", "coupleId": couple.id, "deviceId": "a", "peers": [] })
+        json!({ "type": "joined", "coupleId": couple.id, "deviceId": "a", "peers": [], "recovered": true })
     );
     let (b, joined) = app.join(&couple, &couple.b, None).await;
     assert_eq!(joined["peers"], json!(["a"]));
@@ -227,6 +227,36 @@ async fn a_full_mailbox_refuses_and_keeps_what_it_accepted() {
     let (mut b, _) = app.join(&couple, &couple.b, None).await;
     let (got, _) = take_signals(&mut b, 3).await;
     assert_eq!(got, [json!(0), json!(1), json!(2)]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_that_never_acks_never_makes_its_sender_fail() {
+    let app = TestApp::spawn_with(|c| c.settings.mailbox.max_signals = 8).await;
+    let couple = app.pair().await;
+    let (mut a, _) = app.join(&couple, &couple.a, None).await;
+    let (mut b, _) = app.join(&couple, &couple.b, None).await;
+    a.recv_type("peer-joined").await;
+    // b reads every signal but never sends `ack`, like an app written for the original server.
+    let mut seqs = Vec::new();
+    for i in 0..100 {
+        a.send(signal(Some("b"), &json!(i), Some(&format!("n{i}"))))
+            .await;
+        assert_eq!(a.recv_type("accepted").await["id"], format!("n{i}"));
+        let (got, seq) = take_signals(&mut b, 1).await;
+        assert_eq!(got, [json!(i)]);
+        seqs.push(seq);
+    }
+    b.close().await;
+    // Only the newest 8 are kept: a resume from signal 49 did not recover what came between.
+    let (mut b, joined) = app.join(&couple, &couple.b, Some(seqs[49])).await;
+    assert_eq!(joined["recovered"], false);
+    let (kept, _) = take_signals(&mut b, 8).await;
+    assert_eq!(kept, (92..100).map(|i| json!(i)).collect::<Vec<_>>());
+    b.close().await;
+    // A resume from the newest signal misses nothing.
+    let (_b, joined) = app.join(&couple, &couple.b, Some(seqs[99])).await;
+    assert_eq!(joined["recovered"], true);
     app.stop().await;
 }
 
