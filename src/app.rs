@@ -169,7 +169,7 @@ impl App {
         let per_ip = (config.rate.trusted_proxies == 0).then_some(config.conn.per_ip);
         tracing::info!(max = cap, per_ip, "connection caps");
         let admission = serve::Admission::new(cap, per_ip, metrics.clone());
-        let service = warp::service(routes::public(state));
+        let service = routes::service(state);
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let public = async {
             let counted = Some((&metrics, &admission));

@@ -19,6 +19,7 @@ const RANKS: &[(&str, u8)] = &[
     ("state", 3),
     ("http", 4),
     ("ws", 4),
+    ("socketio", 4),
     ("routes", 5),
     ("serve", 5),
     ("app", 6),

@@ -10,8 +10,9 @@
 //! - [`front`]: what every transport shares: the error type and its status/code map, bearer
 //!   auth, rate limits, browser rules, wire helpers, per-connection values.
 //! - [`state`]: the handles and limits built once at start.
-//! - The transports, side by side, never naming each other: [`http`] (REST routes) and [`ws`]
-//!   (the JSON WebSocket: wire protocol and per-socket session).
+//! - The transports, side by side, never naming each other: [`http`] (REST routes), [`ws`]
+//!   (the JSON WebSocket: wire protocol and per-socket session) and [`socketio`] (Socket.IO
+//!   for the app's existing clients).
 //! - [`routes`]: composes the transports; [`serve`]: the accept loop; [`app`]: builds
 //!   everything and runs until shutdown.
 //!
@@ -28,6 +29,7 @@ pub mod routes;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;
+pub mod socketio;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -128,6 +128,7 @@ struct Families {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     websocket_connections: IntGauge,
+    socketio_connections: IntGauge,
     connections: IntGauge,
     connections_refused: IntCounterVec,
     pairings: IntCounterVec,
@@ -183,6 +184,11 @@ impl Metrics {
                 &r,
                 "websocket_connections",
                 "WebSocket connections open now (joined or not).",
+            )?,
+            socketio_connections: gauge(
+                &r,
+                "socketio_connections",
+                "Socket.IO sockets connected now to namespace / (joined or not, any transport).",
             )?,
             connections: gauge(
                 &r,
@@ -289,6 +295,12 @@ impl Metrics {
     #[must_use]
     pub fn websocket_open(&self) -> GaugeShare {
         GaugeShare::new(self.0.websocket_connections.clone(), 1)
+    }
+
+    /// A connected Socket.IO socket, counted while the guard lives.
+    #[must_use]
+    pub fn socketio_open(&self) -> GaugeShare {
+        GaugeShare::new(self.0.socketio_connections.clone(), 1)
     }
 
     /// An open connection served in full, counted while the guard lives.

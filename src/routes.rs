@@ -11,7 +11,7 @@ use crate::front::error::handle_rejection;
 use crate::front::{browser, conn};
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::{http, ws};
+use crate::{http, socketio, ws};
 
 /// Every route of the public port, with the JSON error renderer.
 pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -41,6 +41,25 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(move |request: warp::http::HeaderMap, response| {
             browser::decorate(&origins, &request, response)
         })
+}
+
+/// The public port's service: Socket.IO at `/socket.io/`, every other path to [`public`].
+pub fn service(
+    state: AppState,
+) -> socketio::Gate<
+    socketioxide::service::SocketIoService<
+        impl tower_service::Service<
+            warp::http::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + 'static,
+    >,
+> {
+    let sio_state = state.clone();
+    socketio::service(&sio_state, warp::service(public(state)))
 }
 
 /// A service that answers only `GET /metrics` (404 otherwise), for `METRICS_ADDR`.

@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -157,6 +160,20 @@ impl Drop for Ticket {
     }
 }
 
+/// Any error a response body can end with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response, whichever service (warp's routes, Socket.IO) made it.
+type Reply = hyper::Response<UnsyncBoxBody<Bytes, BoxError>>;
+
+/// One body type for every response.
+fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, and it is a valid
 /// authority (an HTTP/1.0 request may carry none).
 fn host_is_valid(req: &hyper::Request<Incoming>) -> bool {
@@ -175,18 +192,20 @@ fn host_is_valid(req: &hyper::Request<Incoming>) -> bool {
 
 /// Accepts connections until `stop` resolves; connections already open finish through
 /// `shutdown`'s listeners. With `metrics`, every request is counted and timed.
-pub async fn accept_loop<S>(
+pub async fn accept_loop<S, B>(
     listener: TcpListener,
     service: S,
     counted: Option<(&Metrics, &Admission)>,
     shutdown: &Shutdown,
     stop: impl Future<Output = ()>,
 ) where
-    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     tokio::pin!(stop);
     loop {
@@ -221,7 +240,7 @@ pub async fn accept_loop<S>(
     }
 }
 
-async fn serve_connection<S>(
+async fn serve_connection<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
@@ -229,11 +248,13 @@ async fn serve_connection<S>(
     mut shutdown: ShutdownListener,
     entry: Entry,
 ) where
-    S: Service<hyper::Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let _ = stream.set_nodelay(true);
     let (refused, _ticket) = match entry {
@@ -257,17 +278,18 @@ async fn serve_connection<S>(
             RequestTimer::start(m.clone(), route, req.method().clone())
         });
         let response = if host_ok {
-            futures_util::future::Either::Left(service.clone().call(req))
+            let call = service.clone().call(req);
+            futures_util::future::Either::Left(async move { call.await.map(|r| r.map(boxed)) })
         } else {
             let mut bad = ApiError::InvalidHost.into_response();
             bad.headers_mut().insert(
                 hyper::header::CONNECTION,
                 hyper::header::HeaderValue::from_static("close"),
             );
-            futures_util::future::Either::Right(std::future::ready(Ok(bad)))
+            futures_util::future::Either::Right(std::future::ready(Ok(bad.map(boxed))))
         };
         let answered = async move {
-            let response = response.await;
+            let response: Result<Reply, Infallible> = response.await;
             if let Ok(r) = &response {
                 telemetry::answered(r.status());
                 if let Some(timer) = &mut timer {

@@ -18,9 +18,7 @@ use crate::front::error::{ApiError, reject};
 use crate::front::wire::{named, with};
 use crate::state::AppState;
 
-/// Read buffer of a socket: enough for typical signals; larger messages still work (the
-/// buffer is only the unit of each read).
-pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub use crate::front::conn::READ_BUFFER_BYTES;
 
 /// The handshake headers a WebSocket upgrade must carry.
 struct Handshake {

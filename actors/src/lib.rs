@@ -56,7 +56,7 @@ pub use domain::Domain;
 pub use error::{BackupError, PairingError, RoomError};
 pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
-pub use metrics::DomainMetrics;
+pub use metrics::{DomainMetrics, Transport};
 pub use pairing::{Confirmed, Initiated, PAIRING_KEPT_AFTER_EXPIRY, Pairing};
 /// Why the actor tree could not start.
 pub use ractor::SpawnErr;

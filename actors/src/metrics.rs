@@ -25,8 +25,10 @@ const STORAGE_BUCKETS: &[f64] = &[
 /// The transports a signal can arrive on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// A joined WebSocket.
+    /// A joined WebSocket (`GET /ws`).
     WebSocket,
+    /// A joined Socket.IO socket (`/socket.io/`).
+    SocketIo,
     /// `POST /api/signal`.
     Rest,
 }
@@ -35,6 +37,7 @@ impl Transport {
     fn label(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
+            Self::SocketIo => "socketio",
             Self::Rest => "rest",
         }
     }
@@ -70,6 +73,7 @@ struct Families {
     mailbox_signals: IntGauge,
     /// `signals_relayed_total` by transport, resolved once: counted on every relay.
     relayed_websocket: IntCounter,
+    relayed_socketio: IntCounter,
     relayed_rest: IntCounter,
     relay_latency: Histogram,
     signals_expired: IntCounter,
@@ -127,6 +131,7 @@ impl DomainMetrics {
                 ))?,
             )?,
             relayed_websocket: relayed.with_label_values(&[Transport::WebSocket.label()]),
+            relayed_socketio: relayed.with_label_values(&[Transport::SocketIo.label()]),
             relayed_rest: relayed.with_label_values(&[Transport::Rest.label()]),
             relay_latency: registered(
                 r,
@@ -209,6 +214,7 @@ impl DomainMetrics {
     pub(crate) fn signal_relayed(&self, transport: Transport) {
         match transport {
             Transport::WebSocket => self.0.relayed_websocket.inc(),
+            Transport::SocketIo => self.0.relayed_socketio.inc(),
             Transport::Rest => self.0.relayed_rest.inc(),
         }
     }

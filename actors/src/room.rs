@@ -64,8 +64,8 @@ pub enum RoomEvent {
         /// socket's writer measures the relay latency from it.
         received: Option<std::time::Instant>,
     },
-    /// The room has taken (and, for offline recipients, stored) the signal with this id.
-    Accepted(SignalId),
+    /// The room has taken (and, for offline recipients, stored) this signal.
+    Accepted(Accepted),
     /// A signal this socket sent was refused.
     Rejected {
         /// The id the signal carried, if any.
@@ -96,6 +96,8 @@ pub struct Connection {
     pub events: mpsc::Sender<RoomEvent>,
     /// Fired once if the room drops this socket on purpose.
     pub kick: oneshot::Sender<Kick>,
+    /// Which transport the socket speaks, for the relay metrics.
+    pub transport: Transport,
 }
 
 /// What a signal accepted over REST returns.
@@ -111,7 +113,7 @@ pub struct Accepted {
 #[derive(Debug)]
 pub(crate) enum Origin {
     /// A connected socket: `accepted` or `error` is pushed to it as an event.
-    Socket(ConnId),
+    Socket(ConnId, Transport),
     /// A REST request waiting for its reply.
     Rest(RpcReplyPort<Result<Accepted, RoomError>>),
 }
@@ -119,7 +121,7 @@ pub(crate) enum Origin {
 impl Origin {
     fn transport(&self) -> Transport {
         match self {
-            Self::Socket(_) => Transport::WebSocket,
+            Self::Socket(_, transport) => *transport,
             Self::Rest(_) => Transport::Rest,
         }
     }
@@ -828,9 +830,9 @@ impl RoomState {
             Origin::Rest(reply) => {
                 let _ = reply.send(result);
             }
-            Origin::Socket(conn) => {
+            Origin::Socket(conn, _) => {
                 let event = match (result, id) {
-                    (Ok(a), Some(_)) => RoomEvent::Accepted(a.id),
+                    (Ok(a), Some(_)) => RoomEvent::Accepted(a),
                     (Ok(_), None) => return,
                     (Err(error), id) => RoomEvent::Rejected { id, error },
                 };

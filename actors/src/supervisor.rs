@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Payload, Signal};
-use crate::metrics::{DomainMetrics, Restarted};
+use crate::metrics::{DomainMetrics, Restarted, Transport};
 use crate::room::{Accepted, ConnId, Connection, Origin, Relay, RoomActor, RoomArgs, RoomMsg};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -310,7 +310,7 @@ impl Rooms {
         for _ in 0..2 {
             let room = self.room(couple).await?;
             let conn = connect();
-            let conn_id = conn.id;
+            let (conn_id, transport) = (conn.id, conn.transport);
             let join = |reply| RoomMsg::Join {
                 device: device.clone(),
                 conn,
@@ -330,6 +330,7 @@ impl Rooms {
                     room,
                     device: device.clone(),
                     conn: conn_id,
+                    transport,
                 });
             }
         }
@@ -402,6 +403,7 @@ pub struct RoomLink {
     room: ActorRef<RoomMsg>,
     device: DeviceId,
     conn: ConnId,
+    transport: Transport,
 }
 
 /// The room behind a [`RoomLink`] is gone (stopped or failed); the socket must rejoin.
@@ -432,7 +434,7 @@ impl RoomLink {
         };
         Ok(self.room.cast(RoomMsg::Send {
             relay,
-            origin: Origin::Socket(self.conn),
+            origin: Origin::Socket(self.conn, self.transport),
         })?)
     }
 

@@ -11,7 +11,7 @@ use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
     Clock, ConnId, Connection, CoupleId, DeviceId, Domain, DomainMetrics, MailboxLimits, Payload,
-    RoomError, RoomEvent, RoomLink, Seq, Settings, SigningSecret, Store,
+    RoomError, RoomEvent, RoomLink, Seq, Settings, SigningSecret, Store, Transport,
 };
 use proptest::prelude::*;
 use tokio::sync::{mpsc, oneshot};
@@ -95,6 +95,7 @@ async fn connect(
                 id,
                 events: tx.clone(),
                 kick,
+                transport: Transport::WebSocket,
             }
         })
         .await

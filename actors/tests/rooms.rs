@@ -9,7 +9,7 @@ use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
     Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomError, RoomEvent,
-    Settings, SigningSecret, Store,
+    Settings, SigningSecret, Store, Transport,
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
@@ -126,6 +126,7 @@ async fn a_slow_consumer_is_dropped_and_loses_nothing() {
         id: 1,
         events,
         kick,
+        transport: Transport::WebSocket,
     });
     d.rooms
         .join(&couple, &b, None, || conn.take().unwrap())
@@ -218,6 +219,7 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
         id: 1,
         events,
         kick,
+        transport: Transport::WebSocket,
     });
     let _link = d
         .rooms

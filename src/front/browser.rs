@@ -78,8 +78,13 @@ pub fn decorate(
     request: &HeaderMap,
     mut response: warp::reply::Response,
 ) -> warp::reply::Response {
+    decorate_headers(origins, request, response.headers_mut());
+    response
+}
+
+/// [`decorate`] for any response type: works on its headers.
+pub fn decorate_headers(origins: &AllowedOrigins, request: &HeaderMap, h: &mut HeaderMap) {
     let preflight = request.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let h = response.headers_mut();
     security_headers(h);
     h.append(header::VARY, HeaderValue::from_static("origin"));
     if let Some(origin) = allowed(origins, request) {
@@ -104,5 +109,4 @@ pub fn decorate(
             );
         }
     }
-    response
 }

@@ -10,6 +10,11 @@ use warp::{Filter, Rejection};
 use super::error::{ApiError, reject};
 use crate::metrics::ConnRefusal;
 
+/// Read buffer of a WebSocket (`/ws` and Socket.IO alike): enough for typical signals; larger
+/// messages still work (the buffer is only the unit of each read). tungstenite's 128 KiB
+/// default, zero-filled on the first read, would cost every idle socket that much memory.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// The peer's socket address, in every request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use actors::{BackupError, IdError, PairingError, RoomError};
+use actors::{BackupError, IdError, Kick, PairingError, RoomError};
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Rejection, Reply};
@@ -83,6 +83,12 @@ pub enum ApiError {
     /// `Host` is missing (HTTP/1.1), repeated or not a valid authority (RFC 9112 §3.2).
     #[error("a request needs exactly one valid Host header")]
     InvalidHost,
+    /// The room dropped the socket (Socket.IO only: `/ws` says it with a close code).
+    #[error("{}", kick_text(*.0))]
+    Kicked(Kick),
+    /// A Socket.IO socket did not join a couple in time (`/ws` closes with 4004).
+    #[error("join a couple within the join timeout")]
+    JoinTimeout,
     /// A bug or an unexpected failure; the cause (inside) is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +121,7 @@ impl ApiError {
             | Self::Pairing(P::SelfRevocation) => StatusCode::BAD_REQUEST,
             Self::MissingToken
             | Self::MetricsUnauthorized
+            | Self::Kicked(Kick::Revoked)
             | Self::Pairing(P::InvalidToken(_) | P::WrongToken) => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::OriginNotAllowed | Self::Pairing(P::WrongDevice) => {
                 StatusCode::FORBIDDEN
@@ -124,7 +131,8 @@ impl ApiError {
             | Self::Room(R::UnknownDevice)
             | Self::Backup(B::NotFound) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Pairing(P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. }) => {
+            Self::Kicked(Kick::Replaced)
+            | Self::Pairing(P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. }) => {
                 StatusCode::CONFLICT
             }
             Self::Pairing(P::Expired | P::Burned) => StatusCode::GONE,
@@ -133,9 +141,13 @@ impl ApiError {
             | Self::Room(R::PayloadTooLarge { .. })
             | Self::Backup(B::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Backup(B::TooSlow) | Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Backup(B::TooSlow) | Self::BodyTimeout | Self::JoinTimeout => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            Self::Room(R::MailboxFull) | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Room(R::MailboxFull)
+            | Self::RateLimited { .. }
+            | Self::Kicked(Kick::SlowConsumer) => StatusCode::TOO_MANY_REQUESTS,
             Self::Pairing(P::StorageUnavailable | P::Unavailable)
             | Self::Room(R::StorageUnavailable | R::Unavailable)
             | Self::TooManyConnections(_)
@@ -155,6 +167,10 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidHost => "invalid_host",
+            Self::Kicked(Kick::Replaced) => "replaced",
+            Self::Kicked(Kick::Revoked) => "device_revoked",
+            Self::Kicked(Kick::SlowConsumer) => "slow_consumer",
+            Self::JoinTimeout => "join_timeout",
             Self::BodyTimeout => "body_timeout",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::UnknownMessageType => "unknown_type",
@@ -277,6 +293,15 @@ impl ApiError {
             }
         }
         response
+    }
+}
+
+/// What a kicked Socket.IO socket is told (the reasons of `/ws`'s close codes).
+fn kick_text(kick: Kick) -> &'static str {
+    match kick {
+        Kick::Replaced => "replaced by a newer connection of this device",
+        Kick::Revoked => "device revoked",
+        Kick::SlowConsumer => "outbound queue full; reconnect and read faster",
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use actors::{Connection, DomainMetrics, Kick, Payload, RoomEvent, RoomLink};
+use actors::{Connection, DomainMetrics, Kick, Payload, RoomEvent, RoomLink, Transport};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -305,6 +305,7 @@ impl Session {
                     id: self.state.next_conn_id(),
                     events: self.events.clone(),
                     kick,
+                    transport: Transport::WebSocket,
                 }
             })
             .await?;
@@ -345,7 +346,7 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
             seq: s.seq,
             id: &s.id,
         },
-        RoomEvent::Accepted(id) => ServerMsg::Accepted { id },
+        RoomEvent::Accepted(accepted) => ServerMsg::Accepted { id: &accepted.id },
         RoomEvent::Rejected { id, error } => {
             let error = ApiError::Room(error.clone());
             error.report();
