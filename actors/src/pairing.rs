@@ -144,16 +144,13 @@ impl PairingArgs {
         let now = self.clock.now();
         let pairing_token = PairingToken::generate();
         let (couple, nonce, pairing) = if let Some(claims) = by {
+            // The token was checked before the call queued here; a revocation handled in
+            // between must still stop it.
+            let devices = self.acting(&claims).await?;
             if claims.device != device {
                 return Err(PairingError::WrongDevice);
             }
-            let count = self
-                .store
-                .devices(&claims.couple)
-                .await
-                .map_err(storage_failed)?
-                .len();
-            if count >= self.settings.max_devices_per_couple {
+            if devices.len() >= self.settings.max_devices_per_couple {
                 return Err(PairingError::CoupleFull {
                     max: self.settings.max_devices_per_couple,
                 });
@@ -258,21 +255,44 @@ impl PairingArgs {
 }
 
 impl PairingArgs {
+    /// The devices of the caller's couple, once the caller is known to be one of them with
+    /// the nonce of its token. The handle checks tokens before a call queues here; this check
+    /// runs in the same serialised step as the action, so a device revoked while its request
+    /// waited cannot act.
+    async fn acting(&self, by: &TokenClaims) -> Result<Vec<DeviceRecord>, PairingError> {
+        let devices = self
+            .store
+            .devices(&by.couple)
+            .await
+            .map_err(storage_failed)?;
+        if devices
+            .iter()
+            .any(|d| d.device == by.device && d.nonce == by.nonce)
+        {
+            Ok(devices)
+        } else {
+            Err(PairingError::InvalidToken(TokenError::BadSignature))
+        }
+    }
+
+    /// Checks in this order: the caller still registered, not itself, the target registered,
+    /// a device left afterwards. Then closes the couple's open pairing (the revoked device may
+    /// know its token) and removes the device.
     async fn revoke(&self, by: &TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        let devices = self.acting(by).await?;
         if by.device == device {
             return Err(PairingError::SelfRevocation);
         }
-        if self
-            .store
-            .device(&by.couple, &device)
-            .await
-            .map_err(storage_failed)?
-            .is_none()
-        {
+        if !devices.iter().any(|d| d.device == device) {
             return Err(PairingError::UnknownDevice);
         }
+        // The caller is registered and is not the target, so this holds; it is checked so
+        // the rule never depends on how the lines above are ordered.
+        if !devices.iter().any(|d| d.device != device) {
+            return Err(PairingError::LastDevice);
+        }
         self.store
-            .remove_device(&by.couple, &device)
+            .revoke_device(&by.couple, &device)
             .await
             .map_err(storage_failed)?;
         self.rooms.device_revoked(by.couple.clone(), device);
@@ -359,17 +379,15 @@ impl Pairing {
         Ok((handle, keeper))
     }
 
-    /// Starts a pairing. With the bearer token of a paired device it adds a device to that
-    /// device's couple; without, it creates a couple.
+    /// Starts a pairing. With the verified claims of a paired device (see
+    /// [`Pairing::authenticate`]) it adds a device to that device's couple; without, it creates
+    /// a couple. The actor checks again that the device is still registered, in the same step
+    /// as it opens the pairing.
     pub async fn initiate(
         &self,
         device: DeviceId,
-        bearer: Option<&DeviceToken>,
+        by: Option<TokenClaims>,
     ) -> Result<Initiated, PairingError> {
-        let by = match bearer {
-            Some(t) => Some(self.authenticate(t).await?),
-            None => None,
-        };
         call_kept(
             &self.actor,
             |reply| PairingMsg::Initiate { device, by, reply },
@@ -411,7 +429,9 @@ impl Pairing {
     }
 
     /// Revokes `device` of the caller's couple: its token stops working and its socket is
-    /// closed at once.
+    /// closed at once, and the couple's open pairing is closed. The actor checks that the caller
+    /// is still registered in the same step, so of two devices revoking each other at once,
+    /// only the first succeeds.
     pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
         call_kept(
             &self.actor,

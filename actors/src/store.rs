@@ -229,8 +229,11 @@ pub trait Store: Send + Sync + 'static {
         pairing: &PairingRecord,
     ) -> Result<(), StoreError>;
 
-    /// Unregisters a device (revocation): its token stops working at once. Idempotent.
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError>;
+    /// Revokes a device: deletes the couple's open pairing (the revoked device may know its
+    /// token), then the device's record, whose absence kills its token at once. Idempotent.
+    /// A backend without multi-document transactions keeps this order, so a failure in between
+    /// leaves the device registered and the pairing closed, never the reverse.
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError>;
 
     /// One device of a couple, if registered.
     async fn device(

@@ -270,7 +270,11 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+    /// The pairing first: if deleting the device then fails, the revocation fails with the
+    /// device still registered (retry), and no pairing its token may have opened is left.
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+        self.op(self.pairings().delete_one(doc! { "_id": couple.as_str() }))
+            .await?;
         self.op(self
             .devices()
             .delete_one(doc! { "_id": format!("{couple}/{device}") }))

@@ -125,13 +125,20 @@ async fn devices_and_pairings(store: &dyn Store) {
         .save_device_and_pairing(&zed, &consumed)
         .await
         .expect("save");
-    store.remove_device(&c, &zed.device).await.expect("remove");
+    store.revoke_device(&c, &zed.device).await.expect("revoke");
     store
-        .remove_device(&c, &zed.device)
+        .revoke_device(&c, &zed.device)
         .await
-        .expect("removing twice is fine");
+        .expect("revoking twice is fine");
     assert!(store.device(&c, &zed.device).await.expect("read").is_none());
     assert_eq!(store.devices(&c).await.expect("read").len(), 2);
+    // It closes the couple's open pairing too, and no other couple's.
+    assert!(
+        store.pairing(&c).await.expect("read").is_none(),
+        "revocation closes the couple's pairing"
+    );
+    assert!(store.pairing(&other).await.expect("read").is_some());
+    store.put_pairing(&consumed).await.expect("put");
 
     let p = store
         .pairing(&c)

@@ -133,10 +133,11 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
         self.run(move |db| {
             let txn = db.begin_write()?;
+            txn.open_table(PAIRINGS)?.remove(couple.as_str())?;
             txn.open_table(DEVICES)?
                 .remove((couple.as_str(), device.as_str()))?;
             txn.commit()?;

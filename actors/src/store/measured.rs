@@ -86,9 +86,9 @@ impl Store for Measured<dyn Store> {
         self.op("save_device_and_pairing", work, always).await
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
-        let work = self.inner.remove_device(couple, device);
-        self.op("remove_device", work, always).await
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+        let work = self.inner.revoke_device(couple, device);
+        self.op("revoke_device", work, always).await
     }
 
     async fn device(
