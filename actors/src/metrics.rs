@@ -73,6 +73,7 @@ struct Families {
     relayed_rest: IntCounter,
     relay_latency: Histogram,
     signals_expired: IntCounter,
+    couples_expired: IntCounter,
     actor_restarts: IntCounterVec,
     storage_duration: HistogramVec,
     storage_errors: IntCounterVec,
@@ -140,6 +141,13 @@ impl DomainMetrics {
                 IntCounter::with_opts(opts(
                     "signals_expired_total",
                     "Signals whose TTL (SIGNAL_TTL_SECS) passed before their recipient acknowledged them.",
+                ))?,
+            )?,
+            couples_expired: registered(
+                r,
+                IntCounter::with_opts(opts(
+                    "couples_expired_total",
+                    "Couples deleted because their pairing expired (PAIRING_TTL_SECS) before any device confirmed it.",
                 ))?,
             )?,
             actor_restarts: registered(
@@ -217,6 +225,11 @@ impl DomainMetrics {
         if count > 0 {
             self.0.signals_expired.inc_by(count);
         }
+    }
+
+    /// Never-confirmed couples deleted by the janitor.
+    pub(crate) fn couples_expired(&self, count: u64) {
+        self.0.couples_expired.inc_by(count);
     }
 
     /// An actor failed and was (or will be) restarted.

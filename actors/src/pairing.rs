@@ -71,6 +71,11 @@ pub(crate) enum PairingMsg {
         /// Done (or why not).
         reply: RpcReplyPort<Result<(), PairingError>>,
     },
+    /// Delete the couples whose pairing expired unconfirmed (the janitor asks every minute).
+    ExpireCouples {
+        /// How many couples went.
+        reply: RpcReplyPort<Result<u64, PairingError>>,
+    },
     /// Test hook: make the actor panic, to exercise its restart.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -118,12 +123,14 @@ fn storage_failed(e: StoreError) -> PairingError {
 }
 
 impl PairingArgs {
-    /// A fresh pairing record for `couple`.
+    /// A fresh pairing record for `couple`; `unconfirmed` while the couple has only the device
+    /// that created it.
     fn new_pairing(
         &self,
         couple: &CoupleId,
         token: &PairingToken,
         now: Timestamp,
+        unconfirmed: bool,
     ) -> PairingRecord {
         let expires_at = now.plus(self.settings.pairing_ttl);
         PairingRecord {
@@ -133,6 +140,7 @@ impl PairingArgs {
             purge_at: expires_at.plus(PAIRING_KEPT_AFTER_EXPIRY),
             failed_attempts: 0,
             consumed: false,
+            unconfirmed,
         }
     }
 
@@ -155,7 +163,15 @@ impl PairingArgs {
                     max: self.settings.max_devices_per_couple,
                 });
             }
-            let pairing = self.new_pairing(&claims.couple, &pairing_token, now);
+            // A couple that was never confirmed stays so: a new pairing does not make it
+            // permanent (it is still deleted if this one expires unconfirmed).
+            let unconfirmed = self
+                .store
+                .pairing(&claims.couple)
+                .await
+                .map_err(storage_failed)?
+                .is_some_and(|p| p.unconfirmed);
+            let pairing = self.new_pairing(&claims.couple, &pairing_token, now, unconfirmed);
             self.store
                 .put_pairing(&pairing)
                 .await
@@ -164,7 +180,7 @@ impl PairingArgs {
         } else {
             let couple = CoupleId::generate();
             let nonce = DeviceNonce::generate();
-            let pairing = self.new_pairing(&couple, &pairing_token, now);
+            let pairing = self.new_pairing(&couple, &pairing_token, now, true);
             let record = DeviceRecord {
                 couple: couple.clone(),
                 device: device.clone(),
@@ -241,6 +257,7 @@ impl PairingArgs {
             paired_at: now,
         };
         pairing.consumed = true;
+        pairing.unconfirmed = false;
         self.store
             .save_device_and_pairing(&record, &pairing)
             .await
@@ -298,6 +315,25 @@ impl PairingArgs {
         self.rooms.device_revoked(by.couple.clone(), device);
         Ok(())
     }
+
+    /// Deletes the never-confirmed couples whose pairing has expired. Done here, not by the
+    /// janitor on the store directly, so it cannot interleave with a confirm of the same
+    /// couple: a confirm handled first makes the couple permanent, one handled after finds
+    /// no pairing. A running room drops the deleted device as if it were revoked.
+    async fn expire_couples(&self) -> Result<u64, PairingError> {
+        let gone = self
+            .store
+            .expire_unconfirmed_couples(self.clock.now())
+            .await
+            .map_err(storage_failed)?;
+        let count = gone.len() as u64;
+        for expired in gone {
+            for device in expired.devices {
+                self.rooms.device_revoked(expired.couple.clone(), device);
+            }
+        }
+        Ok(count)
+    }
 }
 
 impl Actor for PairingActor {
@@ -325,6 +361,9 @@ impl Actor for PairingActor {
             }
             PairingMsg::Revoke { by, device, reply } => {
                 let _ = reply.send(st.revoke(&by, device).await);
+            }
+            PairingMsg::ExpireCouples { reply } => {
+                let _ = reply.send(st.expire_couples().await);
             }
             #[cfg(feature = "fault-injection")]
             PairingMsg::Panic => panic!("fault injection: the pairing actor panics"),
@@ -436,6 +475,19 @@ impl Pairing {
         call_kept(
             &self.actor,
             |reply| PairingMsg::Revoke { by, device, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Deletes the couples that were never confirmed and whose pairing has expired (with no
+    /// backup): their device's token stops working. The janitor calls this every minute;
+    /// returns how many couples went.
+    pub async fn expire_unconfirmed_couples(&self) -> Result<u64, PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::ExpireCouples { reply },
             self.timeout,
             PairingError::Unavailable,
         )

@@ -3,6 +3,7 @@
 //! token check and then waited for the actor would hold them).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use our_memories_actors::store::embedded::EmbeddedStore;
 use our_memories_actors::store::files::FileBlobs;
@@ -12,6 +13,10 @@ use our_memories_actors::{
 };
 
 async fn domain(dir: &std::path::Path) -> Domain {
+    domain_with_clock(dir, Clock::manual()).await
+}
+
+async fn domain_with_clock(dir: &std::path::Path, clock: Clock) -> Domain {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
     let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
     Domain::start(
@@ -19,7 +24,7 @@ async fn domain(dir: &std::path::Path) -> Domain {
         blobs,
         SigningSecret::generate(),
         Settings::default(),
-        Clock::manual(),
+        clock,
         DomainMetrics::unregistered(),
     )
     .await
@@ -72,7 +77,7 @@ async fn two_devices_revoking_each_other_leave_the_couple_one_device() {
         let survivor = if by_a.is_ok() { &a } else { &b };
         assert_eq!(left[0].device, survivor.device);
     }
-    d.shutdown(std::time::Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -98,7 +103,7 @@ async fn a_device_revoked_before_its_initiate_reaches_the_actor_is_refused() {
             .is_err()
     );
     assert_eq!(d.pairing.devices(&couple).await.unwrap().len(), 1);
-    d.shutdown(std::time::Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -129,5 +134,75 @@ async fn revocation_closes_the_pairing_the_revoked_device_opened() {
         .map(|r| r.device)
         .collect();
     assert_eq!(left, [id("a")]);
-    d.shutdown(std::time::Duration::from_secs(5)).await;
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Just past the default `PAIRING_TTL_SECS` (24 h).
+const PAST_TTL: Duration = Duration::from_secs(24 * 3600 + 1);
+
+#[tokio::test]
+async fn a_couple_never_confirmed_is_deleted_when_its_pairing_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let d = domain_with_clock(dir.path(), clock.clone()).await;
+    let lonely = d.pairing.initiate(id("a"), None).await.unwrap();
+    let (paired, _, _) = pair(&d).await;
+    assert_eq!(d.pairing.expire_unconfirmed_couples().await.unwrap(), 0);
+    d.pairing.authenticate(&lonely.device_token).await.unwrap();
+
+    clock.advance(PAST_TTL);
+    assert_eq!(d.pairing.expire_unconfirmed_couples().await.unwrap(), 1);
+    assert!(matches!(
+        d.pairing.authenticate(&lonely.device_token).await,
+        Err(PairingError::InvalidToken(_))
+    ));
+    assert!(d.pairing.devices(&lonely.couple).await.unwrap().is_empty());
+    let late = d
+        .pairing
+        .confirm(lonely.couple.clone(), lonely.pairing_token, id("b"))
+        .await;
+    assert!(matches!(late, Err(PairingError::NotFound)), "{late:?}");
+    assert_eq!(
+        d.pairing.devices(&paired).await.unwrap().len(),
+        2,
+        "a confirmed couple is never expired"
+    );
+    assert_eq!(d.pairing.expire_unconfirmed_couples().await.unwrap(), 0);
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_new_pairing_delays_but_does_not_cancel_the_expiry_of_an_unconfirmed_couple() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let d = domain_with_clock(dir.path(), clock.clone()).await;
+    let lonely = d.pairing.initiate(id("a"), None).await.unwrap();
+    let claims = d.pairing.authenticate(&lonely.device_token).await.unwrap();
+    clock.advance(Duration::from_hours(23));
+    d.pairing.initiate(id("a"), Some(claims)).await.unwrap();
+    clock.advance(Duration::from_hours(2));
+    assert_eq!(
+        d.pairing.expire_unconfirmed_couples().await.unwrap(),
+        0,
+        "the newer pairing is still open"
+    );
+    clock.advance(Duration::from_hours(23));
+    assert_eq!(d.pairing.expire_unconfirmed_couples().await.unwrap(), 1);
+    assert!(d.pairing.authenticate(&lonely.device_token).await.is_err());
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_confirmed_couple_left_with_one_device_is_never_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual();
+    let d = domain_with_clock(dir.path(), clock.clone()).await;
+    let (couple, a, _) = pair(&d).await;
+    d.pairing.revoke(a.clone(), id("b")).await.unwrap();
+    // The one device left opens a pairing nobody confirms.
+    d.pairing.initiate(id("a"), Some(a)).await.unwrap();
+    clock.advance(PAST_TTL);
+    assert_eq!(d.pairing.expire_unconfirmed_couples().await.unwrap(), 0);
+    assert_eq!(d.pairing.devices(&couple).await.unwrap().len(), 1);
+    d.shutdown(Duration::from_secs(5)).await;
 }
