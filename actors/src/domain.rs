@@ -18,7 +18,7 @@ use crate::store::{BlobStore, Purged, Storage, Store};
 use crate::supervisor::Rooms;
 use crate::token::SigningSecret;
 
-/// How often expired signals and pairings are deleted from the store.
+/// How often expired signals, pairings and never-confirmed couples are deleted from the store.
 const PURGE_INTERVAL: Duration = Duration::from_mins(1);
 
 /// The running actor tree of one server: the room supervisor, the pairing and backup actors,
@@ -56,6 +56,7 @@ impl Domain {
             Backups::start(&store, &blobs, &settings, &clock, &metrics).await?;
         clean_after_restart(store.as_ref(), blobs.as_ref()).await;
         let janitor = tokio::spawn(janitor(
+            pairing.clone(),
             Arc::clone(&store),
             Arc::clone(&blobs),
             clock,
@@ -96,9 +97,11 @@ async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
     }
 }
 
-/// Every [`PURGE_INTERVAL`]: deletes expired records, and blob leftovers older than
-/// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
+/// Every [`PURGE_INTERVAL`]: deletes never-confirmed couples whose pairing expired (first,
+/// while their pairing record still marks them), expired records, and blob leftovers older
+/// than [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
 async fn janitor(
+    pairing: Pairing,
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     clock: Clock,
@@ -108,6 +111,14 @@ async fn janitor(
         tokio::time::interval_at(tokio::time::Instant::now() + PURGE_INTERVAL, PURGE_INTERVAL);
     loop {
         every.tick().await;
+        match pairing.expire_unconfirmed_couples().await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.couples_expired(n);
+                tracing::debug!(couples = n, "deleted never-confirmed couples");
+            }
+            Err(e) => tracing::warn!(cause = %e, "failed to expire never-confirmed couples"),
+        }
         let now = clock.now();
         match store.purge_expired(now).await {
             Ok(purged) => {

@@ -68,6 +68,10 @@ pub enum PairingError {
     /// A device cannot revoke itself; another device of the couple must.
     #[error("a device cannot revoke itself; revoke it from another device of the couple")]
     SelfRevocation,
+    /// Revoking the device would leave the couple without any device (and its backups out
+    /// of reach for good).
+    #[error("the couple's last device cannot be revoked")]
+    LastDevice,
     /// The store failed; nothing was changed.
     #[error("storage is unavailable")]
     StorageUnavailable,

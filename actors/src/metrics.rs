@@ -78,6 +78,7 @@ struct Families {
     relay_latency: Histogram,
     signals_expired: IntCounter,
     signals_evicted: IntCounter,
+    couples_expired: IntCounter,
     actor_restarts: IntCounterVec,
     storage_duration: HistogramVec,
     storage_errors: IntCounterVec,
@@ -153,6 +154,13 @@ impl DomainMetrics {
                 IntCounter::with_opts(opts(
                     "signals_evicted_total",
                     "Delivered but unacknowledged signals dropped to make room in a full mailbox.",
+                ))?,
+            )?,
+            couples_expired: registered(
+                r,
+                IntCounter::with_opts(opts(
+                    "couples_expired_total",
+                    "Couples deleted because their pairing expired (PAIRING_TTL_SECS) before any device confirmed it.",
                 ))?,
             )?,
             actor_restarts: registered(
@@ -236,6 +244,11 @@ impl DomainMetrics {
     /// Delivered signals evicted from a full mailbox.
     pub(crate) fn signals_evicted(&self, count: usize) {
         self.0.signals_evicted.inc_by(count as u64);
+    }
+
+    /// Never-confirmed couples deleted by the janitor.
+    pub(crate) fn couples_expired(&self, count: u64) {
+        self.0.couples_expired.inc_by(count);
     }
 
     /// An actor failed and was (or will be) restarted.

@@ -71,6 +71,11 @@ pub(crate) enum PairingMsg {
         /// Done (or why not).
         reply: RpcReplyPort<Result<(), PairingError>>,
     },
+    /// Delete the couples whose pairing expired unconfirmed (the janitor asks every minute).
+    ExpireCouples {
+        /// How many couples went.
+        reply: RpcReplyPort<Result<u64, PairingError>>,
+    },
     /// Test hook: make the actor panic, to exercise its restart.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -118,12 +123,14 @@ fn storage_failed(e: StoreError) -> PairingError {
 }
 
 impl PairingArgs {
-    /// A fresh pairing record for `couple`.
+    /// A fresh pairing record for `couple`; `unconfirmed` while the couple has only the device
+    /// that created it.
     fn new_pairing(
         &self,
         couple: &CoupleId,
         token: &PairingToken,
         now: Timestamp,
+        unconfirmed: bool,
     ) -> PairingRecord {
         let expires_at = now.plus(self.settings.pairing_ttl);
         PairingRecord {
@@ -133,6 +140,7 @@ impl PairingArgs {
             purge_at: expires_at.plus(PAIRING_KEPT_AFTER_EXPIRY),
             failed_attempts: 0,
             consumed: false,
+            unconfirmed,
         }
     }
 
@@ -144,21 +152,26 @@ impl PairingArgs {
         let now = self.clock.now();
         let pairing_token = PairingToken::generate();
         let (couple, nonce, pairing) = if let Some(claims) = by {
+            // The token was checked before the call queued here; a revocation handled in
+            // between must still stop it.
+            let devices = self.acting(&claims).await?;
             if claims.device != device {
                 return Err(PairingError::WrongDevice);
             }
-            let count = self
-                .store
-                .devices(&claims.couple)
-                .await
-                .map_err(storage_failed)?
-                .len();
-            if count >= self.settings.max_devices_per_couple {
+            if devices.len() >= self.settings.max_devices_per_couple {
                 return Err(PairingError::CoupleFull {
                     max: self.settings.max_devices_per_couple,
                 });
             }
-            let pairing = self.new_pairing(&claims.couple, &pairing_token, now);
+            // A couple that was never confirmed stays so: a new pairing does not make it
+            // permanent (it is still deleted if this one expires unconfirmed).
+            let unconfirmed = self
+                .store
+                .pairing(&claims.couple)
+                .await
+                .map_err(storage_failed)?
+                .is_some_and(|p| p.unconfirmed);
+            let pairing = self.new_pairing(&claims.couple, &pairing_token, now, unconfirmed);
             self.store
                 .put_pairing(&pairing)
                 .await
@@ -167,7 +180,7 @@ impl PairingArgs {
         } else {
             let couple = CoupleId::generate();
             let nonce = DeviceNonce::generate();
-            let pairing = self.new_pairing(&couple, &pairing_token, now);
+            let pairing = self.new_pairing(&couple, &pairing_token, now, true);
             let record = DeviceRecord {
                 couple: couple.clone(),
                 device: device.clone(),
@@ -244,6 +257,7 @@ impl PairingArgs {
             paired_at: now,
         };
         pairing.consumed = true;
+        pairing.unconfirmed = false;
         self.store
             .save_device_and_pairing(&record, &pairing)
             .await
@@ -258,25 +272,67 @@ impl PairingArgs {
 }
 
 impl PairingArgs {
+    /// The devices of the caller's couple, once the caller is known to be one of them with
+    /// the nonce of its token. The handle checks tokens before a call queues here; this check
+    /// runs in the same serialised step as the action, so a device revoked while its request
+    /// waited cannot act.
+    async fn acting(&self, by: &TokenClaims) -> Result<Vec<DeviceRecord>, PairingError> {
+        let devices = self
+            .store
+            .devices(&by.couple)
+            .await
+            .map_err(storage_failed)?;
+        if devices
+            .iter()
+            .any(|d| d.device == by.device && d.nonce == by.nonce)
+        {
+            Ok(devices)
+        } else {
+            Err(PairingError::InvalidToken(TokenError::BadSignature))
+        }
+    }
+
+    /// Checks in this order: the caller still registered, not itself, the target registered,
+    /// a device left afterwards. Then closes the couple's open pairing (the revoked device may
+    /// know its token) and removes the device.
     async fn revoke(&self, by: &TokenClaims, device: DeviceId) -> Result<(), PairingError> {
+        let devices = self.acting(by).await?;
         if by.device == device {
             return Err(PairingError::SelfRevocation);
         }
-        if self
-            .store
-            .device(&by.couple, &device)
-            .await
-            .map_err(storage_failed)?
-            .is_none()
-        {
+        if !devices.iter().any(|d| d.device == device) {
             return Err(PairingError::UnknownDevice);
         }
+        // The caller is registered and is not the target, so this holds; it is checked so
+        // the rule never depends on how the lines above are ordered.
+        if !devices.iter().any(|d| d.device != device) {
+            return Err(PairingError::LastDevice);
+        }
         self.store
-            .remove_device(&by.couple, &device)
+            .revoke_device(&by.couple, &device)
             .await
             .map_err(storage_failed)?;
         self.rooms.device_revoked(by.couple.clone(), device);
         Ok(())
+    }
+
+    /// Deletes the never-confirmed couples whose pairing has expired. Done here, not by the
+    /// janitor on the store directly, so it cannot interleave with a confirm of the same
+    /// couple: a confirm handled first makes the couple permanent, one handled after finds
+    /// no pairing. A running room drops the deleted device as if it were revoked.
+    async fn expire_couples(&self) -> Result<u64, PairingError> {
+        let gone = self
+            .store
+            .expire_unconfirmed_couples(self.clock.now())
+            .await
+            .map_err(storage_failed)?;
+        let count = gone.len() as u64;
+        for expired in gone {
+            for device in expired.devices {
+                self.rooms.device_revoked(expired.couple.clone(), device);
+            }
+        }
+        Ok(count)
     }
 }
 
@@ -305,6 +361,9 @@ impl Actor for PairingActor {
             }
             PairingMsg::Revoke { by, device, reply } => {
                 let _ = reply.send(st.revoke(&by, device).await);
+            }
+            PairingMsg::ExpireCouples { reply } => {
+                let _ = reply.send(st.expire_couples().await);
             }
             #[cfg(feature = "fault-injection")]
             PairingMsg::Panic => panic!("fault injection: the pairing actor panics"),
@@ -359,17 +418,15 @@ impl Pairing {
         Ok((handle, keeper))
     }
 
-    /// Starts a pairing. With the bearer token of a paired device it adds a device to that
-    /// device's couple; without, it creates a couple.
+    /// Starts a pairing. With the verified claims of a paired device (see
+    /// [`Pairing::authenticate`]) it adds a device to that device's couple; without, it creates
+    /// a couple. The actor checks again that the device is still registered, in the same step
+    /// as it opens the pairing.
     pub async fn initiate(
         &self,
         device: DeviceId,
-        bearer: Option<&DeviceToken>,
+        by: Option<TokenClaims>,
     ) -> Result<Initiated, PairingError> {
-        let by = match bearer {
-            Some(t) => Some(self.authenticate(t).await?),
-            None => None,
-        };
         call_kept(
             &self.actor,
             |reply| PairingMsg::Initiate { device, by, reply },
@@ -411,11 +468,26 @@ impl Pairing {
     }
 
     /// Revokes `device` of the caller's couple: its token stops working and its socket is
-    /// closed at once.
+    /// closed at once, and the couple's open pairing is closed. The actor checks that the caller
+    /// is still registered in the same step, so of two devices revoking each other at once,
+    /// only the first succeeds.
     pub async fn revoke(&self, by: TokenClaims, device: DeviceId) -> Result<(), PairingError> {
         call_kept(
             &self.actor,
             |reply| PairingMsg::Revoke { by, device, reply },
+            self.timeout,
+            PairingError::Unavailable,
+        )
+        .await
+    }
+
+    /// Deletes the couples that were never confirmed and whose pairing has expired (with no
+    /// backup): their device's token stops working. The janitor calls this every minute;
+    /// returns how many couples went.
+    pub async fn expire_unconfirmed_couples(&self) -> Result<u64, PairingError> {
+        call_kept(
+            &self.actor,
+            |reply| PairingMsg::ExpireCouples { reply },
             self.timeout,
             PairingError::Unavailable,
         )

@@ -63,6 +63,13 @@ pub struct PairingRecord {
     pub failed_attempts: u32,
     /// Set by a successful confirm: the token is single use.
     pub consumed: bool,
+    /// No pairing of this couple was ever confirmed: it has only the device that created it.
+    /// Set by the `initiate` that creates a couple, carried over by a later `initiate` of that
+    /// device, cleared by a confirm. Such a couple is deleted once this pairing has expired
+    /// (see [`Store::expire_unconfirmed_couples`]). Records written before this field existed
+    /// read as `false`: their couples are kept.
+    #[serde(default)]
+    pub unconfirmed: bool,
 }
 
 /// A signal waiting in a device's mailbox, kept on disk while its recipient is offline.
@@ -113,6 +120,15 @@ pub struct Purged {
     pub signals: u64,
     /// Pairings past their `purge_at`.
     pub pairings: u64,
+}
+
+/// A couple deleted because it was never confirmed and its pairing expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredCouple {
+    /// The couple.
+    pub couple: CoupleId,
+    /// Its devices that were deleted: the initiating one, or none if it was already gone.
+    pub devices: Vec<DeviceId>,
 }
 
 /// A stream of bytes in or out of a blob store.
@@ -229,8 +245,11 @@ pub trait Store: Send + Sync + 'static {
         pairing: &PairingRecord,
     ) -> Result<(), StoreError>;
 
-    /// Unregisters a device (revocation): its token stops working at once. Idempotent.
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError>;
+    /// Revokes a device: deletes the couple's open pairing (the revoked device may know its
+    /// token), then the device's record, whose absence kills its token at once. Idempotent.
+    /// A backend without multi-document transactions keeps this order, so a failure in between
+    /// leaves the device registered and the pairing closed, never the reverse.
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError>;
 
     /// One device of a couple, if registered.
     async fn device(
@@ -273,6 +292,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired signals and pairings past their `purge_at`; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError>;
+
+    /// Deletes every couple that was never confirmed and whose pairing has expired at `now`:
+    /// its pairing is `unconfirmed`, not consumed and past `expires_at`, it has at most one
+    /// device and no backup. Its device record (the token dies), stored signals, ack
+    /// watermarks, epoch and pairing go; returns the couples deleted. A couple with two
+    /// devices or with a backup is never deleted. Without transactions, the pairing is
+    /// deleted last, so a failure part way leaves the couple to the next call.
+    async fn expire_unconfirmed_couples(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<ExpiredCouple>, StoreError>;
 
     /// Publishes a backup (its blob is already durable).
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;

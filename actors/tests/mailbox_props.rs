@@ -139,7 +139,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let silent_device = DeviceId::parse("c").unwrap();
     let again = d
         .pairing
-        .initiate(a.clone(), Some(&started.device_token))
+        .initiate(
+            a.clone(),
+            Some(d.pairing.authenticate(&started.device_token).await.unwrap()),
+        )
         .await
         .unwrap();
     d.pairing

@@ -179,7 +179,14 @@ async fn a_device_paired_again_under_a_revoked_id_never_gets_the_old_ones_signal
     d.pairing.revoke(claims, b.clone()).await.unwrap();
     // A moment later a new device takes the id b: the old b's stored signal is not its.
     clock.advance(Duration::from_secs(1));
-    let again = d.pairing.initiate(a.clone(), Some(&a_token)).await.unwrap();
+    let again = d
+        .pairing
+        .initiate(
+            a.clone(),
+            Some(d.pairing.authenticate(&a_token).await.unwrap()),
+        )
+        .await
+        .unwrap();
     d.pairing
         .confirm(couple.clone(), again.pairing_token, b.clone())
         .await

@@ -132,9 +132,9 @@ impl ApiError {
             | Self::Backup(B::NotFound) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Kicked(Kick::Replaced)
-            | Self::Pairing(P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. }) => {
-                StatusCode::CONFLICT
-            }
+            | Self::Pairing(
+                P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. } | P::LastDevice,
+            ) => StatusCode::CONFLICT,
             Self::Pairing(P::Expired | P::Burned) => StatusCode::GONE,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::BodyTooLarge
@@ -191,6 +191,7 @@ impl ApiError {
             Self::Pairing(P::CoupleFull { .. }) => "couple_full",
             Self::Room(R::UnknownDevice) | Self::Pairing(P::UnknownDevice) => "unknown_device",
             Self::Pairing(P::SelfRevocation) => "cannot_revoke_self",
+            Self::Pairing(P::LastDevice) => "last_device",
             Self::Room(R::SelfRecipient) => "invalid_recipient",
             Self::Room(R::MailboxFull) => "mailbox_full",
             Self::Room(R::PayloadTooLarge { .. }) => "payload_too_large",

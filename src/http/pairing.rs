@@ -85,10 +85,15 @@ async fn initiate(
     bearer: Option<DeviceToken>,
     body: InitiateBody,
 ) -> Result<warp::reply::Response, Rejection> {
-    let started = pairing
-        .initiate(body.device_id, bearer.as_ref())
-        .await
-        .map_err(ApiError::from);
+    let started = async {
+        let by = match bearer {
+            Some(token) => Some(pairing.authenticate(&token).await?),
+            None => None,
+        };
+        pairing.initiate(body.device_id, by).await
+    }
+    .await
+    .map_err(ApiError::from);
     metrics.pairing(PairingStep::Initiate, ApiError::outcome_of(&started));
     let started = started.map_err(reject)?;
     let reply = InitiateReply {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actors::store::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    PairingRecord, Purged, Store, StoreError, StoredSignal, fill,
+    ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal, fill,
 };
 use actors::{BackupId, CoupleId, DeviceId, Seq, Sha256Digest, Timestamp};
 use async_trait::async_trait;
@@ -82,6 +82,9 @@ struct PairingDoc {
     purge_at: DateTime,
     failed_attempts: i64,
     consumed: bool,
+    /// Absent in documents written before it existed: such couples are kept.
+    #[serde(default)]
+    unconfirmed: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,6 +226,23 @@ impl MongoStore {
         Ok(())
     }
 
+    /// All devices of a couple.
+    async fn devices_of(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let cursor = self
+            .op(self.devices().find(doc! { "coupleId": couple.as_str() }))
+            .await?;
+        let docs: Vec<DeviceDoc> = self.op(cursor.try_collect()).await?;
+        Ok(docs
+            .into_iter()
+            .map(|d| DeviceRecord {
+                couple: d.couple_id,
+                device: d.device_id,
+                nonce: d.nonce,
+                paired_at: ts(d.paired_at),
+            })
+            .collect())
+    }
+
     fn pairing_doc(p: &PairingRecord) -> PairingDoc {
         PairingDoc {
             couple_id: p.couple.clone(),
@@ -231,6 +251,7 @@ impl MongoStore {
             purge_at: dt(p.purge_at),
             failed_attempts: i64::from(p.failed_attempts),
             consumed: p.consumed,
+            unconfirmed: p.unconfirmed,
         }
     }
 }
@@ -270,7 +291,11 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+    /// The pairing first: if deleting the device then fails, the revocation fails with the
+    /// device still registered (retry), and no pairing its token may have opened is left.
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+        self.op(self.pairings().delete_one(doc! { "_id": couple.as_str() }))
+            .await?;
         self.op(self
             .devices()
             .delete_one(doc! { "_id": format!("{couple}/{device}") }))
@@ -294,19 +319,7 @@ impl Store for MongoStore {
     }
 
     async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
-        let cursor = self
-            .op(self.devices().find(doc! { "coupleId": couple.as_str() }))
-            .await?;
-        let docs: Vec<DeviceDoc> = self.op(cursor.try_collect()).await?;
-        Ok(docs
-            .into_iter()
-            .map(|d| DeviceRecord {
-                couple: d.couple_id,
-                device: d.device_id,
-                nonce: d.nonce,
-                paired_at: ts(d.paired_at),
-            })
-            .collect())
+        self.devices_of(couple).await
     }
 
     async fn put_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
@@ -335,6 +348,7 @@ impl Store for MongoStore {
             purge_at: ts(d.purge_at),
             failed_attempts: u32::try_from(d.failed_attempts).unwrap_or(u32::MAX),
             consumed: d.consumed,
+            unconfirmed: d.unconfirmed,
         }))
     }
 
@@ -485,6 +499,53 @@ impl Store for MongoStore {
             signals: signals.deleted_count,
             pairings: pairings.deleted_count,
         })
+    }
+
+    /// Per couple, in this order: the device (its token dies at once), the stored signals,
+    /// ack watermarks and epoch, and the pairing last. The pairing is what marks the couple
+    /// for expiry, so a failure part way leaves it to the next call, which finds at most one
+    /// device (or none) and finishes.
+    async fn expire_unconfirmed_couples(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<ExpiredCouple>, StoreError> {
+        let cursor = self
+            .op(self.pairings().find(doc! {
+                "unconfirmed": true, "consumed": false, "expiresAt": { "$lte": dt(now) }
+            }))
+            .await?;
+        let expired: Vec<PairingDoc> = self.op(cursor.try_collect()).await?;
+        let mut gone = Vec::new();
+        for pairing in expired {
+            let couple = pairing.couple_id;
+            let members = self.devices_of(&couple).await?;
+            let has_backup = self
+                .op(self
+                    .backups_coll()
+                    .find_one(doc! { "coupleId": couple.as_str() }))
+                .await?
+                .is_some();
+            if members.len() > 1 || has_backup {
+                continue;
+            }
+            let c = couple.as_str();
+            self.op(self.devices().delete_many(doc! { "coupleId": c }))
+                .await?;
+            self.op(self.signals().delete_many(doc! { "coupleId": c }))
+                .await?;
+            self.op(self.acks().delete_many(doc! { "coupleId": c }))
+                .await?;
+            self.op(self.epochs().delete_one(doc! { "_id": c })).await?;
+            self.op(self
+                .pairings()
+                .delete_one(doc! { "_id": c, "unconfirmed": true, "consumed": false }))
+                .await?;
+            gone.push(ExpiredCouple {
+                couple,
+                devices: members.into_iter().map(|d| d.device).collect(),
+            });
+        }
+        Ok(gone)
     }
 
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {

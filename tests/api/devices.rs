@@ -113,3 +113,70 @@ async fn revocation_errors_are_clear() {
     assert_error(res, StatusCode::UNAUTHORIZED, "missing_token").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_devices_revoking_each_other_at_once_leave_exactly_one() {
+    let app = TestApp::spawn().await;
+    for _ in 0..5 {
+        let couple = app.pair().await;
+        let (by_a, by_b) = tokio::join!(
+            delete_device(&app, &couple.a.token, "b"),
+            delete_device(&app, &couple.b.token, "a"),
+        );
+        let (won, lost, survivor) = if by_a.status() == StatusCode::NO_CONTENT {
+            (by_a, by_b, &couple.a)
+        } else {
+            (by_b, by_a, &couple.b)
+        };
+        assert_eq!(won.status(), StatusCode::NO_CONTENT);
+        // The loser was revoked while its request waited: its token is dead.
+        assert_error(lost, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        let body = ok_json(app.get_auth("/api/devices", survivor).await, StatusCode::OK).await;
+        let ids: Vec<_> = body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["deviceId"].clone())
+            .collect();
+        assert_eq!(ids, [json!(survivor.id)], "the couple keeps its survivor");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revocation_closes_the_couples_open_pairing() {
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    // The device about to be revoked opens a pairing for a device of its own.
+    let opened = ok_json(
+        app.initiate("b", Some(&couple.b.token)).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let token = opened["pairingToken"].as_str().unwrap();
+    assert_eq!(
+        delete_device(&app, &couple.a.token, "b").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        app.confirm(&couple.id, token, "c").await,
+        StatusCode::NOT_FOUND,
+        "pairing_not_found",
+    )
+    .await;
+    let body = ok_json(
+        app.get_auth("/api/devices", &couple.a).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(body["devices"].as_array().unwrap().len(), 1);
+    // A remaining device opens a new pairing as usual.
+    let again = ok_json(
+        app.initiate("a", Some(&couple.a.token)).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let token = again["pairingToken"].as_str().unwrap();
+    ok_json(app.confirm(&couple.id, token, "c").await, StatusCode::OK).await;
+    app.stop().await;
+}

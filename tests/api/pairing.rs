@@ -191,3 +191,48 @@ async fn invalid_ids_and_bodies_are_400_with_a_message() {
     assert!(body["error"]["code"].is_string(), "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_couple_never_confirmed_expires_with_its_pairing_unless_it_holds_a_backup() {
+    let app = TestApp::spawn().await;
+    let lonely = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
+    let backed_up = ok_json(app.initiate("a", None).await, StatusCode::CREATED).await;
+    let device = |v: &Value| crate::helpers::Device {
+        id: "a".to_owned(),
+        token: v["deviceToken"].as_str().unwrap().to_owned(),
+    };
+    let (lonely_a, backed_up_a) = (device(&lonely), device(&backed_up));
+    assert_eq!(
+        app.upload(&backed_up_a, b"ciphertext".to_vec(), &[])
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let paired = app.pair().await;
+
+    app.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    // What the janitor does every minute.
+    assert_eq!(app.pairing.expire_unconfirmed_couples().await.unwrap(), 1);
+    assert_error(
+        app.get_auth("/api/devices", &lonely_a).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_error(
+        app.confirm(
+            lonely["coupleId"].as_str().unwrap(),
+            lonely["pairingToken"].as_str().unwrap(),
+            "b",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "pairing_not_found",
+    )
+    .await;
+    // A couple with a backup, and a confirmed couple, are kept.
+    for kept in [&backed_up_a, &paired.a, &paired.b] {
+        ok_json(app.get_auth("/api/devices", kept).await, StatusCode::OK).await;
+    }
+    app.stop().await;
+}

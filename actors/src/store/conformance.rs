@@ -40,6 +40,15 @@ fn pairing(couple: &CoupleId, expires: u64, purge: u64) -> PairingRecord {
         purge_at: at(purge),
         failed_attempts: 0,
         consumed: false,
+        unconfirmed: false,
+    }
+}
+
+/// The pairing `initiate` opens with a new couple.
+fn founding(couple: &CoupleId, expires: u64) -> PairingRecord {
+    PairingRecord {
+        unconfirmed: true,
+        ..pairing(couple, expires, expires + 100)
     }
 }
 
@@ -74,6 +83,7 @@ pub async fn store_suite(store: &dyn Store) {
     epochs_increase(store).await;
     mailboxes(store).await;
     purge(store).await;
+    expire_unconfirmed(store).await;
     backups(store).await;
 }
 
@@ -125,13 +135,20 @@ async fn devices_and_pairings(store: &dyn Store) {
         .save_device_and_pairing(&zed, &consumed)
         .await
         .expect("save");
-    store.remove_device(&c, &zed.device).await.expect("remove");
+    store.revoke_device(&c, &zed.device).await.expect("revoke");
     store
-        .remove_device(&c, &zed.device)
+        .revoke_device(&c, &zed.device)
         .await
-        .expect("removing twice is fine");
+        .expect("revoking twice is fine");
     assert!(store.device(&c, &zed.device).await.expect("read").is_none());
     assert_eq!(store.devices(&c).await.expect("read").len(), 2);
+    // It closes the couple's open pairing too, and no other couple's.
+    assert!(
+        store.pairing(&c).await.expect("read").is_none(),
+        "revocation closes the couple's pairing"
+    );
+    assert!(store.pairing(&other).await.expect("read").is_some());
+    store.put_pairing(&consumed).await.expect("put");
 
     let p = store
         .pairing(&c)
@@ -271,6 +288,113 @@ async fn purge(store: &dyn Store) {
         1,
         "devices do not expire"
     );
+}
+
+async fn expire_unconfirmed(store: &dyn Store) {
+    // Never confirmed, pairing expired at 100: the couple goes, with its mailbox and epoch.
+    let lonely = CoupleId::generate();
+    store
+        .save_device_and_pairing(&device(&lonely, "a"), &founding(&lonely, 100))
+        .await
+        .expect("save");
+    store
+        .put_signals(&[signal(&lonely, "a", 1, 1_000_000)])
+        .await
+        .expect("put");
+    store
+        .ack_signals(&lonely, &DeviceId::parse("a").expect("id"), Seq(0))
+        .await
+        .expect("ack");
+    store.next_epoch(&lonely).await.expect("epoch");
+    store.next_epoch(&lonely).await.expect("epoch");
+    // Never confirmed, pairing still open at 150: kept.
+    let open = CoupleId::generate();
+    store
+        .save_device_and_pairing(&device(&open, "a"), &founding(&open, 200))
+        .await
+        .expect("save");
+    // Confirmed (two devices), and a pairing opened later that expired: kept.
+    let confirmed = CoupleId::generate();
+    store
+        .save_device_and_pairing(&device(&confirmed, "a"), &founding(&confirmed, 100))
+        .await
+        .expect("save");
+    let mut joined = pairing(&confirmed, 100, 200);
+    joined.consumed = true;
+    store
+        .save_device_and_pairing(&device(&confirmed, "b"), &joined)
+        .await
+        .expect("save");
+    store
+        .put_pairing(&pairing(&confirmed, 100, 200))
+        .await
+        .expect("put");
+    // One device but a backup: kept.
+    let backed_up = CoupleId::generate();
+    store
+        .save_device_and_pairing(&device(&backed_up, "a"), &founding(&backed_up, 100))
+        .await
+        .expect("save");
+    store
+        .insert_backup(&backup(&backed_up, 50))
+        .await
+        .expect("insert");
+    // Two devices and a pairing still marked unconfirmed (not written by this server): kept.
+    let two = CoupleId::generate();
+    store
+        .save_device_and_pairing(&device(&two, "a"), &founding(&two, 100))
+        .await
+        .expect("save");
+    store
+        .save_device_and_pairing(&device(&two, "b"), &founding(&two, 100))
+        .await
+        .expect("save");
+
+    let expired = store
+        .expire_unconfirmed_couples(at(150))
+        .await
+        .expect("expire");
+    let ours: Vec<_> = expired
+        .iter()
+        .filter(|e| [&lonely, &open, &confirmed, &backed_up, &two].contains(&&e.couple))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "only the never-confirmed couple: {expired:?}"
+    );
+    assert_eq!(ours[0].couple, lonely);
+    assert_eq!(ours[0].devices, [DeviceId::parse("a").expect("id")]);
+    assert!(store.devices(&lonely).await.expect("read").is_empty());
+    assert!(store.pairing(&lonely).await.expect("read").is_none());
+    assert!(
+        store
+            .pending_signals(&lonely, at(0))
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_epoch(&lonely).await.expect("epoch"),
+        1,
+        "the epoch went too"
+    );
+    for (kept, devices) in [(&open, 1), (&confirmed, 2), (&backed_up, 1), (&two, 2)] {
+        assert_eq!(
+            store.devices(kept).await.expect("read").len(),
+            devices,
+            "a couple that does not qualify keeps its devices"
+        );
+        assert!(store.pairing(kept).await.expect("read").is_some());
+    }
+    // Once the open one expires too, it goes; a second call finds nothing more of ours.
+    let expired = store
+        .expire_unconfirmed_couples(at(250))
+        .await
+        .expect("expire");
+    assert!(expired.iter().any(|e| e.couple == open));
+    assert!(!expired.iter().any(|e| e.couple == lonely));
+    assert!(store.devices(&open).await.expect("read").is_empty());
 }
 
 async fn backups(store: &dyn Store) {

@@ -10,7 +10,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BackupRecord, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal};
+use super::{
+    BackupRecord, DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError,
+    StoredSignal,
+};
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
 
@@ -133,10 +136,11 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
         self.run(move |db| {
             let txn = db.begin_write()?;
+            txn.open_table(PAIRINGS)?.remove(couple.as_str())?;
             txn.open_table(DEVICES)?
                 .remove((couple.as_str(), device.as_str()))?;
             txn.commit()?;
@@ -327,6 +331,70 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn expire_unconfirmed_couples(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<ExpiredCouple>, StoreError> {
+        self.run(move |db| {
+            let txn = db.begin_write()?;
+            let mut gone: Vec<ExpiredCouple> = Vec::new();
+            let mut couples = std::collections::HashSet::new();
+            {
+                let mut pairings = txn.open_table(PAIRINGS)?;
+                let mut devices = txn.open_table(DEVICES)?;
+                let backups = txn.open_table(BACKUPS)?;
+                let mut epochs = txn.open_table(EPOCHS)?;
+                let mut candidates = Vec::new();
+                for row in pairings.iter()? {
+                    let (k, v) = row?;
+                    let expired = decode::<PairingRecord>(v.value())
+                        .is_ok_and(|p| p.unconfirmed && !p.consumed && p.expires_at <= now);
+                    if expired {
+                        candidates.push(k.value().to_owned());
+                    }
+                }
+                for couple in candidates {
+                    let c = couple.as_str();
+                    let mut members: Vec<DeviceRecord> = Vec::new();
+                    for row in devices.range((c, "")..)? {
+                        let (k, v) = row?;
+                        if k.value().0 != c {
+                            break;
+                        }
+                        members.push(decode(v.value())?);
+                    }
+                    let has_backup = match backups.range((c, "")..)?.next() {
+                        Some(row) => row?.0.value().0 == c,
+                        None => false,
+                    };
+                    if members.len() > 1 || has_backup {
+                        continue;
+                    }
+                    for d in &members {
+                        devices.remove((c, d.device.as_str()))?;
+                    }
+                    pairings.remove(c)?;
+                    epochs.remove(c)?;
+                    gone.push(ExpiredCouple {
+                        couple: CoupleId::parse(couple.clone())
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        devices: members.into_iter().map(|d| d.device).collect(),
+                    });
+                    couples.insert(couple);
+                }
+                if !couples.is_empty() {
+                    let mut signals = txn.open_table(SIGNALS)?;
+                    signals.retain(|(c, _, _), _| !couples.contains(c))?;
+                    let mut acks = txn.open_table(ACKS)?;
+                    acks.retain(|(c, _), _| !couples.contains(c))?;
+                }
+            }
+            txn.commit()?;
+            Ok(gone)
+        })
+        .await
+    }
+
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
         let rec = backup.clone();
         self.run(move |db| {
@@ -421,6 +489,7 @@ mod tests {
             purge_at: Timestamp(200),
             failed_attempts: 0,
             consumed: true,
+            unconfirmed: false,
         };
         let device = DeviceRecord {
             couple: c.clone(),

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    PairingRecord, Purged, Store, StoreError, StoredSignal,
+    ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal,
 };
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
@@ -86,9 +86,9 @@ impl Store for Measured<dyn Store> {
         self.op("save_device_and_pairing", work, always).await
     }
 
-    async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
-        let work = self.inner.remove_device(couple, device);
-        self.op("remove_device", work, always).await
+    async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
+        let work = self.inner.revoke_device(couple, device);
+        self.op("revoke_device", work, always).await
     }
 
     async fn device(
@@ -145,6 +145,14 @@ impl Store for Measured<dyn Store> {
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
         self.op("purge_expired", self.inner.purge_expired(now), always)
             .await
+    }
+
+    async fn expire_unconfirmed_couples(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<ExpiredCouple>, StoreError> {
+        let work = self.inner.expire_unconfirmed_couples(now);
+        self.op("expire_unconfirmed_couples", work, always).await
     }
 
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
