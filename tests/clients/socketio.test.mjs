@@ -197,6 +197,16 @@ test('refusals: wrong token, another couple, bad origin, bad input; the socket s
     assert.equal(allowed.error, null, `listed origin over ${transports}`);
     allowed.socket.disconnect();
   }
+  // Polling answers carry the security headers, and CORS for a listed origin only.
+  const handshake = (origin) =>
+    fetch(`${server.base}/socket.io/?EIO=4&transport=polling`, { headers: { origin } });
+  const listed = await handshake('https://app.example');
+  assert.equal(listed.status, 200);
+  assert.equal(listed.headers.get('x-content-type-options'), 'nosniff');
+  assert.equal(listed.headers.get('access-control-allow-origin'), 'https://app.example');
+  const unlisted = await handshake('https://evil.example');
+  assert.equal(unlisted.status, 403);
+  assert.equal((await unlisted.json()).error.code, 'origin_not_allowed');
   const { socket } = await connect();
   const error = (answer) => answer.error?.code;
   assert.equal(error(await call(socket, 'webrtc-signal', { to: 'b', payload: 1 })), 'not_joined');
@@ -260,4 +270,24 @@ test('a device that never acks receives 1 000 signals and never fails its sender
   assert.deepEqual((await all).map((s) => s.payload), [...Array(1000).keys()]);
   a.disconnect();
   b.disconnect();
+});
+
+test('a joined socket counts against the device signal budget, like /ws', async () => {
+  const limited = await startServer({ RATE_LIMIT_SIGNALS_BURST: '5', RATE_LIMIT_SIGNALS_PER_SEC: '1' });
+  try {
+    const couple = await pair(limited.base);
+    const socket = io(limited.base, { reconnection: false, forceNew: true, auth: joinBody(couple, 'a') });
+    await new Promise((ok) => socket.once('joined', ok));
+    const answers = [];
+    for (let i = 0; i < 6; i += 1) {
+      answers.push(await socket.timeout(WAIT_MS).emitWithAck('webrtc-signal', { to: 'b', payload: i, id: `r${i}` }));
+    }
+    assert.deepEqual(answers.slice(0, 5).map((a) => a.id), ['r0', 'r1', 'r2', 'r3', 'r4']);
+    assert.equal(answers[5].error.code, 'rate_limited');
+    assert.equal(answers[5].error.id, 'r5');
+    assert.equal(await metric(limited.base, 'our_memories_rate_limited_total{limit="signals"}'), 1);
+    socket.disconnect();
+  } finally {
+    await limited.stop();
+  }
 });
