@@ -155,6 +155,31 @@ pub enum BlobError {
     Store(#[from] StoreError),
 }
 
+/// Free space the local backends (redb, files) want on their file system before they report
+/// themselves ready again after a write failed there (a full disk): readiness then means that
+/// ordinary writes fit again, not only that one small probe did. 1 MiB is a mailbox's worth of
+/// signals; a larger backup upload may still find the disk full, and then fails alone.
+pub const WRITE_HEADROOM: u64 = 1024 * 1024;
+
+/// Whether the file system holding `dir` has [`WRITE_HEADROOM`] bytes available to this
+/// process (blocking: one `statvfs`).
+pub(crate) fn check_headroom(dir: &std::path::Path) -> Result<(), StoreError> {
+    let fs = rustix::fs::statvfs(dir).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot read the free space of {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free < WRITE_HEADROOM {
+        return Err(StoreError::Unavailable(format!(
+            "{free} bytes free on the file system of {}: writes fail",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Extra room [`fill`] reserves beyond its target for the last incoming chunk.
 const FILL_SLACK: usize = 512 * 1024;
 

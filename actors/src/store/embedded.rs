@@ -2,15 +2,19 @@
 //! with ACID transactions that are durable (fsynced) when `commit` returns, so a killed server
 //! loses nothing it acknowledged, and it needs no service and no C toolchain.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BackupRecord, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal};
+use super::{
+    BackupRecord, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal,
+    check_headroom,
+};
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
 
@@ -26,32 +30,85 @@ const SIGNALS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new(
 const ACKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("acks");
 /// (couple, backup) -> `BackupRecord` JSON.
 const BACKUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("backups");
+/// One row the readiness probe rewrites to learn whether a write can commit (see
+/// [`EmbeddedStore::ping`]).
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// What the probe writes: about one small record, so it needs what a real write needs.
+const PROBE_VALUE: [u8; 512] = [0; 512];
 
 /// File name of the database inside `DATA_DIR`.
 pub const DB_FILE: &str = "our-memories.redb";
 
 /// The embedded, crash-safe store. Cheap to clone; all clones share one open database.
+///
+/// After an I/O error (a full disk, most often) redb refuses every later operation on that
+/// handle ("Previous I/O error occurred. Please close and re-open the database"): the file is
+/// left for the next open to recover, which is redb's documented way out. So the store closes
+/// and reopens the file itself, before the next operation, instead of failing until a restart.
+/// The reopen runs redb's repair from the last durable commit: everything acknowledged is there.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
 }
 
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+/// What every clone shares.
+struct Shared {
+    path: PathBuf,
+    /// The open database, `None` after a reopen failed. Operations hold it shared for their
+    /// whole transaction; a reopen holds it exclusively, so it never closes the file under a
+    /// live transaction.
+    db: RwLock<Option<Database>>,
+    /// An I/O error poisoned the open handle: the next operation reopens the file first.
+    broken: AtomicBool,
+    /// A write failed on I/O and the readiness probe has not passed since: what `/ready`
+    /// reports (see [`EmbeddedStore::ping`]).
+    write_failing: AtomicBool,
+}
+
+/// Whether an operation reads or writes, for [`Shared::with_db`]'s bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// A failure inside one operation, before it becomes a [`StoreError`]: the redb error is kept
+/// so an I/O failure (which poisons redb's handle) can be told from the rest.
+enum Fault {
+    Redb(redb::Error),
+    Corrupt(String),
+}
+
+impl Fault {
+    /// Whether redb's handle is unusable after this error until it is reopened.
+    fn poisons(&self) -> bool {
+        matches!(
+            self,
+            Fault::Redb(redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+        )
+    }
+}
+
+impl From<Fault> for StoreError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Redb(e) => StoreError::Unavailable(e.to_string()),
+            Fault::Corrupt(e) => StoreError::Corrupt(e),
+        }
     }
 }
 
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+        impl From<$t> for Fault {
             fn from(e: $t) -> Self {
-                StoreError::from(redb::Error::from(e))
+                Fault::Redb(redb::Error::from(e))
             }
         }
     )*};
 }
 redb_errors!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -59,42 +116,136 @@ redb_errors!(
     redb::CommitError
 );
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Fault> {
+    serde_json::to_vec(v).map_err(|e| Fault::Corrupt(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Fault> {
+    serde_json::from_slice(bytes).map_err(|e| Fault::Corrupt(e.to_string()))
+}
+
+/// Opens (or creates) the database file, creating every table so reads never miss one.
+fn open_database(path: &Path) -> Result<Database, Fault> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(DEVICES)?;
+    txn.open_table(PAIRINGS)?;
+    txn.open_table(EPOCHS)?;
+    txn.open_table(SIGNALS)?;
+    txn.open_table(ACKS)?;
+    txn.open_table(BACKUPS)?;
+    txn.open_table(PROBE)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+impl Shared {
+    /// Runs one operation on the open database (reopening it first if an I/O error poisoned
+    /// it), and keeps the books on I/O failures.
+    fn with_db<T>(
+        &self,
+        access: Access,
+        f: impl FnOnce(&Database) -> Result<T, Fault>,
+    ) -> Result<T, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let result = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = guard.as_ref() else {
+                return Err(StoreError::Unavailable(
+                    "the database is closed after an I/O error".to_owned(),
+                ));
+            };
+            f(db)
+        };
+        match &result {
+            Err(fault) if fault.poisons() => {
+                self.broken.store(true, Ordering::Release);
+                if access == Access::Write {
+                    self.write_failing.store(true, Ordering::Release);
+                }
+            }
+            _ => {}
+        }
+        result.map_err(StoreError::from)
+    }
+
+    /// Closes the poisoned handle and opens the file again. One caller does it; the others
+    /// wait on the lock and find it done.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(old) = guard.take() {
+            // It fails with the I/O error that poisoned it, and releases the file all the same.
+            let _ = old.close();
+        }
+        // Without the tables' commit of `open_database` (they exist since the first open): on
+        // a disk that is still full, it could fail and leave even reads without a database.
+        match Database::create(&self.path) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.broken.store(false, Ordering::Release);
+                tracing::info!("reopened the database after an I/O error");
+                Ok(())
+            }
+            Err(e) => {
+                let e = StoreError::from(Fault::from(e));
+                tracing::warn!(cause = %e, "cannot reopen the database after an I/O error");
+                Err(e)
+            }
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir`, creating every table so reads never miss one.
+    /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let db = Database::create(dir.join(DB_FILE))?;
-        let txn = db.begin_write()?;
-        txn.open_table(DEVICES)?;
-        txn.open_table(PAIRINGS)?;
-        txn.open_table(EPOCHS)?;
-        txn.open_table(SIGNALS)?;
-        txn.open_table(ACKS)?;
-        txn.open_table(BACKUPS)?;
-        txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let path = dir.join(DB_FILE);
+        let db = open_database(&path)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                db: RwLock::new(Some(db)),
+                broken: AtomicBool::new(false),
+                write_failing: AtomicBool::new(false),
+            }),
+        })
     }
 
     /// Runs blocking redb work off the async runtime.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn run<T, F>(&self, access: Access, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.with_db(access, f))
             .await
             .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    /// A read-only transaction.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
+    {
+        self.run(Access::Read, f).await
+    }
+
+    /// A write transaction: its failure on I/O marks the store not ready until one commits.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
+    {
+        self.run(Access::Write, f).await
     }
 }
 
@@ -104,8 +255,39 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
+    /// Readiness must fail while writes fail (a full disk still reads fine), and a read
+    /// cannot tell. Writing on every ping would cost an fsync per probe on a healthy server,
+    /// and a periodic write probe would notice a full disk only at its next tick. So a write
+    /// that fails on I/O sets a flag at once, and only while it is set does the ping probe:
+    /// the disk must have [`super::WRITE_HEADROOM`] free and a small write must commit. A successful
+    /// client write does not clear the flag: on a full disk, the reopen frees the pages of the
+    /// failed transaction inside the file, so a few small writes commit between failures, and
+    /// readiness would flap. `/ready` is 503 from the first failed write until the disk has
+    /// room again, and it finds out by itself when asked (no client traffic needed).
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|db| {
+        if self.shared.write_failing.load(Ordering::Acquire) {
+            let dir = self
+                .shared
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            tokio::task::spawn_blocking(move || check_headroom(&dir))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+            self.write(|db| {
+                let txn = db.begin_write()?;
+                txn.open_table(PROBE)?
+                    .insert("probe", PROBE_VALUE.as_slice())?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?;
+            self.shared.write_failing.store(false, Ordering::Release);
+            tracing::info!("the metadata store writes again");
+            return Ok(());
+        }
+        self.read(|db| {
             db.begin_read()?.open_table(EPOCHS)?;
             Ok(())
         })
@@ -118,7 +300,7 @@ impl Store for EmbeddedStore {
         pairing: &PairingRecord,
     ) -> Result<(), StoreError> {
         let (device, pairing) = (device.clone(), pairing.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let (d, p) = (encode(&device)?, encode(&pairing)?);
             let txn = db.begin_write()?;
             txn.open_table(DEVICES)?.insert(
@@ -135,7 +317,7 @@ impl Store for EmbeddedStore {
 
     async fn remove_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(DEVICES)?
                 .remove((couple.as_str(), device.as_str()))?;
@@ -151,7 +333,7 @@ impl Store for EmbeddedStore {
         device: &DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(DEVICES)?;
             let row = table.get((couple.as_str(), device.as_str()))?;
@@ -162,7 +344,7 @@ impl Store for EmbeddedStore {
 
     async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(DEVICES)?;
             let mut out = Vec::new();
@@ -180,7 +362,7 @@ impl Store for EmbeddedStore {
 
     async fn put_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
         let rec = pairing.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let bytes = encode(&rec)?;
             let txn = db.begin_write()?;
             txn.open_table(PAIRINGS)?
@@ -193,7 +375,7 @@ impl Store for EmbeddedStore {
 
     async fn pairing(&self, couple: &CoupleId) -> Result<Option<PairingRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(PAIRINGS)?;
             let row = table.get(couple.as_str())?;
@@ -204,7 +386,7 @@ impl Store for EmbeddedStore {
 
     async fn next_epoch(&self, couple: &CoupleId) -> Result<u64, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             let next = {
                 let mut table = txn.open_table(EPOCHS)?;
@@ -220,7 +402,7 @@ impl Store for EmbeddedStore {
 
     async fn put_signals(&self, signals: &[StoredSignal]) -> Result<(), StoreError> {
         let signals = signals.to_vec();
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(SIGNALS)?;
@@ -245,7 +427,7 @@ impl Store for EmbeddedStore {
         up_to: Seq,
     ) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             {
                 let key = (couple.as_str(), device.as_str());
@@ -271,7 +453,7 @@ impl Store for EmbeddedStore {
         now: Timestamp,
     ) -> Result<Vec<StoredSignal>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let signals = txn.open_table(SIGNALS)?;
             let acks = txn.open_table(ACKS)?;
@@ -294,7 +476,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             let mut purged = Purged::default();
             {
@@ -329,7 +511,7 @@ impl Store for EmbeddedStore {
 
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
         let rec = backup.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let bytes = encode(&rec)?;
             let txn = db.begin_write()?;
             txn.open_table(BACKUPS)?
@@ -342,7 +524,7 @@ impl Store for EmbeddedStore {
 
     async fn backups(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(BACKUPS)?;
             let mut out: Vec<BackupRecord> = Vec::new();
@@ -361,7 +543,7 @@ impl Store for EmbeddedStore {
 
     async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError> {
         let (couple, id) = (couple.clone(), id.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(BACKUPS)?
                 .remove((couple.as_str(), id.as_str()))?;
