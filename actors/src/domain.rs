@@ -96,8 +96,9 @@ async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
     }
 }
 
-/// Every [`PURGE_INTERVAL`]: deletes expired records, and blob leftovers older than
-/// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
+/// Every [`PURGE_INTERVAL`]: deletes expired records, gives the metadata store's free space
+/// back when much of it is free, and deletes blob leftovers older than [`ORPHAN_AGE`] (younger
+/// ones may belong to an upload still running).
 async fn janitor(
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
@@ -123,6 +124,15 @@ async fn janitor(
                 }
             }
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
+        }
+        match store.reclaim_space().await {
+            Ok(Some(c)) => tracing::info!(
+                before_bytes = c.before,
+                after_bytes = c.after,
+                "compacted the metadata store"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(cause = %e, "failed to compact the metadata store"),
         }
         let cutoff = Some(Timestamp(now.0.saturating_sub(
             u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX),

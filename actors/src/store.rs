@@ -115,6 +115,15 @@ pub struct Purged {
     pub pairings: u64,
 }
 
+/// What one compaction of the metadata store gave back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The file's size before, in bytes.
+    pub before: u64,
+    /// Its size after.
+    pub after: u64,
+}
+
 /// A stream of bytes in or out of a blob store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -298,6 +307,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes expired signals and pairings past their `purge_at`; returns how many went.
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError>;
+
+    /// Gives the space of deleted records back to the file system when much of it is free
+    /// (the janitor calls it after each purge); `None` when it did nothing. Backends whose
+    /// database manages its own space keep this default.
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        Ok(None)
+    }
 
     /// Publishes a backup (its blob is already durable).
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;

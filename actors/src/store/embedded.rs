@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BackupRecord, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal,
+    BackupRecord, Compacted, DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal,
     check_headroom,
 };
 use crate::clock::Timestamp;
@@ -38,6 +38,26 @@ const PROBE_VALUE: [u8; 512] = [0; 512];
 
 /// File name of the database inside `DATA_DIR`.
 pub const DB_FILE: &str = "our-memories.redb";
+
+/// redb never shrinks its file by itself: after a burst of stored signals is delivered or
+/// expires, the space stays free inside the file. [`EmbeddedStore::reclaim_space`] compacts
+/// it when at least this share of the file (in percent) is free...
+pub const COMPACT_MIN_FREE_PERCENT: u64 = 50;
+/// ...and the file is at least this big: below it there is too little to give back to be
+/// worth stopping the store for...
+pub const COMPACT_MIN_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and at most this much of it is live. Compaction moves the live pages while every other
+/// operation of the store waits, so this bounds how long it blocks them (docs/benchmarks.md
+/// has the measured time).
+pub const COMPACT_MAX_LIVE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Whether a file of `file` bytes with `live` of them in use is worth compacting.
+fn worth_compacting(file: u64, live: u64) -> bool {
+    let free = file.saturating_sub(live);
+    file >= COMPACT_MIN_FILE_BYTES
+        && free.saturating_mul(100) >= file.saturating_mul(COMPACT_MIN_FREE_PERCENT)
+        && live <= COMPACT_MAX_LIVE_BYTES
+}
 
 /// The embedded, crash-safe store. Cheap to clone; all clones share one open database.
 ///
@@ -169,6 +189,44 @@ impl Shared {
             _ => {}
         }
         result.map_err(StoreError::from)
+    }
+
+    /// Compacts the file when [`worth_compacting`]: under the exclusive lock, so no
+    /// transaction is live (redb's `compact` needs `&mut Database` and none running).
+    fn compact(&self) -> Result<Option<Compacted>, StoreError> {
+        let file_len = || {
+            std::fs::metadata(&self.path)
+                .map(|m| m.len())
+                .map_err(|e| StoreError::Unavailable(format!("cannot stat the database: {e}")))
+        };
+        // A write transaction that is only read: its stats see the allocator's state.
+        let live = self.with_db(Access::Read, |db| {
+            let txn = db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })?;
+        let before = file_len()?;
+        if !worth_compacting(before, live) {
+            return Ok(None);
+        }
+        let result = {
+            let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = guard.as_mut() else {
+                return Ok(None);
+            };
+            db.compact().map_err(|e| Fault::Redb(e.into()))
+        };
+        if let Err(fault) = &result
+            && fault.poisons()
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        result?;
+        Ok(Some(Compacted {
+            before,
+            after: file_len()?,
+        }))
     }
 
     /// Closes the poisoned handle and opens the file again. One caller does it; the others
@@ -509,6 +567,14 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    /// Compacts the file when much of it is free (see [`COMPACT_MIN_FREE_PERCENT`]).
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.compact())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
         let rec = backup.clone();
         self.write(move |db| {
@@ -630,6 +696,56 @@ mod tests {
             store.devices(&c).await.unwrap().len(),
             1,
             "devices do not expire"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_mostly_free_after_a_burst_is_compacted_and_keeps_what_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let c = CoupleId::parse("c").unwrap();
+        let b = DeviceId::parse("b").unwrap();
+        let big = |seq| StoredSignal {
+            payload: "x".repeat(60_000),
+            ..signal(&c, seq, 100)
+        };
+        // A burst of 24 MB of stored signals, then all but the last one delivered.
+        for batch in 0..20 {
+            let signals: Vec<_> = (1..=20).map(|i| big(batch * 20 + i)).collect();
+            store.put_signals(&signals).await.unwrap();
+        }
+        assert_eq!(
+            store.reclaim_space().await.unwrap(),
+            None,
+            "nothing is free yet"
+        );
+        store.ack_signals(&c, &b, Seq(399)).await.unwrap();
+        let size = || std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len();
+        let before = size();
+        let compacted = store.reclaim_space().await.unwrap().expect("compacted");
+        assert_eq!(compacted.before, before);
+        assert_eq!(compacted.after, size());
+        assert!(compacted.after < before / 4, "{compacted:?}");
+        let left = store.pending_signals(&c, Timestamp(0)).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload.len(), 60_000);
+        // Once compact, there is nothing more to do; the store still writes.
+        assert_eq!(store.reclaim_space().await.unwrap(), None);
+        store.put_signals(&[signal(&c, 401, 100)]).await.unwrap();
+    }
+
+    #[test]
+    fn compaction_needs_a_big_file_mostly_free_and_a_bounded_live_part() {
+        const MIB: u64 = 1024 * 1024;
+        assert!(worth_compacting(100 * MIB, 50 * MIB));
+        assert!(
+            !worth_compacting(100 * MIB, 51 * MIB),
+            "less than half free"
+        );
+        assert!(!worth_compacting(15 * MIB, MIB), "too small to bother");
+        assert!(
+            !worth_compacting(1024 * MIB, 300 * MIB),
+            "too much to move at once"
         );
     }
 

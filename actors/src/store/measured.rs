@@ -7,8 +7,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    PairingRecord, Purged, Store, StoreError, StoredSignal,
+    BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, Compacted,
+    DeviceRecord, PairingRecord, Purged, Store, StoreError, StoredSignal,
 };
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
@@ -144,6 +144,11 @@ impl Store for Measured<dyn Store> {
 
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
         self.op("purge_expired", self.inner.purge_expired(now), always)
+            .await
+    }
+
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        self.op("reclaim_space", self.inner.reclaim_space(), always)
             .await
     }
 
