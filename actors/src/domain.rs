@@ -125,10 +125,12 @@ async fn janitor(
             }
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
         }
+        let started = std::time::Instant::now();
         match store.reclaim_space().await {
             Ok(Some(c)) => tracing::info!(
                 before_bytes = c.before,
                 after_bytes = c.after,
+                millis = started.elapsed().as_millis(),
                 "compacted the metadata store"
             ),
             Ok(None) => {}

@@ -144,9 +144,22 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Fault> {
     serde_json::from_slice(bytes).map_err(|e| Fault::Corrupt(e.to_string()))
 }
 
+/// redb's page cache. Its default, 1 GiB, is kept once filled: after a burst of stored
+/// signals the process kept hundreds of MiB it no longer needed (docs/benchmarks.md, "Memory
+/// and disk after a burst"). The metadata a running server reads again (devices, pairings,
+/// a room's mailbox when it starts) is small, so a small cache costs little.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens (or creates) the database file with a [`CACHE_BYTES`] cache.
+fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+}
+
 /// Opens (or creates) the database file, creating every table so reads never miss one.
 fn open_database(path: &Path) -> Result<Database, Fault> {
-    let db = Database::create(path)?;
+    let db = create_database(path)?;
     let txn = db.begin_write()?;
     txn.open_table(DEVICES)?;
     txn.open_table(PAIRINGS)?;
@@ -242,7 +255,7 @@ impl Shared {
         }
         // Without the tables' commit of `open_database` (they exist since the first open): on
         // a disk that is still full, it could fail and leave even reads without a database.
-        match Database::create(&self.path) {
+        match create_database(&self.path) {
             Ok(db) => {
                 *guard = Some(db);
                 self.broken.store(false, Ordering::Release);
