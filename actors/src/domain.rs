@@ -98,8 +98,9 @@ async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
 }
 
 /// Every [`PURGE_INTERVAL`]: deletes never-confirmed couples whose pairing expired (first,
-/// while their pairing record still marks them), expired records, and blob leftovers older
-/// than [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
+/// while their pairing record still marks them), expired records, gives the metadata store's
+/// free space back when much of it is free, and deletes blob leftovers older than
+/// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
 async fn janitor(
     pairing: Pairing,
     store: Arc<dyn Store>,
@@ -134,6 +135,17 @@ async fn janitor(
                 }
             }
             Err(e) => tracing::warn!(cause = %e, "failed to purge expired records"),
+        }
+        let started = std::time::Instant::now();
+        match store.reclaim_space().await {
+            Ok(Some(c)) => tracing::info!(
+                before_bytes = c.before,
+                after_bytes = c.after,
+                millis = started.elapsed().as_millis(),
+                "compacted the metadata store"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(cause = %e, "failed to compact the metadata store"),
         }
         let cutoff = Some(Timestamp(now.0.saturating_sub(
             u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX),

@@ -131,6 +131,15 @@ pub struct ExpiredCouple {
     pub devices: Vec<DeviceId>,
 }
 
+/// What one compaction of the metadata store gave back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The file's size before, in bytes.
+    pub before: u64,
+    /// Its size after.
+    pub after: u64,
+}
+
 /// A stream of bytes in or out of a blob store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -169,6 +178,31 @@ pub enum BlobError {
     /// The store failed; nothing was kept.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Free space the local backends (redb, files) want on their file system before they report
+/// themselves ready again after a write failed there (a full disk): readiness then means that
+/// ordinary writes fit again, not only that one small probe did. 1 MiB is a mailbox's worth of
+/// signals; a larger backup upload may still find the disk full, and then fails alone.
+pub const WRITE_HEADROOM: u64 = 1024 * 1024;
+
+/// Whether the file system holding `dir` has [`WRITE_HEADROOM`] bytes available to this
+/// process (blocking: one `statvfs`).
+pub(crate) fn check_headroom(dir: &std::path::Path) -> Result<(), StoreError> {
+    let fs = rustix::fs::statvfs(dir).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot read the free space of {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free < WRITE_HEADROOM {
+        return Err(StoreError::Unavailable(format!(
+            "{free} bytes free on the file system of {}: writes fail",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Extra room [`fill`] reserves beyond its target for the last incoming chunk.
@@ -303,6 +337,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         now: Timestamp,
     ) -> Result<Vec<ExpiredCouple>, StoreError>;
+
+    /// Gives the space of deleted records back to the file system when much of it is free
+    /// (the janitor calls it after each purge); `None` when it did nothing. Backends whose
+    /// database manages its own space keep this default.
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        Ok(None)
+    }
 
     /// Publishes a backup (its blob is already durable).
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError>;

@@ -1,7 +1,8 @@
 //! `GET /health` and `GET /ready`: each storage backend and whether it answers, the version
 //! and the uptime. `/health` is always 200 while the process serves (`status` says `degraded`
 //! when a backend does not answer; signaling between connected devices still works then);
-//! `/ready` is 503 unless storage answers and the server is not shutting down.
+//! `/ready` is 503 unless storage answers and the server is not shutting down (the embedded
+//! backends also answer "no" after a write failed on a full disk, until it has room again).
 
 use std::time::Instant;
 

@@ -6,6 +6,7 @@ mod conformance;
 mod connections;
 mod dashboard;
 mod devices;
+mod full_disk;
 mod helpers;
 mod limits;
 mod metrics;

@@ -2,8 +2,9 @@
 //! with ACID transactions that are durable (fsynced) when `commit` returns, so a killed server
 //! loses nothing it acknowledged, and it needs no service and no C toolchain.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -11,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BackupRecord, DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError,
-    StoredSignal,
+    BackupRecord, Compacted, DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError,
+    StoredSignal, check_headroom,
 };
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
@@ -29,32 +30,105 @@ const SIGNALS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new(
 const ACKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("acks");
 /// (couple, backup) -> `BackupRecord` JSON.
 const BACKUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("backups");
+/// One row the readiness probe rewrites to learn whether a write can commit (see
+/// [`EmbeddedStore::ping`]).
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// What the probe writes: about one small record, so it needs what a real write needs.
+const PROBE_VALUE: [u8; 512] = [0; 512];
 
 /// File name of the database inside `DATA_DIR`.
 pub const DB_FILE: &str = "our-memories.redb";
 
-/// The embedded, crash-safe store. Cheap to clone; all clones share one open database.
-#[derive(Clone)]
-pub struct EmbeddedStore {
-    db: Arc<Database>,
+/// redb never shrinks its file by itself: after a burst of stored signals is delivered or
+/// expires, the space stays free inside the file. [`EmbeddedStore::reclaim_space`] compacts
+/// it when at least this share of the file (in percent) is free...
+pub const COMPACT_MIN_FREE_PERCENT: u64 = 50;
+/// ...and the file is at least this big: below it there is too little to give back to be
+/// worth stopping the store for...
+pub const COMPACT_MIN_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and at most this much of it is live. Compaction moves the live pages while every other
+/// operation of the store waits, so this bounds how long it blocks them (docs/benchmarks.md
+/// has the measured time).
+pub const COMPACT_MAX_LIVE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Whether a file of `file` bytes with `live` of them in use is worth compacting.
+fn worth_compacting(file: u64, live: u64) -> bool {
+    let free = file.saturating_sub(live);
+    file >= COMPACT_MIN_FILE_BYTES
+        && free.saturating_mul(100) >= file.saturating_mul(COMPACT_MIN_FREE_PERCENT)
+        && live <= COMPACT_MAX_LIVE_BYTES
 }
 
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+/// The embedded, crash-safe store. Cheap to clone; all clones share one open database.
+///
+/// After an I/O error (a full disk, most often) redb refuses every later operation on that
+/// handle ("Previous I/O error occurred. Please close and re-open the database"): the file is
+/// left for the next open to recover, which is redb's documented way out. So the store closes
+/// and reopens the file itself, before the next operation, instead of failing until a restart.
+/// The reopen runs redb's repair from the last durable commit: everything acknowledged is there.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+}
+
+/// What every clone shares.
+struct Shared {
+    path: PathBuf,
+    /// The open database, `None` after a reopen failed. Operations hold it shared for their
+    /// whole transaction; a reopen holds it exclusively, so it never closes the file under a
+    /// live transaction.
+    db: RwLock<Option<Database>>,
+    /// An I/O error poisoned the open handle: the next operation reopens the file first.
+    broken: AtomicBool,
+    /// A write failed on I/O and the readiness probe has not passed since: what `/ready`
+    /// reports (see [`EmbeddedStore::ping`]).
+    write_failing: AtomicBool,
+}
+
+/// Whether an operation reads or writes, for [`Shared::with_db`]'s bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// A failure inside one operation, before it becomes a [`StoreError`]: the redb error is kept
+/// so an I/O failure (which poisons redb's handle) can be told from the rest.
+enum Fault {
+    Redb(redb::Error),
+    Corrupt(String),
+}
+
+impl Fault {
+    /// Whether redb's handle is unusable after this error until it is reopened.
+    fn poisons(&self) -> bool {
+        matches!(
+            self,
+            Fault::Redb(redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+        )
+    }
+}
+
+impl From<Fault> for StoreError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Redb(e) => StoreError::Unavailable(e.to_string()),
+            Fault::Corrupt(e) => StoreError::Corrupt(e),
+        }
     }
 }
 
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+        impl From<$t> for Fault {
             fn from(e: $t) -> Self {
-                StoreError::from(redb::Error::from(e))
+                Fault::Redb(redb::Error::from(e))
             }
         }
     )*};
 }
 redb_errors!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -62,42 +136,187 @@ redb_errors!(
     redb::CommitError
 );
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Fault> {
+    serde_json::to_vec(v).map_err(|e| Fault::Corrupt(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Fault> {
+    serde_json::from_slice(bytes).map_err(|e| Fault::Corrupt(e.to_string()))
+}
+
+/// redb's page cache. Its default, 1 GiB, is kept once filled: after a burst of stored
+/// signals the process kept hundreds of MiB it no longer needed (docs/benchmarks.md, "Memory
+/// and disk after a burst"). The metadata a running server reads again (devices, pairings,
+/// a room's mailbox when it starts) is small, so a small cache costs little.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Opens (or creates) the database file with a [`CACHE_BYTES`] cache.
+fn create_database(path: &Path) -> Result<Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+}
+
+/// Opens (or creates) the database file, creating every table so reads never miss one.
+fn open_database(path: &Path) -> Result<Database, Fault> {
+    let db = create_database(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(DEVICES)?;
+    txn.open_table(PAIRINGS)?;
+    txn.open_table(EPOCHS)?;
+    txn.open_table(SIGNALS)?;
+    txn.open_table(ACKS)?;
+    txn.open_table(BACKUPS)?;
+    txn.open_table(PROBE)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+impl Shared {
+    /// Runs one operation on the open database (reopening it first if an I/O error poisoned
+    /// it), and keeps the books on I/O failures.
+    fn with_db<T>(
+        &self,
+        access: Access,
+        f: impl FnOnce(&Database) -> Result<T, Fault>,
+    ) -> Result<T, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let result = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = guard.as_ref() else {
+                return Err(StoreError::Unavailable(
+                    "the database is closed after an I/O error".to_owned(),
+                ));
+            };
+            f(db)
+        };
+        match &result {
+            Err(fault) if fault.poisons() => {
+                self.broken.store(true, Ordering::Release);
+                if access == Access::Write {
+                    self.write_failing.store(true, Ordering::Release);
+                }
+            }
+            _ => {}
+        }
+        result.map_err(StoreError::from)
+    }
+
+    /// Compacts the file when [`worth_compacting`]: under the exclusive lock, so no
+    /// transaction is live (redb's `compact` needs `&mut Database` and none running).
+    fn compact(&self) -> Result<Option<Compacted>, StoreError> {
+        let file_len = || {
+            std::fs::metadata(&self.path)
+                .map(|m| m.len())
+                .map_err(|e| StoreError::Unavailable(format!("cannot stat the database: {e}")))
+        };
+        // A write transaction that is only read: its stats see the allocator's state.
+        let live = self.with_db(Access::Read, |db| {
+            let txn = db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })?;
+        let before = file_len()?;
+        if !worth_compacting(before, live) {
+            return Ok(None);
+        }
+        let result = {
+            let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = guard.as_mut() else {
+                return Ok(None);
+            };
+            db.compact().map_err(|e| Fault::Redb(e.into()))
+        };
+        if let Err(fault) = &result
+            && fault.poisons()
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        result?;
+        Ok(Some(Compacted {
+            before,
+            after: file_len()?,
+        }))
+    }
+
+    /// Closes the poisoned handle and opens the file again. One caller does it; the others
+    /// wait on the lock and find it done.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(old) = guard.take() {
+            // It fails with the I/O error that poisoned it, and releases the file all the same.
+            let _ = old.close();
+        }
+        // Without the tables' commit of `open_database` (they exist since the first open): on
+        // a disk that is still full, it could fail and leave even reads without a database.
+        match create_database(&self.path) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.broken.store(false, Ordering::Release);
+                tracing::info!("reopened the database after an I/O error");
+                Ok(())
+            }
+            Err(e) => {
+                let e = StoreError::from(Fault::from(e));
+                tracing::warn!(cause = %e, "cannot reopen the database after an I/O error");
+                Err(e)
+            }
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir`, creating every table so reads never miss one.
+    /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let db = Database::create(dir.join(DB_FILE))?;
-        let txn = db.begin_write()?;
-        txn.open_table(DEVICES)?;
-        txn.open_table(PAIRINGS)?;
-        txn.open_table(EPOCHS)?;
-        txn.open_table(SIGNALS)?;
-        txn.open_table(ACKS)?;
-        txn.open_table(BACKUPS)?;
-        txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let path = dir.join(DB_FILE);
+        let db = open_database(&path)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                path,
+                db: RwLock::new(Some(db)),
+                broken: AtomicBool::new(false),
+                write_failing: AtomicBool::new(false),
+            }),
+        })
     }
 
     /// Runs blocking redb work off the async runtime.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn run<T, F>(&self, access: Access, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.with_db(access, f))
             .await
             .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    /// A read-only transaction.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
+    {
+        self.run(Access::Read, f).await
+    }
+
+    /// A write transaction: its failure on I/O marks the store not ready until one commits.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, Fault> + Send + 'static,
+    {
+        self.run(Access::Write, f).await
     }
 }
 
@@ -107,8 +326,39 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
+    /// Readiness must fail while writes fail (a full disk still reads fine), and a read
+    /// cannot tell. Writing on every ping would cost an fsync per probe on a healthy server,
+    /// and a periodic write probe would notice a full disk only at its next tick. So a write
+    /// that fails on I/O sets a flag at once, and only while it is set does the ping probe:
+    /// the disk must have [`super::WRITE_HEADROOM`] free and a small write must commit. A successful
+    /// client write does not clear the flag: on a full disk, the reopen frees the pages of the
+    /// failed transaction inside the file, so a few small writes commit between failures, and
+    /// readiness would flap. `/ready` is 503 from the first failed write until the disk has
+    /// room again, and it finds out by itself when asked (no client traffic needed).
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|db| {
+        if self.shared.write_failing.load(Ordering::Acquire) {
+            let dir = self
+                .shared
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            tokio::task::spawn_blocking(move || check_headroom(&dir))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+            self.write(|db| {
+                let txn = db.begin_write()?;
+                txn.open_table(PROBE)?
+                    .insert("probe", PROBE_VALUE.as_slice())?;
+                txn.commit()?;
+                Ok(())
+            })
+            .await?;
+            self.shared.write_failing.store(false, Ordering::Release);
+            tracing::info!("the metadata store writes again");
+            return Ok(());
+        }
+        self.read(|db| {
             db.begin_read()?.open_table(EPOCHS)?;
             Ok(())
         })
@@ -121,7 +371,7 @@ impl Store for EmbeddedStore {
         pairing: &PairingRecord,
     ) -> Result<(), StoreError> {
         let (device, pairing) = (device.clone(), pairing.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let (d, p) = (encode(&device)?, encode(&pairing)?);
             let txn = db.begin_write()?;
             txn.open_table(DEVICES)?.insert(
@@ -138,7 +388,7 @@ impl Store for EmbeddedStore {
 
     async fn revoke_device(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(PAIRINGS)?.remove(couple.as_str())?;
             txn.open_table(DEVICES)?
@@ -155,7 +405,7 @@ impl Store for EmbeddedStore {
         device: &DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(DEVICES)?;
             let row = table.get((couple.as_str(), device.as_str()))?;
@@ -166,7 +416,7 @@ impl Store for EmbeddedStore {
 
     async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(DEVICES)?;
             let mut out = Vec::new();
@@ -184,7 +434,7 @@ impl Store for EmbeddedStore {
 
     async fn put_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
         let rec = pairing.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let bytes = encode(&rec)?;
             let txn = db.begin_write()?;
             txn.open_table(PAIRINGS)?
@@ -197,7 +447,7 @@ impl Store for EmbeddedStore {
 
     async fn pairing(&self, couple: &CoupleId) -> Result<Option<PairingRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(PAIRINGS)?;
             let row = table.get(couple.as_str())?;
@@ -208,7 +458,7 @@ impl Store for EmbeddedStore {
 
     async fn next_epoch(&self, couple: &CoupleId) -> Result<u64, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             let next = {
                 let mut table = txn.open_table(EPOCHS)?;
@@ -224,7 +474,7 @@ impl Store for EmbeddedStore {
 
     async fn put_signals(&self, signals: &[StoredSignal]) -> Result<(), StoreError> {
         let signals = signals.to_vec();
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(SIGNALS)?;
@@ -249,7 +499,7 @@ impl Store for EmbeddedStore {
         up_to: Seq,
     ) -> Result<(), StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             {
                 let key = (couple.as_str(), device.as_str());
@@ -275,7 +525,7 @@ impl Store for EmbeddedStore {
         now: Timestamp,
     ) -> Result<Vec<StoredSignal>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let signals = txn.open_table(SIGNALS)?;
             let acks = txn.open_table(ACKS)?;
@@ -298,7 +548,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<Purged, StoreError> {
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             let mut purged = Purged::default();
             {
@@ -335,7 +585,7 @@ impl Store for EmbeddedStore {
         &self,
         now: Timestamp,
     ) -> Result<Vec<ExpiredCouple>, StoreError> {
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             let mut gone: Vec<ExpiredCouple> = Vec::new();
             let mut couples = std::collections::HashSet::new();
@@ -377,7 +627,7 @@ impl Store for EmbeddedStore {
                     epochs.remove(c)?;
                     gone.push(ExpiredCouple {
                         couple: CoupleId::parse(couple.clone())
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            .map_err(|e| Fault::Corrupt(e.to_string()))?,
                         devices: members.into_iter().map(|d| d.device).collect(),
                     });
                     couples.insert(couple);
@@ -395,9 +645,17 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    /// Compacts the file when much of it is free (see [`COMPACT_MIN_FREE_PERCENT`]).
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.compact())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {
         let rec = backup.clone();
-        self.run(move |db| {
+        self.write(move |db| {
             let bytes = encode(&rec)?;
             let txn = db.begin_write()?;
             txn.open_table(BACKUPS)?
@@ -410,7 +668,7 @@ impl Store for EmbeddedStore {
 
     async fn backups(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, StoreError> {
         let couple = couple.clone();
-        self.run(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(BACKUPS)?;
             let mut out: Vec<BackupRecord> = Vec::new();
@@ -429,7 +687,7 @@ impl Store for EmbeddedStore {
 
     async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError> {
         let (couple, id) = (couple.clone(), id.clone());
-        self.run(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write()?;
             txn.open_table(BACKUPS)?
                 .remove((couple.as_str(), id.as_str()))?;
@@ -517,6 +775,56 @@ mod tests {
             store.devices(&c).await.unwrap().len(),
             1,
             "devices do not expire"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_mostly_free_after_a_burst_is_compacted_and_keeps_what_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let c = CoupleId::parse("c").unwrap();
+        let b = DeviceId::parse("b").unwrap();
+        let big = |seq| StoredSignal {
+            payload: "x".repeat(60_000),
+            ..signal(&c, seq, 100)
+        };
+        // A burst of 24 MB of stored signals, then all but the last one delivered.
+        for batch in 0..20 {
+            let signals: Vec<_> = (1..=20).map(|i| big(batch * 20 + i)).collect();
+            store.put_signals(&signals).await.unwrap();
+        }
+        assert_eq!(
+            store.reclaim_space().await.unwrap(),
+            None,
+            "nothing is free yet"
+        );
+        store.ack_signals(&c, &b, Seq(399)).await.unwrap();
+        let size = || std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len();
+        let before = size();
+        let compacted = store.reclaim_space().await.unwrap().expect("compacted");
+        assert_eq!(compacted.before, before);
+        assert_eq!(compacted.after, size());
+        assert!(compacted.after < before / 4, "{compacted:?}");
+        let left = store.pending_signals(&c, Timestamp(0)).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload.len(), 60_000);
+        // Once compact, there is nothing more to do; the store still writes.
+        assert_eq!(store.reclaim_space().await.unwrap(), None);
+        store.put_signals(&[signal(&c, 401, 100)]).await.unwrap();
+    }
+
+    #[test]
+    fn compaction_needs_a_big_file_mostly_free_and_a_bounded_live_part() {
+        const MIB: u64 = 1024 * 1024;
+        assert!(worth_compacting(100 * MIB, 50 * MIB));
+        assert!(
+            !worth_compacting(100 * MIB, 51 * MIB),
+            "less than half free"
+        );
+        assert!(!worth_compacting(15 * MIB, MIB), "too small to bother");
+        assert!(
+            !worth_compacting(1024 * MIB, 300 * MIB),
+            "too much to move at once"
         );
     }
 

@@ -4,6 +4,8 @@
 //! removed by the janitor (all of them at start: no upload survives a restart).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
@@ -11,7 +13,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 
-use super::{Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, StoreError};
+use super::{
+    Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, StoreError, check_headroom,
+};
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, random_id};
 
@@ -23,11 +27,17 @@ const PARTIAL_DIR: &str = ".partial";
 const WRITE_BUFFER: usize = 256 * 1024;
 /// Read chunk for downloads.
 const READ_CHUNK: usize = 64 * 1024;
+/// What the readiness probe writes (and deletes) while writes fail: one file system block.
+const PROBE_BYTES: usize = 4096;
 
 /// Blobs as files. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct FileBlobs {
     root: PathBuf,
+    /// A write failed in the store (a full disk) and the readiness probe has not passed
+    /// since; while set, [`BlobStore::ping`] probes like the embedded store's ping: the disk
+    /// must have [`super::WRITE_HEADROOM`] free and a small file must be written.
+    write_failing: Arc<AtomicBool>,
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
@@ -40,7 +50,26 @@ impl FileBlobs {
         let root = data_dir.join(BLOB_DIR);
         let partial = root.join(PARTIAL_DIR);
         std::fs::create_dir_all(&partial).map_err(|e| io_err("cannot create", &partial, &e))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            write_failing: Arc::default(),
+        })
+    }
+
+    /// Writes, fsyncs and deletes a small file in the partial directory: whether a write can
+    /// succeed now.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join(PARTIAL_DIR).join(random_id());
+        let body: ByteStream = Box::pin(futures_util::stream::once(async {
+            Ok(Bytes::from_static(&[0; PROBE_BYTES]))
+        }));
+        let written = self.write(&tmp, body).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match written {
+            Ok(()) => Ok(()),
+            Err(BlobError::Store(e)) => Err(e),
+            Err(BlobError::Body(e)) => Err(io_err("cannot write", &tmp, &e)),
+        }
     }
 
     fn path(&self, key: &BlobKey) -> PathBuf {
@@ -69,6 +98,30 @@ impl FileBlobs {
             .map_err(|e| io_err("cannot fsync", tmp, &e))?;
         Ok(())
     }
+
+    async fn put_inner(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError> {
+        let tmp = self.root.join(PARTIAL_DIR).join(random_id());
+        if let Err(e) = self.write(&tmp, body).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        let dest = self.path(key);
+        let dir = dest.parent().unwrap_or(&self.root).to_owned();
+        let publish = async {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| io_err("cannot create", &dir, &e))?;
+            tokio::fs::rename(&tmp, &dest)
+                .await
+                .map_err(|e| io_err("cannot rename", &dest, &e))?;
+            sync_dir(&dir).await
+        };
+        if let Err(e) = publish.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
 }
 
 /// fsyncs a directory so a rename into it is durable.
@@ -88,6 +141,16 @@ impl BlobStore for FileBlobs {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.write_failing.load(Ordering::Acquire) {
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || check_headroom(&root))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+            self.probe_write().await?;
+            self.write_failing.store(false, Ordering::Release);
+            tracing::info!("the blob store writes again");
+            return Ok(());
+        }
         let partial = self.root.join(PARTIAL_DIR);
         tokio::fs::metadata(&partial)
             .await
@@ -117,28 +180,14 @@ impl BlobStore for FileBlobs {
         .map_err(|e| StoreError::Unavailable(format!("cleaning partial writes failed: {e}")))?
     }
 
+    /// A failure in the store (not in the body) marks the store as failing writes until the
+    /// readiness probe passes; the partial file goes either way.
     async fn put(&self, key: &BlobKey, body: ByteStream) -> Result<(), BlobError> {
-        let tmp = self.root.join(PARTIAL_DIR).join(random_id());
-        if let Err(e) = self.write(&tmp, body).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+        let result = self.put_inner(key, body).await;
+        if let Err(BlobError::Store(_)) = &result {
+            self.write_failing.store(true, Ordering::Release);
         }
-        let dest = self.path(key);
-        let dir = dest.parent().unwrap_or(&self.root).to_owned();
-        let publish = async {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| io_err("cannot create", &dir, &e))?;
-            tokio::fs::rename(&tmp, &dest)
-                .await
-                .map_err(|e| io_err("cannot rename", &dest, &e))?;
-            sync_dir(&dir).await
-        };
-        if let Err(e) = publish.await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e.into());
-        }
-        Ok(())
+        result
     }
 
     async fn get(&self, key: &BlobKey) -> Result<Option<Blob>, StoreError> {

@@ -7,8 +7,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal,
+    BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, Compacted,
+    DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal,
 };
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
@@ -153,6 +153,11 @@ impl Store for Measured<dyn Store> {
     ) -> Result<Vec<ExpiredCouple>, StoreError> {
         let work = self.inner.expire_unconfirmed_couples(now);
         self.op("expire_unconfirmed_couples", work, always).await
+    }
+
+    async fn reclaim_space(&self) -> Result<Option<Compacted>, StoreError> {
+        self.op("reclaim_space", self.inner.reclaim_space(), always)
+            .await
     }
 
     async fn insert_backup(&self, backup: &BackupRecord) -> Result<(), StoreError> {

@@ -1,0 +1,246 @@
+//! Whether the server gives memory and disk back after a burst, against a running instance on
+//! the embedded store (the server must run with `RATE_LIMIT=off`).
+//!
+//! ```text
+//! cargo run --release --example reclaimbench -- --server-pid PID --data-dir DIR
+//!     [--url http://127.0.0.1:3000] [--couples 200] [--signals 16] [--payload-bytes 60000]
+//!     [--idle-secs 150] [--concurrency 16]
+//! ```
+//!
+//! 1. Burst: pairs `--couples` couples; each couple's device `a` posts `--signals` signals of
+//!    `--payload-bytes` to its device `b`, which is offline, so every signal is written to the
+//!    redb file and held in the room's mailbox (16 × 60 000 bytes fills a 1 MiB mailbox).
+//! 2. Delivery: each `b` fetches its signals and acknowledges them (`?after=` the last seq),
+//!    which deletes them from the store.
+//! 3. Idle: no traffic for `--idle-secs`, sampling every 10 s. Rooms stop after `ROOM_IDLE_SECS`
+//!    (60 s); the janitor purges and compacts every 60 s.
+//!
+//! Prints the server's `VmRSS` (and its peak, `VmHWM`) from `/proc/PID/status`, and the size of
+//! `DATA_DIR/our-memories.redb`, at each step, then one JSON line. Traffic goes only to `--url`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+struct Args {
+    url: String,
+    server_pid: u32,
+    data_dir: PathBuf,
+    couples: usize,
+    signals: usize,
+    payload_bytes: usize,
+    idle: Duration,
+    concurrency: usize,
+}
+
+const USAGE: &str = "usage: reclaimbench --server-pid PID --data-dir DIR [--url URL] [--couples N] \
+[--signals N] [--payload-bytes N] [--idle-secs N] [--concurrency N]";
+
+fn parse_args() -> Result<Args, String> {
+    let (mut pid, mut dir) = (None, None);
+    let mut args = Args {
+        url: "http://127.0.0.1:3000".to_owned(),
+        server_pid: 0,
+        data_dir: PathBuf::new(),
+        couples: 200,
+        signals: 16,
+        payload_bytes: 60_000,
+        idle: Duration::from_secs(150),
+        concurrency: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--url" => args.url = value()?,
+            "--server-pid" => pid = Some(value()?.parse().map_err(|e| format!("{flag}: {e}"))?),
+            "--data-dir" => dir = Some(PathBuf::from(value()?)),
+            "--couples" => args.couples = number(value()?)?,
+            "--signals" => args.signals = number(value()?)?,
+            "--payload-bytes" => args.payload_bytes = number(value()?)?,
+            "--idle-secs" => args.idle = Duration::from_secs(number(value()?)? as u64),
+            "--concurrency" => args.concurrency = number(value()?)?.max(1),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    args.server_pid = pid.ok_or(USAGE)?;
+    args.data_dir = dir.ok_or(USAGE)?;
+    Ok(args)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One reading: the server's memory and the store's file.
+#[derive(Clone, Copy)]
+struct Sample {
+    rss_kib: u64,
+    hwm_kib: u64,
+    redb_bytes: u64,
+}
+
+impl Sample {
+    fn take(args: &Args) -> Self {
+        Self {
+            rss_kib: proc_kib(args.server_pid, "VmRSS"),
+            hwm_kib: proc_kib(args.server_pid, "VmHWM"),
+            redb_bytes: std::fs::metadata(args.data_dir.join("our-memories.redb"))
+                .map_or(0, |m| m.len()),
+        }
+    }
+
+    fn json(self) -> Value {
+        json!({ "rssKib": self.rss_kib, "peakKib": self.hwm_kib, "redbBytes": self.redb_bytes })
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1_048_576.0
+}
+
+fn print(step: &str, s: Sample) {
+    println!(
+        "{step:<22} rss {:>8.1} MiB  peak {:>8.1} MiB  redb file {:>8.1} MiB",
+        mib(s.rss_kib * 1024),
+        mib(s.hwm_kib * 1024),
+        mib(s.redb_bytes)
+    );
+}
+
+async fn call(req: reqwest::RequestBuilder) -> Result<Value, String> {
+    let res = req.send().await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let v: Value = res.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!("{status} {v}"))
+    }
+}
+
+fn field(v: &Value, k: &str) -> Result<String, String> {
+    v[k].as_str()
+        .map(str::to_owned)
+        .ok_or(format!("no {k} in {v}"))
+}
+
+/// One couple's burst: pair, then `a` posts every signal to the offline `b`. Returns the
+/// couple id and `b`'s token.
+async fn burst(
+    http: &reqwest::Client,
+    args: &Args,
+    payload: &str,
+) -> Result<(String, String), String> {
+    let started = call(
+        http.post(format!("{}/api/pair/initiate", args.url))
+            .json(&json!({ "deviceId": "a" })),
+    )
+    .await?;
+    let couple = field(&started, "coupleId")?;
+    let a = field(&started, "deviceToken")?;
+    let confirmed = call(http.post(format!("{}/api/pair/confirm", args.url)).json(&json!({
+        "coupleId": couple, "pairingToken": field(&started, "pairingToken")?, "deviceId": "b"
+    })))
+    .await?;
+    let b = field(&confirmed, "deviceToken")?;
+    for _ in 0..args.signals {
+        call(
+            http.post(format!("{}/api/signal", args.url))
+                .bearer_auth(&a)
+                .json(&json!({
+                    "coupleId": couple, "fromDeviceId": "a", "toDeviceId": "b",
+                    "signalPayload": payload
+                })),
+        )
+        .await?;
+    }
+    Ok((couple, b))
+}
+
+/// `b` fetches its signals and acknowledges all of them.
+async fn deliver(
+    http: &reqwest::Client,
+    args: &Args,
+    couple: &str,
+    b: &str,
+) -> Result<usize, String> {
+    let url = format!("{}/api/signals/{couple}/b", args.url);
+    let got = call(http.get(&url).bearer_auth(b)).await?;
+    let signals = got["signals"]
+        .as_array()
+        .ok_or(format!("no signals in {got}"))?;
+    let Some(last) = signals.last().and_then(|s| s["seq"].as_u64()) else {
+        return Ok(0);
+    };
+    call(http.get(format!("{url}?after={last}")).bearer_auth(b)).await?;
+    Ok(signals.len())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let args = parse_args()?;
+    let http = reqwest::Client::new();
+    let payload = "x".repeat(args.payload_bytes);
+
+    let start = Sample::take(&args);
+    print("start", start);
+    let t = Instant::now();
+    let couples: Vec<(String, String)> = futures_util::stream::iter(0..args.couples)
+        .map(|_| burst(&http, &args, &payload))
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let burst_secs = t.elapsed().as_secs_f64();
+    let after_burst = Sample::take(&args);
+    print("after burst", after_burst);
+
+    let delivered: usize = futures_util::stream::iter(&couples)
+        .map(|(c, b)| deliver(&http, &args, c, b))
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .sum::<Result<_, _>>()?;
+    let after_delivery = Sample::take(&args);
+    print("after delivery", after_delivery);
+
+    let idle_start = Instant::now();
+    let mut last = after_delivery;
+    while idle_start.elapsed() < args.idle {
+        let left = args.idle.saturating_sub(idle_start.elapsed());
+        tokio::time::sleep(Duration::from_secs(10).min(left)).await;
+        last = Sample::take(&args);
+        print(
+            &format!("idle {:>4} s", idle_start.elapsed().as_secs()),
+            last,
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "couples": args.couples, "signalsPerCouple": args.signals,
+            "payloadBytes": args.payload_bytes, "delivered": delivered,
+            "burstSecs": burst_secs, "idleSecs": args.idle.as_secs(),
+            "start": start.json(), "afterBurst": after_burst.json(),
+            "afterDelivery": after_delivery.json(), "afterIdle": last.json(),
+        })
+    );
+    Ok(())
+}
