@@ -17,7 +17,8 @@
 //! 2. **Join**: opens a WebSocket (`GET /ws`, `TCP_NODELAY`, 4 KiB read buffer, unbuffered
 //!    writes) for both devices of every couple and sends `join-couple`, `--concurrency` at a
 //!    time. The join latency of one socket runs from the TCP connect to the `joined` frame.
-//!    Reports joins/s and the p50/p99 join latency.
+//!    Reports joins/s and the p50/p99 join latency. With `--transport socketio` the sockets
+//!    speak Socket.IO instead (see below).
 //! 3. **Relay**: in every couple at once, `a` sends `--messages` `webrtc-signal`s to `b`, each
 //!    with the payload `{"n":<index>,"t":<ns since a shared start>,"pad":"xxx..."}`. `b`
 //!    measures the latency on receipt, checks the order, and acknowledges (`ack`) every
@@ -25,7 +26,11 @@
 //!    (sent by `a`, not yet received by `b`), so with the acknowledgement lag a mailbox holds
 //!    at most `--window + --ack-every` signals and never reaches its bound (256 signals,
 //!    1 MiB by default). Reports messages/s (all couples together) and the latency
-//!    p50/p90/p99/max in microseconds.
+//!    p50/p90/p99/max in microseconds. With `--server-pid`, reads the server's CPU time
+//!    (`utime + stime` in `/proc/<pid>/stat`) just before the first signal and after the last
+//!    one, and reports CPU microseconds per relayed message; the load generator's own CPU
+//!    (`/proc/self/stat`) likewise. The clock ticks are 10 ms, so give the phase a few seconds
+//!    at least (`--messages`).
 //! 4. **Idle**: pairs `ceil(--idle / 2)` more couples, opens `--idle` more sockets (both
 //!    devices of those couples) and joins them, then holds every socket open for
 //!    `--hold-secs` while reading it, so the client answers the server's pings. With
@@ -39,6 +44,16 @@
 //! All sockets are kept open and read from the moment they join until the end of the run
 //! (the server closes a socket that answers no ping for 8 s), then closed.
 //!
+//! # Socket.IO
+//!
+//! `--transport socketio` runs the same phases over Socket.IO (docs/protocol.md §12): each
+//! socket is a WebSocket to `/socket.io/?EIO=4&transport=websocket` (Engine.IO v4, no
+//! long-polling), waits for the Engine.IO open packet, connects namespace `/` with the join
+//! fields as `auth` (`40{"coupleId","deviceId","token"}`) and waits for the `joined` event.
+//! Signals are `42["webrtc-signal",{"to":"b","payload":...}]` (with `--ids`, sent with a
+//! callback, `42<n>[...]`, answered `43<n>[{"id","seq"}]`), acknowledgements
+//! `42["ack",{"seq":N}]`, and every Engine.IO ping (`2`) is answered (`3`). The checks are the
+//! same: nothing missing, duplicated or out of order.//!
 //! # Flags
 //!
 //! | flag | default | meaning |
@@ -54,7 +69,8 @@
 //! | `--hold-secs S` | 10 | how long the idle phase holds every socket (0 = no hold) |
 //! | `--timeout-secs T` | 60 | the relay phase gives up waiting after T seconds |
 //! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` |
-//! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` |
+//! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` and CPU time from `/proc/PID/stat` |
+//! | `--transport T` | `ws` | `ws` (JSON WebSocket at `/ws`) or `socketio` (Socket.IO at `/socket.io/`) |
 //! | `-h`, `--help` | | print this usage |
 //!
 //! Flags take their value as the next argument or after `=` (`--couples=500`).
@@ -130,7 +146,10 @@ usage: cargo run --release --example loadgen -- [flags]
   --hold-secs S        hold all sockets open S seconds  (default 10)
   --timeout-secs T     relay phase gives up after T s   (default 60)
   --ids                give each signal an id (the server then answers `accepted`)
-  --server-pid PID     read the server's VmRSS from /proc/PID/status
+  --server-pid PID     read the server's VmRSS from /proc/PID/status and its CPU
+                       time (relay phase) from /proc/PID/stat
+  --transport T        ws (JSON WebSocket at /ws) or socketio (Socket.IO v5 over
+                       Engine.IO v4 WebSocket at /socket.io/)   (default ws)
   -h, --help           this text
 
 Needs about 2 * (couples + idle/2) open files in this process and in the server:
@@ -155,6 +174,7 @@ struct Args {
     timeout: Duration,
     ids: bool,
     server_pid: Option<u32>,
+    transport: Transport,
 }
 
 impl Default for Args {
@@ -172,6 +192,7 @@ impl Default for Args {
             timeout: Duration::from_mins(1),
             ids: false,
             server_pid: None,
+            transport: Transport::Ws,
         }
     }
 }
@@ -222,6 +243,17 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--hold-secs" => args.hold = Duration::from_secs(number(&flag, &value)?),
             "--timeout-secs" => args.timeout = Duration::from_secs(number(&flag, &value)?),
             "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
+            "--transport" => {
+                args.transport = match value.as_str() {
+                    "ws" => Transport::Ws,
+                    "socketio" => Transport::SocketIo,
+                    _ => {
+                        return Err(format!(
+                            "--transport: expected ws or socketio, got {value:?}"
+                        ));
+                    }
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -247,6 +279,8 @@ struct Target {
     base: String,
     /// `ws://host:port/ws`.
     ws_url: String,
+    /// `ws://host:port/socket.io/?EIO=4&transport=websocket`.
+    sio_url: String,
     /// Host for `TcpStream::connect` (no brackets).
     host: String,
     port: u16,
@@ -285,6 +319,7 @@ fn parse_target(url: &str) -> Result<Target, String> {
     Ok(Target {
         base: format!("http://{shown}"),
         ws_url: format!("ws://{shown}/ws"),
+        sio_url: format!("ws://{shown}/socket.io/?EIO=4&transport=websocket"),
         host: host.to_owned(),
         port,
     })
@@ -400,6 +435,70 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) a process (`self` or a pid) has used so far, in clock ticks,
+/// from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces; after it come
+    // state (field 3) ... utime (field 14) and stime (field 15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux), from
+/// `getconf CLK_TCK`.
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// CPU used by the server and by this process during the relay phase.
+#[derive(Debug, Clone, Copy)]
+struct RelayCpu {
+    ticks_per_sec: u64,
+    server_ticks: Option<u64>,
+    client_ticks: Option<u64>,
+}
+
+impl RelayCpu {
+    /// Microseconds of CPU per relayed message, and milliseconds in all.
+    fn per_msg(&self, ticks: Option<u64>, messages: u64) -> Option<(f64, f64)> {
+        let ms = float(ticks?) * 1e3 / float(self.ticks_per_sec);
+        (messages > 0).then(|| (ms * 1e3 / float(messages), ms))
+    }
+
+    fn row(&self, table: &mut Table, metric: &str, ticks: Option<u64>, messages: u64) {
+        if let Some((us, ms)) = self.per_msg(ticks, messages) {
+            table.row(
+                "relay",
+                metric,
+                format!("{us:.2} us ({ms:.0} ms over {messages} msgs)"),
+            );
+        }
+    }
+
+    fn to_json(self, messages: u64) -> Value {
+        let server = self.per_msg(self.server_ticks, messages);
+        let client = self.per_msg(self.client_ticks, messages);
+        json!({
+            "ticks_per_sec": self.ticks_per_sec,
+            "server_cpu_ms": server.map(|(_, ms)| round1(ms)),
+            "server_cpu_us_per_msg": server.map(|(us, _)| round2(us)),
+            "client_cpu_ms": client.map(|(_, ms)| round1(ms)),
+            "client_cpu_us_per_msg": client.map(|(us, _)| round2(us)),
+        })
+    }
 }
 
 /// The soft limit on open files of a process (`self` or a pid), if readable.
@@ -604,7 +703,7 @@ struct ServerFrame {
 }
 
 /// The payload the load generator sends (`pad` is skipped when reading).
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Probe {
     n: u64,
     t: u64,
@@ -634,45 +733,264 @@ fn end_reason(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>
     }
 }
 
-/// TCP connect, WebSocket handshake, `join-couple`, wait for `joined`.
-async fn connect_join(target: &Target, couple: &Couple, dev: Dev) -> Result<Ws, String> {
+/// What a socket speaks: the JSON protocol of `/ws`, or Socket.IO at `/socket.io/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Ws,
+    SocketIo,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::SocketIo => "socketio",
+        }
+    }
+}
+
+/// One server event, reduced to what the load generator needs.
+#[derive(Debug)]
+enum Event {
+    Joined,
+    Signal {
+        probe: Probe,
+        seq: u64,
+    },
+    /// `accepted` on `/ws`, a successful callback answer on Socket.IO.
+    Accepted,
+    /// An `error` (its code), a failed callback answer, or a refused Socket.IO handshake.
+    Error(String),
+    /// A frame the load generator cannot read.
+    Malformed(String),
+    /// Anything else (`peer-joined`, `peer-left`, Engine.IO open, namespace connect...).
+    Other,
+}
+
+/// A `/ws` frame.
+fn ws_event(text: &str) -> Event {
+    let frame = match serde_json::from_str::<ServerFrame>(text) {
+        Ok(f) => f,
+        Err(e) => return Event::Malformed(format!("unparsable frame: {e}")),
+    };
+    match frame.kind.as_str() {
+        "joined" => Event::Joined,
+        "accepted" => Event::Accepted,
+        "error" => Event::Error(frame.code.unwrap_or_default()),
+        "webrtc-signal" => match (frame.payload, frame.seq) {
+            (Some(probe), Some(seq)) => Event::Signal { probe, seq },
+            _ => Event::Malformed("signal without probe/seq".to_owned()),
+        },
+        _ => Event::Other,
+    }
+}
+
+// The Socket.IO client is a hand-written text codec over tokio-tungstenite, the WebSocket
+// client the `/ws` mode uses, rather than a Socket.IO client crate: this load generator needs
+// only the WebSocket transport, the handshake (`0` open, `40{auth}` namespace connect), the
+// Engine.IO heartbeat (`2` -> `3`) and text events and callbacks (`42[...]`, `42<id>[...]`,
+// `43<id>[...]`), a few dozen lines. A client crate would bring a second WebSocket stack and
+// HTTP client into the build and its own per-event machinery (callbacks, locks, tasks) into the
+// client side of the measurement, which is meant to differ between the two modes only by the
+// protocol the server speaks.
+
+/// The body of a Socket.IO server event or callback answer, reduced to what is read.
+#[derive(Deserialize)]
+struct SioBody {
+    seq: Option<u64>,
+    payload: Option<Probe>,
+    code: Option<String>,
+    /// A failed callback answer: `{"error":{"code","message"}}`.
+    error: Option<SioError>,
+    /// A refused handshake (`44{"message":...}`).
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SioError {
+    code: String,
+}
+
+/// A Socket.IO text packet over Engine.IO v4, namespace `/`. `Err` if the server closed the
+/// Engine.IO session (`1`) or disconnected the socket (`41`). Engine.IO pings (`2`) are
+/// handled by [`Conn::next_event`] before this.
+fn sio_event(text: &str) -> Result<Event, String> {
+    let Some(packet) = text.strip_prefix('4') else {
+        // Engine.IO: 0 open, 1 close, 3 pong, 6 noop.
+        return match text.as_bytes().first() {
+            Some(b'1') => Err("engine.io session closed by server".to_owned()),
+            _ => Ok(Event::Other),
+        };
+    };
+    let Some((kind, rest)) = packet.split_at_checked(1) else {
+        return Ok(Event::Malformed("empty engine.io message".to_owned()));
+    };
+    // A callback id (digits) may precede the JSON array of an event or an answer.
+    let json = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let malformed = |e: serde_json::Error| Event::Malformed(format!("unparsable packet: {e}"));
+    Ok(match kind {
+        "1" => return Err("socket.io disconnect from server".to_owned()),
+        "2" => match serde_json::from_str::<(String, SioBody)>(json) {
+            Ok((name, body)) => match name.as_str() {
+                "joined" => Event::Joined,
+                "error" => Event::Error(body.code.unwrap_or_default()),
+                "webrtc-signal" => match (body.payload, body.seq) {
+                    (Some(probe), Some(seq)) => Event::Signal { probe, seq },
+                    _ => Event::Malformed("signal without probe/seq".to_owned()),
+                },
+                _ => Event::Other,
+            },
+            Err(e) => malformed(e),
+        },
+        // ACK: a callback answer, `[{"id","seq"}]` or `[{"error":{...}}]`.
+        "3" => match serde_json::from_str::<(SioBody,)>(json) {
+            Ok((SioBody { error: Some(e), .. },)) => Event::Error(e.code),
+            Ok(_) => Event::Accepted,
+            Err(e) => malformed(e),
+        },
+        // CONNECT_ERROR: `44{"message":"invalid_token"}`.
+        "4" => match serde_json::from_str::<SioBody>(json) {
+            Ok(body) => Event::Error(body.message.unwrap_or_default()),
+            Err(e) => malformed(e),
+        },
+        // CONNECT (`40{"sid":...}`, the `joined` event follows) and anything else.
+        _ => Event::Other,
+    })
+}
+
+/// One joined socket of either transport.
+struct Conn {
+    ws: Ws,
+    transport: Transport,
+    /// Socket.IO: an Engine.IO ping was read and its pong is not written yet.
+    pong_due: bool,
+}
+
+impl Conn {
+    /// The next event. Socket.IO pings are answered here; `/ws` pings by tungstenite. `Err`
+    /// (the reason) once the socket has ended. Cancel-safe: a pong whose write was cancelled
+    /// is written at the next call (at worst twice, which the server ignores).
+    async fn next_event(&mut self) -> Result<Event, String> {
+        loop {
+            if self.pong_due {
+                self.ws
+                    .send(Message::text("3"))
+                    .await
+                    .map_err(|e| format!("send pong: {e}"))?;
+                self.pong_due = false;
+            }
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => match self.transport {
+                    Transport::Ws => return Ok(ws_event(text.as_str())),
+                    Transport::SocketIo if text.as_str() == "2" => self.pong_due = true,
+                    Transport::SocketIo => return sio_event(text.as_str()),
+                },
+                Some(Ok(
+                    Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
+                )) => {}
+                other => return Err(end_reason(other)),
+            }
+        }
+    }
+
+    async fn send_text(&mut self, text: String, what: &str) -> Result<(), String> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| format!("send {what}: {e}"))
+    }
+
+    /// Sends signal `n` to `b`. With `id`, asks for an answer: `accepted` on `/ws`, a
+    /// callback (whose id is `n`) on Socket.IO.
+    async fn send_signal(&mut self, n: u64, t: u64, pad: &str, id: bool) -> Result<(), String> {
+        let id_field = if id {
+            format!(r#","id":"s{n}""#)
+        } else {
+            String::new()
+        };
+        let body = format!(r#""to":"b"{id_field},"payload":{{"n":{n},"t":{t},"pad":"{pad}"}}"#);
+        let text = match self.transport {
+            Transport::Ws => format!(r#"{{"type":"webrtc-signal",{body}}}"#),
+            Transport::SocketIo if id => format!(r#"42{n}["webrtc-signal",{{{body}}}]"#),
+            Transport::SocketIo => format!(r#"42["webrtc-signal",{{{body}}}]"#),
+        };
+        self.send_text(text, "webrtc-signal").await
+    }
+
+    /// Acknowledges everything up to `seq` (cumulative), without asking for an answer.
+    async fn send_ack(&mut self, seq: u64) -> Result<(), String> {
+        let text = match self.transport {
+            Transport::Ws => format!(r#"{{"type":"ack","seq":{seq}}}"#),
+            Transport::SocketIo => format!(r#"42["ack",{{"seq":{seq}}}]"#),
+        };
+        self.send_text(text, "ack").await
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// TCP connect, WebSocket handshake, join (`join-couple` on `/ws`; on Socket.IO the
+/// namespace connect with the join fields as `auth`), wait for `joined`.
+async fn connect_join(
+    target: &Target,
+    transport: Transport,
+    couple: &Couple,
+    dev: Dev,
+) -> Result<Conn, String> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("tcp connect: {e}"))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
-    let (mut ws, _response) =
-        tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(ws_config()))
-            .await
-            .map_err(|e| format!("websocket handshake: {e}"))?;
+    let url = match transport {
+        Transport::Ws => target.ws_url.as_str(),
+        Transport::SocketIo => target.sio_url.as_str(),
+    };
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
+        .await
+        .map_err(|e| format!("websocket handshake: {e}"))?;
+    let mut conn = Conn {
+        ws,
+        transport,
+        pong_due: false,
+    };
     let token = match dev {
         Dev::A => &couple.token_a,
         Dev::B => &couple.token_b,
     };
-    let join = json!({
-        "type": "join-couple",
+    let fields = json!({
         "coupleId": couple.id,
         "deviceId": dev.name(),
         "token": token,
     });
-    ws.send(Message::text(join.to_string()))
-        .await
-        .map_err(|e| format!("send join-couple: {e}"))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: ServerFrame = serde_json::from_str(text.as_str())
-                    .map_err(|e| format!("unparsable frame before joined: {e}"))?;
-                match frame.kind.as_str() {
-                    "joined" => return Ok(ws),
-                    "error" => {
-                        return Err(format!("join refused: {}", frame.code.unwrap_or_default()));
-                    }
-                    _ => {}
+    let join = match transport {
+        Transport::Ws => {
+            let mut join = fields;
+            join["type"] = json!("join-couple");
+            join.to_string()
+        }
+        Transport::SocketIo => {
+            // The Engine.IO open packet comes first, as socket.io-client waits for it.
+            match conn.ws.next().await {
+                Some(Ok(Message::Text(text))) if text.as_str().starts_with('0') => {}
+                Some(Ok(Message::Text(text))) => {
+                    return Err(format!("expected engine.io open, got {:?}", text.as_str()));
                 }
+                other => return Err(format!("before open: {}", end_reason(other))),
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            other => return Err(format!("before joined: {}", end_reason(other))),
+            format!("40{fields}")
+        }
+    };
+    conn.send_text(join, "join").await?;
+    loop {
+        match conn.next_event().await {
+            Ok(Event::Joined) => return Ok(conn),
+            Ok(Event::Error(code)) => return Err(format!("join refused: {code}")),
+            Ok(Event::Malformed(e)) => return Err(format!("before joined: {e}")),
+            Ok(_) => {}
+            Err(reason) => return Err(format!("before joined: {reason}")),
         }
     }
 }
@@ -708,6 +1026,7 @@ impl<T> JoinPhase<T> {
 /// is handed at once to `on_joined` (which spawns the task that keeps reading it).
 async fn join_all<T, F>(
     target: &Arc<Target>,
+    transport: Transport,
     couples: &Arc<Vec<Couple>>,
     sockets: usize,
     concurrency: usize,
@@ -715,7 +1034,7 @@ async fn join_all<T, F>(
 ) -> JoinPhase<T>
 where
     T: Send + 'static,
-    F: Fn(usize, Dev, Ws) -> T + Send + Sync + 'static,
+    F: Fn(usize, Dev, Conn) -> T + Send + Sync + 'static,
 {
     let sockets = sockets.min(2 * couples.len());
     let next = Arc::new(AtomicUsize::new(0));
@@ -736,12 +1055,11 @@ where
                 }
                 let (c, dev) = (i / 2, if i % 2 == 0 { Dev::A } else { Dev::B });
                 let t0 = Instant::now();
-                match tokio::time::timeout(JOIN_TIMEOUT, connect_join(&target, &couples[c], dev))
-                    .await
-                {
-                    Ok(Ok(ws)) => {
+                let joining = connect_join(&target, transport, &couples[c], dev);
+                match tokio::time::timeout(JOIN_TIMEOUT, joining).await {
+                    Ok(Ok(conn)) => {
                         latencies.push(nanos(t0.elapsed()));
-                        joined.push((c, dev, on_joined(c, dev, ws)));
+                        joined.push((c, dev, on_joined(c, dev, conn)));
                     }
                     Ok(Err(e)) => errors.add(e),
                     Err(_) => errors.add(format!("no joined within {JOIN_TIMEOUT:?}")),
@@ -779,7 +1097,7 @@ where
 /// by `until`. `Err` if the socket ends first. Only for sockets that expect nothing useful
 /// meanwhile: `b` never waits here (see [`relay_socket`]).
 async fn read_until<V>(
-    ws: &mut Ws,
+    conn: &mut Conn,
     signal: &mut watch::Receiver<V>,
     until: impl FnMut(&V) -> bool,
 ) -> Result<(), String> {
@@ -789,21 +1107,19 @@ async fn read_until<V>(
         tokio::select! {
             // The sender lives until the end of the run; if it is gone, stop too.
             _ = &mut wait => return Ok(()),
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)
-                    | Message::Pong(_) | Message::Frame(_))) => {}
-                other => return Err(end_reason(other)),
-            },
+            event = conn.next_event() => {
+                event?;
+            }
         }
     }
 }
 
 /// Holds a socket open, reading it, until `stop`; then closes it. `Some(reason)` if the
 /// socket ended before.
-async fn hold(mut ws: Ws, stop: &mut watch::Receiver<bool>) -> Option<String> {
-    match read_until(&mut ws, stop, |s| *s).await {
+async fn hold(mut conn: Conn, stop: &mut watch::Receiver<bool>) -> Option<String> {
+    match read_until(&mut conn, stop, |s| *s).await {
         Ok(()) => {
-            let _ = ws.close(None).await;
+            conn.close().await;
             None
         }
         Err(reason) => Some(reason),
@@ -910,14 +1226,11 @@ impl Tally {
     }
 
     /// Acknowledges everything received so far.
-    async fn ack(&mut self, ws: &mut Ws) -> Result<(), String> {
+    async fn ack(&mut self, conn: &mut Conn) -> Result<(), String> {
         let Some(seq) = self.last_seq else {
             return Ok(());
         };
-        let ack = format!(r#"{{"type":"ack","seq":{seq}}}"#);
-        ws.send(Message::text(ack))
-            .await
-            .map_err(|e| format!("send ack: {e}"))?;
+        conn.send_ack(seq).await?;
         self.acked_seq = Some(seq);
         self.acks += 1;
         Ok(())
@@ -936,14 +1249,14 @@ struct RelayCtx {
 }
 
 /// One relay socket, from its join to the end of the run.
-async fn relay_socket(mut ws: Ws, dev: Dev, mut ctx: RelayCtx) -> Option<String> {
+async fn relay_socket(mut conn: Conn, dev: Dev, mut ctx: RelayCtx) -> Option<String> {
     ctx.alive.relay.fetch_add(1, Ordering::Relaxed);
     let (report, ended) = match dev {
         // `b` handles signals from the moment it joined. Waiting for "go" first and dropping
         // what arrives meanwhile would race with `a`'s first signals: `a` may see "go", send,
         // and the server relay, before `b`'s task has seen "go" (observed: 12 signals lost).
-        Dev::B => receive_side(&mut ws, &ctx.shared, &ctx.opts, &ctx.go).await,
-        Dev::A => match read_until(&mut ws, &mut ctx.go, Option::is_some).await {
+        Dev::B => receive_side(&mut conn, &ctx.shared, &ctx.opts, &ctx.go).await,
+        Dev::A => match read_until(&mut conn, &mut ctx.go, Option::is_some).await {
             Err(reason) => {
                 ctx.shared
                     .not_coming
@@ -954,14 +1267,14 @@ async fn relay_socket(mut ws: Ws, dev: Dev, mut ctx: RelayCtx) -> Option<String>
             Ok(()) => {
                 // A dropped go channel also ends the wait; the deadline then is "now".
                 let deadline = ctx.go.borrow().unwrap_or_else(Instant::now);
-                send_side(&mut ws, &ctx.shared, &ctx.opts, deadline).await
+                send_side(&mut conn, &ctx.shared, &ctx.opts, deadline).await
             }
         },
     };
     let _ = ctx.report.send(report);
     let reason = match ended {
         Some(reason) => Some(reason),
-        None => hold(ws, &mut ctx.stop).await,
+        None => hold(conn, &mut ctx.stop).await,
     };
     if reason.is_some() {
         ctx.alive.relay.fetch_sub(1, Ordering::Relaxed);
@@ -972,7 +1285,7 @@ async fn relay_socket(mut ws: Ws, dev: Dev, mut ctx: RelayCtx) -> Option<String>
 /// Device `a`: sends `messages` signals to `b`, never more than the window in flight, then
 /// keeps reading its socket (for `accepted` and refusals) until `b` is done.
 async fn send_side(
-    ws: &mut Ws,
+    conn: &mut Conn,
     shared: &CoupleShared,
     opts: &RelayOpts,
     deadline: Instant,
@@ -996,35 +1309,24 @@ async fn send_side(
                 let Ok(permit) = permit else { break }; // b is gone
                 permit.forget();
                 let t = nanos(opts.epoch.elapsed());
-                let id = if opts.ids { format!(r#","id":"s{sent}""#) } else { String::new() };
-                let text = format!(
-                    r#"{{"type":"webrtc-signal","to":"b"{id},"payload":{{"n":{sent},"t":{t},"pad":"{}"}}}}"#,
-                    opts.pad
-                );
-                if let Err(e) = ws.send(Message::text(text)).await {
-                    ended = Some(format!("send webrtc-signal: {e}"));
+                if let Err(e) = conn.send_signal(sent, t, &opts.pad, opts.ids).await {
+                    ended = Some(e);
                     break;
                 }
                 sent += 1;
             }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<ServerFrame>(text.as_str()) {
-                        Ok(f) if f.kind == "accepted" => accepted += 1,
-                        Ok(f) if f.kind == "error" => {
-                            // A refused signal never reaches b: free its window slot.
-                            refused.add(f.code.unwrap_or_default());
-                            shared.not_coming.fetch_add(1, Ordering::Relaxed);
-                            shared.window.add_permits(1);
-                        }
-                        Ok(_) => {}
-                        Err(e) => refused.add(format!("unparsable frame: {e}")),
-                    }
+            event = conn.next_event() => match event {
+                Ok(Event::Accepted) => accepted += 1,
+                Ok(Event::Error(code)) => {
+                    // A refused signal never reaches b: free its window slot.
+                    refused.add(code);
+                    shared.not_coming.fetch_add(1, Ordering::Relaxed);
+                    shared.window.add_permits(1);
                 }
-                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)
-                    | Message::Frame(_))) => {}
-                other => {
-                    ended = Some(end_reason(other));
+                Ok(Event::Malformed(e)) => refused.add(e),
+                Ok(_) => {}
+                Err(reason) => {
+                    ended = Some(reason);
                     break;
                 }
             },
@@ -1049,7 +1351,7 @@ async fn send_side(
 /// with "go"). Starts as soon as `b` joined; an incomplete couple is released by `run`, which
 /// marks all its signals as not coming.
 async fn receive_side(
-    ws: &mut Ws,
+    conn: &mut Conn,
     shared: &CoupleShared,
     opts: &RelayOpts,
     go: &watch::Receiver<Option<Instant>>,
@@ -1063,38 +1365,22 @@ async fn receive_side(
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while tally.received + shared.not_coming.load(Ordering::Relaxed) < opts.messages {
         tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => {
-                    let now = nanos(opts.epoch.elapsed());
-                    let frame = match serde_json::from_str::<ServerFrame>(text.as_str()) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            tally.other_errors.add(format!("unparsable frame: {e}"));
-                            continue;
-                        }
-                    };
-                    match (frame.kind.as_str(), frame.payload, frame.seq) {
-                        ("webrtc-signal", Some(probe), Some(seq)) => {
-                            tally.on_signal(&probe, seq, now);
-                            shared.window.add_permits(1);
-                            if tally.received.is_multiple_of(opts.ack_every)
-                                && let Err(e) = tally.ack(ws).await
-                            {
-                                ended = Some(e);
-                                break;
-                            }
-                        }
-                        ("error", _, _) => tally.other_errors.add(frame.code.unwrap_or_default()),
-                        ("webrtc-signal", _, _) => {
-                            tally.other_errors.add("signal without probe/seq");
-                        }
-                        _ => {} // peer-joined, peer-left
+            event = conn.next_event() => match event {
+                Ok(Event::Signal { probe, seq }) => {
+                    tally.on_signal(&probe, seq, nanos(opts.epoch.elapsed()));
+                    shared.window.add_permits(1);
+                    if tally.received.is_multiple_of(opts.ack_every)
+                        && let Err(e) = tally.ack(conn).await
+                    {
+                        ended = Some(e);
+                        break;
                     }
                 }
-                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)
-                    | Message::Frame(_))) => {}
-                other => {
-                    ended = Some(end_reason(other));
+                Ok(Event::Error(code)) => tally.other_errors.add(code),
+                Ok(Event::Malformed(e)) => tally.other_errors.add(e),
+                Ok(_) => {} // peer-joined, peer-left
+                Err(reason) => {
+                    ended = Some(reason);
                     break;
                 }
             },
@@ -1115,7 +1401,7 @@ async fn receive_side(
     }
     if ended.is_none()
         && tally.acked_seq != tally.last_seq
-        && let Err(e) = tally.ack(ws).await
+        && let Err(e) = tally.ack(conn).await
     {
         ended = Some(e);
     }
@@ -1123,9 +1409,13 @@ async fn receive_side(
 }
 
 /// One idle socket, from its join to the end of the run.
-async fn idle_socket(ws: Ws, mut stop: watch::Receiver<bool>, alive: Arc<Alive>) -> Option<String> {
+async fn idle_socket(
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+    alive: Arc<Alive>,
+) -> Option<String> {
     alive.idle.fetch_add(1, Ordering::Relaxed);
-    let reason = hold(ws, &mut stop).await;
+    let reason = hold(conn, &mut stop).await;
     if reason.is_some() {
         alive.idle.fetch_sub(1, Ordering::Relaxed);
     }
@@ -1249,6 +1539,10 @@ async fn collect_relay(
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 fn ms(ns: u64) -> String {
@@ -1409,10 +1703,11 @@ async fn run(args: Args) -> Result<u64, String> {
         );
         join_all(
             &target,
+            args.transport,
             &couples,
             2 * couples.len(),
             args.concurrency,
-            move |c, dev, ws| {
+            move |c, dev, conn| {
                 let (report, report_rx) = oneshot::channel();
                 let ctx = RelayCtx {
                     shared: Arc::clone(&shared[c]),
@@ -1422,7 +1717,7 @@ async fn run(args: Args) -> Result<u64, String> {
                     report,
                     alive: Arc::clone(&alive),
                 };
-                (tokio::spawn(relay_socket(ws, dev, ctx)), report_rx)
+                (tokio::spawn(relay_socket(conn, dev, ctx)), report_rx)
             },
         )
         .await
@@ -1449,6 +1744,9 @@ async fn run(args: Args) -> Result<u64, String> {
         "relaying {} signals in each of {active} couples...",
         args.messages
     );
+    let server_pid = args.server_pid.map(|p| p.to_string());
+    let cpu_now = || (server_pid.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
+    let (server_cpu_before, client_cpu_before) = cpu_now();
     let go_at = Instant::now();
     // Receivers still on the air stop waiting at the deadline. Only the receivers listen, so
     // a send error just means every socket task is gone already.
@@ -1462,6 +1760,16 @@ async fn run(args: Args) -> Result<u64, String> {
         reports.push(report);
     }
     let relay = collect_relay(reports, go_at, active, opts.messages).await;
+    let (server_cpu_after, client_cpu_after) = cpu_now();
+    let cpu = RelayCpu {
+        ticks_per_sec: clock_ticks_per_sec(),
+        server_ticks: server_cpu_after
+            .zip(server_cpu_before)
+            .map(|(a, b)| a.saturating_sub(b)),
+        client_ticks: client_cpu_after
+            .zip(client_cpu_before)
+            .map(|(a, b)| a.saturating_sub(b)),
+    };
     relay.errors.report("relay");
     relay.gaps.report("relay gap");
     table.row(
@@ -1501,6 +1809,18 @@ async fn run(args: Args) -> Result<u64, String> {
         "latency max / mean",
         format!("{} / {}", us(relay.latency.max), us(relay.latency.mean)),
     );
+    cpu.row(
+        &mut table,
+        "server CPU per message",
+        cpu.server_ticks,
+        relay.received,
+    );
+    cpu.row(
+        &mut table,
+        "load generator CPU per message",
+        cpu.client_ticks,
+        relay.received,
+    );
     let rss_after_relay = rss();
 
     // Phase 4: idle sockets.
@@ -1537,10 +1857,13 @@ async fn run(args: Args) -> Result<u64, String> {
             let (stop_rx, alive) = (stop_rx.clone(), Arc::clone(&alive));
             join_all(
                 &target,
+                args.transport,
                 &idle_couples,
                 args.idle,
                 args.concurrency,
-                move |_, _, ws| tokio::spawn(idle_socket(ws, stop_rx.clone(), Arc::clone(&alive))),
+                move |_, _, conn| {
+                    tokio::spawn(idle_socket(conn, stop_rx.clone(), Arc::clone(&alive)))
+                },
             )
             .await
         };
@@ -1643,7 +1966,7 @@ async fn run(args: Args) -> Result<u64, String> {
     println!("Our Memories load generator: {}", target.base);
     println!(
         "couples={} concurrency={} messages={} payload-bytes={} window={} ack-every={} idle={} \
-         hold-secs={} ids={} server-pid={}",
+         hold-secs={} ids={} server-pid={} transport={}",
         args.couples,
         args.concurrency,
         args.messages,
@@ -1655,6 +1978,7 @@ async fn run(args: Args) -> Result<u64, String> {
         args.ids,
         args.server_pid
             .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        args.transport.name(),
     );
     println!();
     print!("{}", table.0);
@@ -1673,10 +1997,12 @@ async fn run(args: Args) -> Result<u64, String> {
             "timeout_secs": args.timeout.as_secs(),
             "ids": args.ids,
             "server_pid": args.server_pid,
+            "transport": args.transport.name(),
         },
         "pairing": pair_json,
         "join": join_json,
         "relay": relay.to_json(),
+        "relay_cpu": cpu.to_json(relay.received),
         "idle": idle_json,
         "server_rss_kib": {
             "start": rss_start,
@@ -1727,5 +2053,58 @@ mod tests {
         assert_eq!((a.couples, a.idle, a.server_pid), (5, 0, Some(42)));
         assert!(parse_args(["--window", "0"].map(str::to_owned)).is_err());
         assert!(parse_args(["--bogus", "1"].map(str::to_owned)).is_err());
+        let Ok(Command::Run(a)) = parse_args(["--transport", "socketio"].map(str::to_owned)) else {
+            panic!("--transport did not parse")
+        };
+        assert_eq!(a.transport, Transport::SocketIo);
+        assert!(parse_args(["--transport=polling"].map(str::to_owned)).is_err());
+    }
+
+    #[test]
+    fn socketio_packets_decode() {
+        let signal = r#"42["webrtc-signal",{"from":"a","payload":{"n":3,"t":9,"pad":"x"},"seq":7,"id":"k"}]"#;
+        assert!(matches!(
+            sio_event(signal),
+            Ok(Event::Signal {
+                probe: Probe { n: 3, t: 9 },
+                seq: 7
+            })
+        ));
+        let joined = r#"42["joined",{"coupleId":"c","deviceId":"a","peers":[],"recovered":false}]"#;
+        assert!(matches!(sio_event(joined), Ok(Event::Joined)));
+        assert!(matches!(
+            sio_event(r#"4312[{"id":"s12","seq":5}]"#),
+            Ok(Event::Accepted)
+        ));
+        assert!(matches!(
+            sio_event(r#"431[{"error":{"code":"mailbox_full","message":"m"}}]"#),
+            Ok(Event::Error(code)) if code == "mailbox_full"
+        ));
+        assert!(matches!(
+            sio_event(r#"42["error",{"code":"not_joined","message":"m"}]"#),
+            Ok(Event::Error(code)) if code == "not_joined"
+        ));
+        assert!(matches!(
+            sio_event(r#"44{"message":"invalid_token"}"#),
+            Ok(Event::Error(code)) if code == "invalid_token"
+        ));
+        assert!(matches!(
+            sio_event(r#"0{"sid":"x","pingInterval":5000}"#),
+            Ok(Event::Other)
+        ));
+        assert!(matches!(sio_event(r#"40{"sid":"y"}"#), Ok(Event::Other)));
+        assert!(matches!(
+            sio_event(r#"42["peer-left",{"deviceId":"a"}]"#),
+            Ok(Event::Other)
+        ));
+        assert!(matches!(sio_event("42[oops"), Ok(Event::Malformed(_))));
+        assert!(sio_event("41").is_err());
+        assert!(sio_event("1").is_err());
+    }
+
+    #[test]
+    fn proc_stat_cpu_is_read() {
+        assert!(cpu_ticks("self").is_some());
+        assert!(clock_ticks_per_sec() > 0);
     }
 }
