@@ -289,20 +289,39 @@ fn on_connect(state: &AppState, s: &SocketRef) {
     let (inbox, mut queue) = mpsc::channel(INBOX);
     s.extensions.insert(Inbox(inbox));
     s.on_fallback(async |Queued| {});
-    let sess = Arc::clone(&session);
-    s.on_disconnect(async move || {
-        sess.inner().open = None;
-        sess.leave();
+    // The socket owns its handlers and the session holds the socket: the handler keeps only
+    // a weak reference, and the disconnect closes the inbox, which ends the session's task.
+    // Otherwise every socket would leak its session (and the server's shutdown would wait
+    // for the shutdown listener inside it).
+    let sess = Arc::downgrade(&session);
+    s.on_disconnect(async move |s: SocketRef| {
+        s.extensions.remove::<Inbox>();
+        if let Some(sess) = sess.upgrade() {
+            sess.inner().open = None;
+            sess.leave();
+        }
     });
     let join_at_connect = s.extensions.remove::<JoinAtConnect>();
+    let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         // The handshake's join comes first: events the client sends meanwhile wait for it.
         match join_at_connect {
             Some(JoinAtConnect(body)) => session.join(body, Reply::NONE).await,
             None => session.start_join_deadline(),
         }
-        while let Some(incoming) = queue.recv().await {
-            session.on_event(incoming).await;
+        loop {
+            tokio::select! {
+                incoming = queue.recv() => match incoming {
+                    Some(incoming) => session.on_event(incoming).await,
+                    None => break,
+                },
+                // Shutdown: disconnect (clients reconnect elsewhere), as `/ws` closes with 1001.
+                () = shutdown.recv() => {
+                    session.leave();
+                    let _ = session.socket.clone().disconnect();
+                    break;
+                }
+            }
         }
     });
 }
@@ -437,10 +456,15 @@ impl Session {
     /// with 4004), unless it joins or leaves again in between.
     fn start_join_deadline(self: &Arc<Self>) {
         let generation = self.inner().generation;
-        let session = Arc::clone(self);
+        // Weak: a pending deadline must not keep a closed socket's session (and the
+        // server's shutdown) waiting.
+        let session = Arc::downgrade(self);
         let timeout = self.state.ws.join_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
+            let Some(session) = session.upgrade() else {
+                return;
+            };
             let stale = {
                 let inner = session.inner();
                 inner.generation != generation || inner.joined.is_some()

@@ -261,12 +261,16 @@ test('a device that never acks receives 1 000 signals and never fails its sender
   const all = signals(b, 1000);
   const answers = [];
   for (let i = 0; i < 1000; i += 1) {
-    answers.push(call(a, 'webrtc-signal', { to: 'b', payload: i, id: `n${i}` }));
+    // A generous wait: 100 callbacks in flight through a debug build on a busy CI machine.
+    const answer = a.timeout(3 * WAIT_MS).emitWithAck('webrtc-signal', { to: 'b', payload: i, id: `n${i}` });
+    answers.push(answer);
     if (i % 100 === 99) await Promise.all(answers.slice(-100));
   }
   for (const answer of await Promise.all(answers)) {
     assert.equal(answer.error, undefined, JSON.stringify(answer.error));
   }
+  // Neither side was told anything went wrong (a kick would come as an `error` event).
+  assert.deepEqual([a, b].flatMap((s) => s.buffered.filter(([e]) => e === 'error')), []);
   assert.deepEqual((await all).map((s) => s.payload), [...Array(1000).keys()]);
   a.disconnect();
   b.disconnect();
@@ -290,4 +294,21 @@ test('a joined socket counts against the device signal budget, like /ws', async 
   } finally {
     await limited.stop();
   }
+});
+
+test('shutdown disconnects Socket.IO clients and does not wait for the deadline', async () => {
+  const own = await startServer({ SHUTDOWN_TIMEOUT_SECS: '10' });
+  const couple = await pair(own.base);
+  const left = io(own.base, { reconnection: false, forceNew: true, auth: joinBody(couple, 'a') });
+  await new Promise((ok) => left.once('joined', ok));
+  left.disconnect(); // a socket that has come and gone must not hold the server open
+  const stays = io(own.base, { reconnection: false, forceNew: true, auth: joinBody(couple, 'b') });
+  await new Promise((ok) => stays.once('joined', ok));
+  const dropped = new Promise((ok) => stays.once('disconnect', ok));
+  const started = Date.now();
+  await own.stop();
+  const took = Date.now() - started;
+  await dropped;
+  assert.ok(took < 5_000, `the server took ${took} ms to stop`);
+  assert.ok(!own.logs.some((l) => l.includes('still open at the shutdown deadline')), own.logs.join('\n'));
 });
