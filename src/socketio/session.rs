@@ -495,13 +495,14 @@ impl Session {
             Ok(body) => body,
             Err(e) => return reply.error(&self.socket, &e, None),
         };
-        let text = body.payload.to_string();
-        let checked = serde_json::from_str::<&RawValue>(&text)
+        // Serialized once, straight into raw JSON: no second parse to check its depth.
+        let checked = serde_json::value::to_raw_value(&body.payload)
             .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            .and_then(|raw| check_depth(raw, "payload"));
-        if let Err(e) = checked {
-            return reply.error(&self.socket, &e, id.as_ref());
-        }
+            .and_then(|raw| check_depth(&raw, "payload").map(|()| raw));
+        let payload = match checked {
+            Ok(raw) => Payload::new(raw.get()),
+            Err(e) => return reply.error(&self.socket, &e, id.as_ref()),
+        };
         let mut inner = self.inner();
         let Some(joined) = &inner.joined else {
             drop(inner);
@@ -513,11 +514,7 @@ impl Session {
             (None, true) => Some(SignalId::generate()),
             (None, false) => None,
         };
-        if joined
-            .link
-            .send(body.to, Payload::new(text), id.clone())
-            .is_err()
-        {
+        if joined.link.send(body.to, payload, id.clone()).is_err() {
             drop(inner);
             return self.room_gone(reply, id.as_ref());
         }
