@@ -5,15 +5,15 @@
 //! acknowledges (as a Socket.IO app written for the original server) receives every signal
 //! sent to it, in order, and never makes its sender fail, however small the mailbox.
 
-use std::sync::Arc;
-
-use our_memories_actors::store::embedded::EmbeddedStore;
-use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
     Clock, ConnId, Connection, CoupleId, DeviceId, Domain, DomainMetrics, MailboxLimits, Payload,
-    RoomError, RoomEvent, RoomLink, Seq, Settings, SigningSecret, Store, Transport,
+    RoomError, RoomEvent, RoomLink, Seq, Settings, Transport,
 };
 use proptest::prelude::*;
+
+#[path = "support/domain.rs"]
+mod support;
+use support::domain_with;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone)]
@@ -106,22 +106,17 @@ async fn connect(
 /// A domain with a small mailbox, and a pairing opened by device `a`.
 async fn start() -> (tempfile::TempDir, Domain, our_memories_actors::Initiated) {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let blobs = Arc::new(FileBlobs::open(dir.path()).unwrap());
     let settings = Settings {
         mailbox: MAILBOX,
         ..Settings::default()
     };
-    let d = Domain::start(
-        store,
-        blobs,
-        SigningSecret::generate(),
+    let d = domain_with(
+        dir.path(),
         settings,
         Clock::manual(),
         DomainMetrics::unregistered(),
     )
-    .await
-    .unwrap();
+    .await;
     let a = DeviceId::parse("a").unwrap();
     let started = d.pairing.initiate(a, None).await.unwrap();
     (dir, d, started)

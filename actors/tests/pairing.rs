@@ -2,33 +2,29 @@
 //! `Pairing` handle with claims taken before the state changed (as a request that passed its
 //! token check and then waited for the actor would hold them).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use our_memories_actors::store::embedded::EmbeddedStore;
-use our_memories_actors::store::files::FileBlobs;
 use our_memories_actors::{
-    Clock, CoupleId, DeviceId, Domain, DomainMetrics, PairingError, Settings, SigningSecret, Store,
-    TokenClaims, TokenError,
+    Clock, CoupleId, DeviceId, Domain, DomainMetrics, PairingError, Settings, TokenClaims,
+    TokenError,
 };
+
+#[path = "support/domain.rs"]
+mod support;
+use support::domain_with;
 
 async fn domain(dir: &std::path::Path) -> Domain {
     domain_with_clock(dir, Clock::manual()).await
 }
 
 async fn domain_with_clock(dir: &std::path::Path, clock: Clock) -> Domain {
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
-    let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
-    Domain::start(
-        store,
-        blobs,
-        SigningSecret::generate(),
+    domain_with(
+        dir,
         Settings::default(),
         clock,
         DomainMetrics::unregistered(),
     )
     .await
-    .expect("tree starts")
 }
 
 fn id(s: &str) -> DeviceId {

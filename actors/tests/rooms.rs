@@ -1,15 +1,16 @@
 //! Actor-level tests: a fresh tree per test, driven through the typed handles (no HTTP).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use our_memories_actors::store::embedded::EmbeddedStore;
-use our_memories_actors::store::files::FileBlobs;
+#[path = "support/domain.rs"]
+mod support;
+use support::domain_with;
+
 use our_memories_actors::{
     Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomError, RoomEvent,
-    Settings, SigningSecret, Store, Transport,
+    Settings, Transport,
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
@@ -18,26 +19,6 @@ async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
 
 async fn domain_with_clock(dir: &std::path::Path, settings: Settings, clock: Clock) -> Domain {
     domain_with(dir, settings, clock, DomainMetrics::unregistered()).await
-}
-
-async fn domain_with(
-    dir: &std::path::Path,
-    settings: Settings,
-    clock: Clock,
-    metrics: DomainMetrics,
-) -> Domain {
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).expect("store opens"));
-    let blobs = Arc::new(FileBlobs::open(dir).expect("blobs open"));
-    Domain::start(
-        store,
-        blobs,
-        SigningSecret::generate(),
-        settings,
-        clock,
-        metrics,
-    )
-    .await
-    .expect("tree starts")
 }
 
 /// Pairs a couple `a` + `b` through the pairing handle.

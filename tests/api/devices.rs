@@ -5,6 +5,16 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, assert_error, join_msg, ok_json};
 
+/// The `deviceId`s of a `GET /api/devices` answer, in order.
+fn device_ids(body: &serde_json::Value) -> Vec<serde_json::Value> {
+    body["devices"]
+        .as_array()
+        .expect("a device list")
+        .iter()
+        .map(|d| d["deviceId"].clone())
+        .collect()
+}
+
 async fn delete_device(app: &TestApp, token: &str, device: &str) -> reqwest::Response {
     app.http
         .delete(app.url(&format!("/api/devices/{device}")))
@@ -20,12 +30,7 @@ async fn devices_are_listed_for_the_tokens_couple_only() {
     let one = app.pair().await;
     let _two = app.pair().await;
     let body = ok_json(app.get_auth("/api/devices", &one.b).await, StatusCode::OK).await;
-    let ids: Vec<_> = body["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["deviceId"].clone())
-        .collect();
+    let ids = device_ids(&body);
     assert_eq!(ids, [json!("a"), json!("b")]);
     assert!(
         body["devices"][0]["pairedAt"]
@@ -132,12 +137,7 @@ async fn two_devices_revoking_each_other_at_once_leave_exactly_one() {
         // The loser was revoked while its request waited: its token is dead.
         assert_error(lost, StatusCode::UNAUTHORIZED, "invalid_token").await;
         let body = ok_json(app.get_auth("/api/devices", survivor).await, StatusCode::OK).await;
-        let ids: Vec<_> = body["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["deviceId"].clone())
-            .collect();
+        let ids = device_ids(&body);
         assert_eq!(ids, [json!(survivor.id)], "the couple keeps its survivor");
     }
     app.stop().await;
