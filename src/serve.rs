@@ -12,13 +12,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::HeaderMap;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
-use crate::config::FD_RESERVE;
+use crate::config::{AllowedOrigins, FD_RESERVE};
+use crate::front::browser;
 use crate::front::conn::{PeerAddr, Refused, UpgradeSlot};
 use crate::front::error::ApiError;
 use crate::metrics::{ConnRefusal, GaugeShare, Metrics, RequestTimer, RouteSlot};
@@ -282,6 +284,12 @@ async fn serve_connection<S, B>(
             futures_util::future::Either::Left(async move { call.await.map(|r| r.map(boxed)) })
         } else {
             let mut bad = ApiError::InvalidHost.into_response();
+            // The security headers every response carries (no CORS: no origin is trusted here).
+            browser::decorate_headers(
+                &AllowedOrigins::default(),
+                &HeaderMap::new(),
+                bad.headers_mut(),
+            );
             bad.headers_mut().insert(
                 hyper::header::CONNECTION,
                 hyper::header::HeaderValue::from_static("close"),

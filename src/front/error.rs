@@ -35,7 +35,7 @@ pub enum ApiError {
     #[error("metrics need Authorization: Bearer <METRICS_TOKEN>")]
     MetricsUnauthorized,
     /// A browser page from an origin not in `ALLOWED_ORIGINS` tried to open a WebSocket.
-    #[error("this origin may not open a WebSocket here")]
+    #[error("this origin may not open a WebSocket or Socket.IO connection here")]
     OriginNotAllowed,
     /// The token is valid but for another couple or device than the request touches.
     #[error("this token does not grant access to that couple or device")]

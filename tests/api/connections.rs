@@ -23,7 +23,11 @@ async fn hold(app: &TestApp, n: usize) -> Vec<TcpStream> {
 
 /// The status line and body of one request on a fresh connection.
 async fn request(app: &TestApp, head: &str) -> (String, String) {
-    let text = raw_response(app.addr, head.as_bytes()).await;
+    parts(&raw_response(app.addr, head.as_bytes()).await)
+}
+
+/// The status line and body of a raw response.
+fn parts(text: &str) -> (String, String) {
     let status = text.lines().next().unwrap_or_default().to_owned();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
@@ -134,9 +138,14 @@ async fn requests_need_exactly_one_valid_host() {
         // A WebSocket upgrade without Host is refused before any upgrade.
         "GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     ] {
-        let (status, body) = request(&app, head).await;
+        let text = raw_response(app.addr, head.as_bytes()).await;
+        let (status, body) = parts(&text);
         assert!(status.starts_with("HTTP/1.1 400"), "{head:?}: {status}");
         assert_eq!(code(&body), "invalid_host", "{head:?}");
+        assert!(
+            text.contains("x-content-type-options: nosniff"),
+            "security headers: {text}"
+        );
     }
     // HTTP/1.0 may omit it; a host with a port is fine.
     let (status, _) = request(&app, "GET /health HTTP/1.0\r\n\r\n").await;
