@@ -157,6 +157,7 @@ impl App {
                 limits.forget_idle_keys();
             }
         });
+        let trimmer = crate::memory::spawn();
         let metrics = state.metrics.clone();
         let open_metrics = config.metrics.token.is_none() && config.metrics.addr.is_none();
         if open_metrics && config.environment == crate::config::Environment::Production {
@@ -192,6 +193,7 @@ impl App {
         };
         tokio::join!(public, private);
         forget.abort();
+        trimmer.abort();
         tracing::info!("shutting down");
         if !shutdown.trigger_and_wait(config.shutdown_timeout).await {
             tracing::warn!("connections still open at the shutdown deadline");

@@ -11,6 +11,7 @@ const RANKS: &[(&str, u8)] = &[
     ("config", 0),
     ("healthcheck", 0),
     ("shutdown", 0),
+    ("memory", 0),
     ("secret", 1),
     ("telemetry", 1),
     ("store", 1),

@@ -4,6 +4,7 @@
 //! Layers point one way, bottom to top (a unit test in `layers.rs` checks it on the source):
 //! - [`config`]: environment variables, validated at start, and the settings types; it names
 //!   nothing above it. [`healthcheck`]: the container probe (`our-memories healthcheck`).
+//!   [`memory`]: gives freed heap memory back to the OS.
 //! - [`secret`] (the token-signing key), [`telemetry`] (logs), [`store`] (the MongoDB, GridFS
 //!   and S3 adapters, and the backend selection), [`metrics`] (the Prometheus registry; it
 //!   takes outcome labels, not errors), [`shutdown`] (the signal and the bounded drain).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod front;
 pub mod healthcheck;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod routes;
 pub mod secret;
