@@ -34,8 +34,11 @@
 //! 4. **Idle**: pairs `ceil(--idle / 2)` more couples, opens `--idle` more sockets (both
 //!    devices of those couples) and joins them, then holds every socket open for
 //!    `--hold-secs` while reading it, so the client answers the server's pings. With
-//!    `--server-pid`, reads the server's `VmRSS` from `/proc/<pid>/status` before opening them
-//!    and once all have joined, and reports KiB per idle connection. At the end of the hold
+//!    `--idle-alone`, pairs `--idle` couples and joins only device `a` of each: every idle
+//!    socket is alone in its room. With `--server-pid`, reads the server's `VmRSS` from
+//!    `/proc/<pid>/status` before opening them and once all have joined, and reports KiB per
+//!    idle connection, and the server's CPU during the hold as a percentage of one core
+//!    (its CPU time over the hold's wall time). At the end of the hold
 //!    it reports how many sockets (relay and idle) are still open. The KiB figure is the
 //!    growth of the server's RSS, so it is only meaningful on a server that has not held more
 //!    sockets before: memory freed by earlier sockets stays with the allocator and is reused,
@@ -67,6 +70,7 @@
 //! | `--ack-every E` | 32 | `b` acknowledges every E signals |
 //! | `--idle K` | 1000 | extra idle sockets (0 skips phase 4) |
 //! | `--hold-secs S` | 10 | how long the idle phase holds every socket (0 = no hold) |
+//! | `--idle-alone` | off | each idle socket is its own couple's only joined device |
 //! | `--timeout-secs T` | 60 | the relay phase gives up waiting after T seconds |
 //! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` |
 //! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` and CPU time from `/proc/PID/stat` |
@@ -144,6 +148,7 @@ usage: cargo run --release --example loadgen -- [flags]
   --ack-every E        b acknowledges every E signals   (default 32)
   --idle K             extra idle WebSockets, 0 = skip  (default 1000)
   --hold-secs S        hold all sockets open S seconds  (default 10)
+  --idle-alone         each idle socket alone in its own couple's room
   --timeout-secs T     relay phase gives up after T s   (default 60)
   --ids                give each signal an id (the server then answers `accepted`)
   --server-pid PID     read the server's VmRSS from /proc/PID/status and its CPU
@@ -170,6 +175,7 @@ struct Args {
     window: usize,
     ack_every: usize,
     idle: usize,
+    idle_alone: bool,
     hold: Duration,
     timeout: Duration,
     ids: bool,
@@ -188,6 +194,7 @@ impl Default for Args {
             window: 16,
             ack_every: 32,
             idle: 1000,
+            idle_alone: false,
             hold: Duration::from_secs(10),
             timeout: Duration::from_mins(1),
             ids: false,
@@ -218,6 +225,10 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
         }
         if arg == "--ids" {
             args.ids = true;
+            continue;
+        }
+        if arg == "--idle-alone" {
+            args.idle_alone = true;
             continue;
         }
         let (flag, inline) = match arg.split_once('=') {
@@ -1029,6 +1040,7 @@ async fn join_all<T, F>(
     transport: Transport,
     couples: &Arc<Vec<Couple>>,
     sockets: usize,
+    alone: bool,
     concurrency: usize,
     on_joined: F,
 ) -> JoinPhase<T>
@@ -1036,7 +1048,7 @@ where
     T: Send + 'static,
     F: Fn(usize, Dev, Conn) -> T + Send + Sync + 'static,
 {
-    let sockets = sockets.min(2 * couples.len());
+    let sockets = sockets.min(if alone { 1 } else { 2 } * couples.len());
     let next = Arc::new(AtomicUsize::new(0));
     let on_joined = Arc::new(on_joined);
     let started = Instant::now();
@@ -1053,7 +1065,11 @@ where
                 if i >= sockets {
                     break;
                 }
-                let (c, dev) = (i / 2, if i % 2 == 0 { Dev::A } else { Dev::B });
+                let (c, dev) = match (alone, i % 2) {
+                    (true, _) => (i, Dev::A),
+                    (false, 0) => (i / 2, Dev::A),
+                    (false, _) => (i / 2, Dev::B),
+                };
                 let t0 = Instant::now();
                 let joining = connect_join(&target, transport, &couples[c], dev);
                 match tokio::time::timeout(JOIN_TIMEOUT, joining).await {
@@ -1647,6 +1663,8 @@ async fn run(args: Args) -> Result<u64, String> {
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let rss = || args.server_pid.and_then(rss_kib);
+    let server_ticks = || args.server_pid.and_then(|p| cpu_ticks(&p.to_string()));
+    let ticks_per_sec = clock_ticks_per_sec();
     let run_started = Instant::now();
     let mut table = Table::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1706,6 +1724,7 @@ async fn run(args: Args) -> Result<u64, String> {
             args.transport,
             &couples,
             2 * couples.len(),
+            false,
             args.concurrency,
             move |c, dev, conn| {
                 let (report, report_rx) = oneshot::channel();
@@ -1829,7 +1848,11 @@ async fn run(args: Args) -> Result<u64, String> {
     let mut idle_errors = 0;
     let (mut rss_before_idle, mut rss_idle_joined, mut rss_after_hold) = (None, None, None);
     if args.idle > 0 {
-        let extra = args.idle.div_ceil(2);
+        let extra = if args.idle_alone {
+            args.idle
+        } else {
+            args.idle.div_ceil(2)
+        };
         eprintln!("pairing {extra} couples for idle sockets...");
         let pair = pair_many(&client, &target.base, extra, args.concurrency).await;
         pair.errors.report("idle pairing");
@@ -1860,6 +1883,7 @@ async fn run(args: Args) -> Result<u64, String> {
                 args.transport,
                 &idle_couples,
                 args.idle,
+                args.idle_alone,
                 args.concurrency,
                 move |_, _, conn| {
                     tokio::spawn(idle_socket(conn, stop_rx.clone(), Arc::clone(&alive)))
@@ -1889,10 +1913,24 @@ async fn run(args: Args) -> Result<u64, String> {
             }
             _ => None,
         };
+        let hold_started = (Instant::now(), server_ticks());
         if !args.hold.is_zero() {
             eprintln!("holding every socket open for {:?}...", args.hold);
             tokio::time::sleep(args.hold).await;
         }
+        let hold_cpu = match (hold_started.1, server_ticks()) {
+            (Some(before), Some(after)) if !args.hold.is_zero() => {
+                let busy = float(after.saturating_sub(before)) / float(ticks_per_sec);
+                let percent = 100.0 * busy / hold_started.0.elapsed().as_secs_f64();
+                table.row(
+                    "idle",
+                    "server CPU during hold",
+                    format!("{percent:.2} % of a core"),
+                );
+                Some(round1(percent * 10.0) / 10.0)
+            }
+            _ => None,
+        };
         rss_after_hold = rss();
         let (alive_relay, alive_idle) = (
             alive.relay.load(Ordering::Relaxed),
@@ -1918,6 +1956,8 @@ async fn run(args: Args) -> Result<u64, String> {
             "server_rss_kib_after_hold": rss_after_hold,
             "server_kib_per_idle_socket": per_conn,
             "hold_secs": args.hold.as_secs(),
+            "alone": args.idle_alone,
+            "server_cpu_percent_during_hold": hold_cpu,
             "open_after_hold": { "relay": alive_relay, "idle": alive_idle },
         });
         idle_tasks = join.joined.into_iter().map(|(_, _, task)| task).collect();

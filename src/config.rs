@@ -16,6 +16,11 @@ pub const DEFAULT_PORT: u16 = 3000;
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// How often a socket is pinged.
 pub const DEFAULT_WS_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often a socket alone in its room is pinged: nobody watches its presence, so the
+/// heartbeat only keeps proxies and NATs from dropping the idle connection (nginx's default
+/// `proxy_read_timeout` is 60 s) and finds dead sockets eventually. Socket.IO's default
+/// `pingInterval` is the same 25 s.
+pub const DEFAULT_WS_ALONE_HEARTBEAT: Duration = Duration::from_secs(25);
 /// Silence after which a socket is closed; with the heartbeat, a vanished peer is reported
 /// as `peer-left` within 10 seconds.
 pub const DEFAULT_WS_CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
@@ -269,9 +274,12 @@ pub struct MetricsConfig {
 /// WebSocket session limits.
 #[derive(Debug, Clone)]
 pub struct WsConfig {
-    /// Ping period.
+    /// Ping period while another device of the couple is connected.
     pub heartbeat: Duration,
-    /// Silence before the socket is closed.
+    /// Ping period while the socket is alone in its room (or not joined).
+    pub alone_heartbeat: Duration,
+    /// Silence before the socket is closed, while another device is connected; alone, the
+    /// limit is `alone_heartbeat + client_timeout`.
     pub client_timeout: Duration,
     /// Largest message accepted.
     pub max_message_bytes: usize,
@@ -613,6 +621,7 @@ impl Config {
             settings,
             ws: WsConfig {
                 heartbeat: v.secs("WS_HEARTBEAT_SECS", DEFAULT_WS_HEARTBEAT)?,
+                alone_heartbeat: v.secs("WS_ALONE_HEARTBEAT_SECS", DEFAULT_WS_ALONE_HEARTBEAT)?,
                 client_timeout: v.secs("WS_CLIENT_TIMEOUT_SECS", DEFAULT_WS_CLIENT_TIMEOUT)?,
                 max_message_bytes: v
                     .positive("WS_MAX_MESSAGE_BYTES", DEFAULT_WS_MAX_MESSAGE_BYTES)?,
@@ -676,6 +685,17 @@ impl Config {
                     "the heartbeat ({} s) must be shorter than the client timeout ({} s)",
                     self.ws.heartbeat.as_secs(),
                     self.ws.client_timeout.as_secs()
+                ),
+            });
+        }
+        if self.ws.alone_heartbeat < self.ws.heartbeat {
+            return Err(ConfigError::Conflict {
+                first: "WS_ALONE_HEARTBEAT_SECS",
+                second: "WS_HEARTBEAT_SECS",
+                reason: format!(
+                    "a socket alone in its room ({} s) is pinged no more often than one with a peer ({} s)",
+                    self.ws.alone_heartbeat.as_secs(),
+                    self.ws.heartbeat.as_secs()
                 ),
             });
         }

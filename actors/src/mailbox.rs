@@ -263,7 +263,6 @@ impl Mailbox {
     }
 
     /// Whether nothing is waiting.
-    #[cfg(test)]
     #[must_use]
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()

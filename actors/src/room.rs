@@ -11,8 +11,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Clock, Timestamp};
 use crate::error::RoomError;
@@ -98,6 +99,10 @@ pub struct Connection {
     pub kick: oneshot::Sender<Kick>,
     /// Which transport the socket speaks, for the relay metrics.
     pub transport: Transport,
+    /// Whether another device of the couple is connected. The room keeps it current; a
+    /// socket's heartbeat watches presence closely only while someone sees it
+    /// (docs/protocol.md §5.5).
+    pub watched: watch::Sender<bool>,
 }
 
 /// What a signal accepted over REST returns.
@@ -254,6 +259,10 @@ pub(crate) struct RoomState {
     writes: Writes,
     last_active: Instant,
     closing: bool,
+    /// The periodic [`RoomMsg::Tick`], running only while there is something to expire or
+    /// the room is idle ([`RoomState::needs_tick`]): a lone connected device with nothing
+    /// pending costs no timer wake-ups.
+    ticker: Option<JoinHandle<()>>,
     /// This room in `rooms_active`, and its mailboxes in `mailbox_signals`; both are taken
     /// off when the state is dropped, also after a panic.
     _running: GaugeShare,
@@ -284,6 +293,7 @@ impl Actor for RoomActor {
             resends: ResendWindow::default(),
             last_active: Instant::now(),
             closing: false,
+            ticker: None,
         })
     }
 
@@ -324,7 +334,7 @@ impl Actor for RoomActor {
             st.members.entry(to).or_default().mailbox.push(entry);
         }
         st.report_depth();
-        me.send_interval(st.args.settings.room_tick, || RoomMsg::Tick);
+        st.schedule_tick(&me);
         tracing::debug!(couple_id = %couple, epoch = st.epoch, "room started");
         Ok(())
     }
@@ -338,6 +348,7 @@ impl Actor for RoomActor {
         let span = st.span.clone();
         let result = st.handle(&me, msg).instrument(span).await;
         st.report_depth();
+        st.schedule_tick(&me);
         result
     }
 
@@ -397,6 +408,7 @@ impl RoomState {
                 reply,
             } => {
                 self.join(me, &device, conn, last_seq);
+                self.update_presence();
                 let _ = reply.send(Ok(()));
             }
             RoomMsg::Leave { device, conn } => self.leave(me, &device, conn),
@@ -452,6 +464,44 @@ impl RoomState {
                 let _ = reply.send(true);
             }
             _ => {}
+        }
+    }
+
+    /// Whether a [`RoomMsg::Tick`] has work to do: signals or resend ids to expire, or no
+    /// socket connected (the idle countdown).
+    fn needs_tick(&self) -> bool {
+        !self.resends.is_empty()
+            || self
+                .members
+                .values()
+                .any(|m| m.conn.is_none() || !m.mailbox.is_empty())
+    }
+
+    /// Starts or stops the periodic tick as [`RoomState::needs_tick`] says.
+    fn schedule_tick(&mut self, me: &ActorRef<RoomMsg>) {
+        match (self.needs_tick(), &self.ticker) {
+            (true, None) => {
+                self.ticker =
+                    Some(me.send_interval(self.args.settings.room_tick, || RoomMsg::Tick));
+            }
+            (false, Some(_)) => {
+                if let Some(t) = self.ticker.take() {
+                    t.abort();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells every connected socket whether another device is connected.
+    fn update_presence(&self) {
+        let connected = self.members.values().filter(|m| m.conn.is_some()).count();
+        for conn in self.members.values().filter_map(|m| m.conn.as_ref()) {
+            conn.watched.send_if_modified(|watched| {
+                let changed = *watched != (connected > 1);
+                *watched = connected > 1;
+                changed
+            });
         }
     }
 
@@ -526,6 +576,7 @@ impl RoomState {
             );
         }
         self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
+        self.update_presence();
     }
 
     /// Connects a socket: replaces an older one of the device, applies `last_seq`, queues
@@ -592,6 +643,7 @@ impl RoomState {
         if self.members.remove(device).is_some() {
             self.writes.spawn_ack(device, self.clamp(Seq(u64::MAX)));
         }
+        self.update_presence();
     }
 
     /// Whether `conn` is still `device`'s socket (not replaced or gone since).

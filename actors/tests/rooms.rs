@@ -108,6 +108,7 @@ async fn a_slow_consumer_is_dropped_and_loses_nothing() {
         events,
         kick,
         transport: Transport::WebSocket,
+        watched: tokio::sync::watch::channel(false).0,
     });
     d.rooms
         .join(&couple, &b, None, || conn.take().unwrap())
@@ -208,6 +209,7 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
         events,
         kick,
         transport: Transport::WebSocket,
+        watched: tokio::sync::watch::channel(false).0,
     });
     let _link = d
         .rooms
@@ -263,4 +265,53 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
         "0",
         "a stopped room leaves the gauge"
     );
+}
+
+#[tokio::test]
+async fn a_socket_is_watched_only_while_another_device_is_connected() {
+    use our_memories_actors::Connection;
+    use tokio::sync::watch;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = domain(dir.path(), Settings::default()).await;
+    let couple = pair(&d).await;
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+    let join = |id: u64| {
+        let (events, queue) = mpsc::channel(64);
+        let (kick, kicked) = oneshot::channel();
+        let (watched, watched_rx) = watch::channel(false);
+        let conn = Connection {
+            id,
+            events,
+            kick,
+            transport: Transport::WebSocket,
+            watched,
+        };
+        (conn, (queue, kicked, watched_rx))
+    };
+    let (conn_a, (_qa, _ka, watched_a)) = join(1);
+    let mut conn_a = Some(conn_a);
+    let link_a = d
+        .rooms
+        .join(&couple, &a, None, || conn_a.take().unwrap())
+        .await
+        .unwrap();
+    // Alone: nobody watches a's presence.
+    assert!(!*watched_a.borrow());
+    let (conn_b, (_qb, _kb, watched_b)) = join(2);
+    let mut conn_b = Some(conn_b);
+    let link_b = d
+        .rooms
+        .join(&couple, &b, None, || conn_b.take().unwrap())
+        .await
+        .unwrap();
+    // A round trip through the room orders this after the join's presence update.
+    d.rooms.fetch(&couple, &a, None).await.unwrap();
+    assert!(*watched_a.borrow());
+    assert!(*watched_b.borrow());
+    link_b.leave();
+    d.rooms.fetch(&couple, &a, None).await.unwrap();
+    assert!(!*watched_a.borrow(), "b left: a is alone again");
+    drop(link_a);
+    d.shutdown(Duration::from_secs(5)).await;
 }

@@ -415,6 +415,8 @@ impl Session {
                     events: events.clone(),
                     kick,
                     transport: Transport::SocketIo,
+                    // Engine.IO's heartbeat has one period for every socket (§12).
+                    watched: tokio::sync::watch::channel(false).0,
                 }
             })
             .await;

@@ -2,12 +2,18 @@
 //! events, and the session's own frames), while this task reads frames, keeps the heartbeat
 //! and relays to the room. Leaving the room is tied to a drop guard, so every exit path
 //! (close, error, timeout, shutdown) sends `peer-left` to the others.
+//!
+//! The heartbeat follows presence (docs/protocol.md §5.5): while another device of the couple
+//! is connected, a ping every `WS_HEARTBEAT_SECS` and a close after `WS_CLIENT_TIMEOUT_SECS`
+//! of silence, so a vanished peer is reported within 10 s; alone in the room (or not joined),
+//! nobody watches, so a ping every `WS_ALONE_HEARTBEAT_SECS` only keeps the connection open
+//! through proxies and NATs.
 
 use std::time::Duration;
 
 use actors::{Connection, DomainMetrics, Kick, Payload, RoomEvent, RoomLink, Transport};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -45,6 +51,8 @@ const WRITER_FLUSH: Duration = Duration::from_secs(2);
 struct Joined {
     link: RoomLink,
     kicked: oneshot::Receiver<Kick>,
+    /// Whether another device of the couple is connected (kept by the room).
+    watched: watch::Receiver<bool>,
     /// Whose budget the socket's messages count against.
     couple: actors::CoupleId,
     device: actors::DeviceId,
@@ -67,6 +75,8 @@ enum Close {
 enum Event {
     Frame(Option<Result<Message, WsError>>),
     Kicked(Result<Kick, oneshot::error::RecvError>),
+    /// Another device of the couple connected (`true`), or the last one left.
+    Watched(bool),
     Heartbeat,
     Silent,
     JoinTimeout,
@@ -95,14 +105,16 @@ where
     let relays = state.metrics.domain();
     let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx, relays));
     let mut shutdown = state.shutdown.clone();
-    let (heartbeat_every, client_timeout) = (state.ws.heartbeat, state.ws.client_timeout);
+    let beat = Heartbeat::new(&state);
     let join_timeout = state.ws.join_timeout;
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    // Closed exactly `client_timeout` after the last frame, whatever the heartbeat's phase.
-    let silence = tokio::time::sleep(client_timeout);
+    let mut watched = false;
+    let mut last_frame = Instant::now();
+    let ping = tokio::time::sleep(beat.period(watched));
+    // Closed exactly the silence limit after the last frame, whatever the heartbeat's phase.
+    let silence = tokio::time::sleep(beat.silence(watched));
     // An unjoined socket must join within `join_timeout` (again after each leave-couple).
     let join_deadline = tokio::time::sleep(join_timeout);
-    tokio::pin!(silence, join_deadline);
+    tokio::pin!(ping, silence, join_deadline);
     let mut session = Session {
         state,
         events,
@@ -113,8 +125,8 @@ where
     loop {
         let event = tokio::select! {
             frame = stream.next() => Event::Frame(frame),
-            kick = kicked(&mut session.joined) => Event::Kicked(kick),
-            _ = heartbeat.tick() => Event::Heartbeat,
+            event = from_room(&mut session.joined) => event,
+            () = &mut ping => Event::Heartbeat,
             () = &mut silence => Event::Silent,
             () = &mut join_deadline, if session.joined.is_none() => Event::JoinTimeout,
             () = shutdown.recv() => Event::Shutdown,
@@ -126,7 +138,8 @@ where
             Event::Frame(Some(Ok(msg))) => {
                 session.on_frame(msg).await;
                 // After handling too: a slow join must not count as the client's silence.
-                silence.as_mut().reset(Instant::now() + client_timeout);
+                last_frame = Instant::now();
+                silence.as_mut().reset(last_frame + beat.silence(watched));
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
@@ -147,13 +160,31 @@ where
             Event::JoinTimeout => Some(Close::With(CLOSE_JOIN_TIMEOUT, "join timeout")),
             Event::Heartbeat => {
                 session.frame(Message::Ping(bytes::Bytes::new()));
+                ping.as_mut().reset(Instant::now() + beat.period(watched));
+                None
+            }
+            Event::Watched(now_watched) => {
+                watched = now_watched;
+                let now = Instant::now();
+                if watched {
+                    // Someone sees this device now: find out at once whether it is there.
+                    session.frame(Message::Ping(bytes::Bytes::new()));
+                    silence.as_mut().reset(now + beat.silence(true));
+                } else {
+                    silence.as_mut().reset(last_frame + beat.silence(false));
+                }
+                ping.as_mut().reset(now + beat.period(watched));
                 None
             }
             Event::Shutdown => Some(Close::With(CLOSE_GOING_AWAY, "server shutting down")),
         };
         if was_joined && session.joined.is_none() {
-            // Left (or the room went away): the time to join again starts now.
+            // Left (or the room went away): the time to join again starts now, alone.
             join_deadline.as_mut().reset(Instant::now() + join_timeout);
+            if watched {
+                watched = false;
+                silence.as_mut().reset(last_frame + beat.silence(false));
+            }
         }
         // A client that does not read its own replies is dropped without a close frame.
         if let Some(close) = close.or(session.stalled.then_some(Close::Silently)) {
@@ -191,11 +222,51 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Resolves when the room drops this socket (kick) or disappears; never while not joined.
-async fn kicked(joined: &mut Option<Joined>) -> Result<Kick, oneshot::error::RecvError> {
-    match joined {
-        Some(j) => (&mut j.kicked).await,
-        None => std::future::pending().await,
+/// The heartbeat's two speeds.
+#[derive(Clone, Copy)]
+struct Heartbeat {
+    watched: Duration,
+    alone: Duration,
+    client_timeout: Duration,
+}
+
+impl Heartbeat {
+    fn new(state: &AppState) -> Self {
+        Self {
+            watched: state.ws.heartbeat,
+            alone: state.ws.alone_heartbeat,
+            client_timeout: state.ws.client_timeout,
+        }
+    }
+
+    /// Time between pings.
+    fn period(self, watched: bool) -> Duration {
+        if watched { self.watched } else { self.alone }
+    }
+
+    /// Silence after which the socket is closed: alone, one missed ping plus the timeout.
+    fn silence(self, watched: bool) -> Duration {
+        if watched {
+            self.client_timeout
+        } else {
+            self.alone + self.client_timeout
+        }
+    }
+}
+
+/// What the room says to a joined socket: it was dropped (kick, or the room went away), or
+/// another device came or went. Never resolves while not joined.
+async fn from_room(joined: &mut Option<Joined>) -> Event {
+    let Some(j) = joined else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        kick = &mut j.kicked => Event::Kicked(kick),
+        changed = j.watched.changed() => match changed {
+            Ok(()) => Event::Watched(*j.watched.borrow_and_update()),
+            // The room dropped the connection: its kick (or its end) tells why.
+            Err(_) => Event::Kicked((&mut j.kicked).await),
+        },
     }
 }
 
@@ -294,23 +365,25 @@ impl Session {
         let token = parse_bearer(&format!("Bearer {token}"))?;
         let claims = self.state.pairing.authenticate(&token).await?;
         require_access(&claims, couple, Some(device))?;
-        let mut kicked = None;
+        let mut receivers = None;
         let link = self
             .state
             .rooms
             .join(couple, device, last_seq, || {
-                let (kick, rx) = oneshot::channel();
-                kicked = Some(rx);
+                let (kick, kicked) = oneshot::channel();
+                let (watched, watched_rx) = watch::channel(false);
+                receivers = Some((kicked, watched_rx));
                 Connection {
                     id: self.state.next_conn_id(),
                     events: self.events.clone(),
                     kick,
                     transport: Transport::WebSocket,
+                    watched,
                 }
             })
             .await?;
-        let kicked =
-            kicked.ok_or_else(|| ApiError::Internal("the room made no connection".to_owned()))?;
+        let (kicked, watched) = receivers
+            .ok_or_else(|| ApiError::Internal("the room made no connection".to_owned()))?;
         let span = tracing::Span::current();
         span.record("couple_id", tracing::field::display(couple));
         span.record("device_id", tracing::field::display(device));
@@ -318,6 +391,7 @@ impl Session {
         Ok(Joined {
             link,
             kicked,
+            watched,
             couple: couple.clone(),
             device: device.clone(),
         })

@@ -418,6 +418,34 @@ async fn peer_left_comes_at_the_client_timeout_whatever_the_heartbeat_phase() {
 }
 
 #[tokio::test]
+async fn a_socket_alone_is_kept_past_the_client_timeout_and_watched_once_a_peer_joins() {
+    // Alone, a is closed only after one missed slow ping plus the timeout (3.3 s); once b
+    // joins, a silent a is pinged at once and reported gone within the client timeout.
+    let app = TestApp::spawn_with(|c| {
+        c.ws.heartbeat = Duration::from_millis(50);
+        c.ws.alone_heartbeat = Duration::from_secs(3);
+        c.ws.client_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let couple = app.pair().await;
+    let (a, _) = app.join(&couple, &couple.a, None).await;
+    let silent = a.into_silent(); // never read again: pings go unanswered
+    // Silent for twice the client timeout: with nobody watching, that is allowed.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let joined_at = tokio::time::Instant::now();
+    let (mut b, joined) = app.join(&couple, &couple.b, None).await;
+    assert_eq!(joined["peers"], json!(["a"]), "a is still connected");
+    assert_eq!(b.recv_type("peer-left").await["deviceId"], "a");
+    let took = joined_at.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "peer-left {took:?} after b joined"
+    );
+    drop(silent);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_with_going_away() {
     let app = TestApp::spawn().await;
     let couple = app.pair().await;

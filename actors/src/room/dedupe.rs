@@ -116,6 +116,11 @@ impl<W> ResendWindow<W> {
         }
     }
 
+    /// Whether no id is remembered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
     /// Forgets ids older than the window.
     pub(super) fn expire(&mut self, now: Timestamp) {
         self.seen.retain(|_, s| s.expires_at > now);
