@@ -30,6 +30,10 @@ use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{call, field, mib, proc_field};
+
 struct Args {
     url: String,
     server_pid: u32,
@@ -85,19 +89,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The first number of a `/proc/PID/status` field (`Threads`, `VmRSS` and `VmHWM` in KiB).
-fn proc_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Bytes of every file under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -139,29 +130,7 @@ impl Sample {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1_048_576.0
-}
-
 type Ws = WebSocketStream<TcpStream>;
-
-async fn call(req: reqwest::RequestBuilder) -> Result<Value, String> {
-    let res = req.send().await.map_err(|e| e.to_string())?;
-    let status = res.status();
-    let v: Value = res.json().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(format!("{status} {v}"))
-    }
-}
-
-fn field(v: &Value, k: &str) -> Result<String, String> {
-    v[k].as_str()
-        .map(str::to_owned)
-        .ok_or(format!("no {k} in {v}"))
-}
 
 /// A paired couple: its id and the tokens of `a` and `b`.
 struct Couple {

@@ -314,14 +314,7 @@ impl Actor for RoomActor {
             }
             let to = s.to.clone();
             let entry = Entry {
-                signal: Arc::new(Signal {
-                    seq: s.seq,
-                    id: s.id,
-                    from: s.from,
-                    payload: Payload::new(s.payload),
-                    created_at: s.created_at,
-                    expires_at: s.expires_at,
-                }),
+                signal: Arc::new(s.into_signal()),
                 on_disk: true,
                 delivered: false,
             };

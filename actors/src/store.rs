@@ -96,6 +96,21 @@ pub struct StoredSignal {
     pub expires_at: Timestamp,
 }
 
+impl StoredSignal {
+    /// The signal as a room holds it (without its couple and recipient).
+    #[must_use]
+    pub fn into_signal(self) -> Signal {
+        Signal {
+            seq: self.seq,
+            id: self.id,
+            from: self.from,
+            payload: crate::mailbox::Payload::new(self.payload),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// A signal to write into one mailbox, sharing the room's copy of it: a batch of them holds
 /// no second copy of the payloads (a mass disconnect writes up to a mailbox's 1 MiB per
 /// device). It is stored as the [`StoredSignal`] that [`SignalWrite::stored`] makes.
@@ -124,6 +139,16 @@ impl SignalWrite {
             payload: s.payload.as_str().to_owned(),
             created_at: s.created_at,
             expires_at: s.expires_at,
+        }
+    }
+}
+
+impl From<StoredSignal> for SignalWrite {
+    fn from(s: StoredSignal) -> Self {
+        Self {
+            couple: s.couple.clone(),
+            to: s.to.clone(),
+            signal: Arc::new(s.into_signal()),
         }
     }
 }

@@ -12,7 +12,6 @@ use super::{
 use crate::clock::{Clock, Timestamp};
 use crate::digest::Sha256Digest;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
-use crate::mailbox::{Payload, Signal};
 use crate::token::{DeviceNonce, PairingToken};
 
 /// Instants are offsets in whole seconds from one base a minute in the real future: backends
@@ -257,19 +256,7 @@ async fn mailboxes(store: &dyn Store) {
 
 /// `signal` as a batch writes it.
 fn signal_write(couple: &CoupleId, to: &str, seq: u64) -> SignalWrite {
-    let s = signal(couple, to, seq, 10_000);
-    SignalWrite {
-        couple: s.couple,
-        to: s.to,
-        signal: std::sync::Arc::new(Signal {
-            seq: s.seq,
-            id: s.id,
-            from: s.from,
-            payload: Payload::new(s.payload),
-            created_at: s.created_at,
-            expires_at: s.expires_at,
-        }),
-    }
+    signal(couple, to, seq, 10_000).into()
 }
 
 /// `write_batch` applies its writes in order, each as its single-write method would, and

@@ -927,18 +927,7 @@ mod tests {
             payload: "{\"sdp\":\"v=0\\r\\n\"}".to_owned(),
             ..signal(&CoupleId::parse("c").unwrap(), 7, 100)
         };
-        let shared = SignalWrite {
-            couple: stored.couple.clone(),
-            to: stored.to.clone(),
-            signal: Arc::new(crate::mailbox::Signal {
-                seq: stored.seq,
-                id: stored.id.clone(),
-                from: stored.from.clone(),
-                payload: crate::mailbox::Payload::new(stored.payload.clone()),
-                created_at: stored.created_at,
-                expires_at: stored.expires_at,
-            }),
-        };
+        let shared = SignalWrite::from(stored.clone());
         let row = encode(&SignalRow::from(&shared)).ok().unwrap();
         assert_eq!(row, serde_json::to_vec(&stored).unwrap());
         assert_eq!(shared.stored().payload, stored.payload);
