@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{call, field, mib, proc_field};
+
 struct Args {
     url: String,
     server_pid: u32,
@@ -72,19 +76,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// One reading: the server's memory and the store's file.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -96,8 +87,8 @@ struct Sample {
 impl Sample {
     fn take(args: &Args) -> Self {
         Self {
-            rss_kib: proc_kib(args.server_pid, "VmRSS"),
-            hwm_kib: proc_kib(args.server_pid, "VmHWM"),
+            rss_kib: proc_field(args.server_pid, "VmRSS"),
+            hwm_kib: proc_field(args.server_pid, "VmHWM"),
             redb_bytes: std::fs::metadata(args.data_dir.join("our-memories.redb"))
                 .map_or(0, |m| m.len()),
         }
@@ -108,11 +99,6 @@ impl Sample {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1_048_576.0
-}
-
 fn print(step: &str, s: Sample) {
     println!(
         "{step:<22} rss {:>8.1} MiB  peak {:>8.1} MiB  redb file {:>8.1} MiB",
@@ -120,23 +106,6 @@ fn print(step: &str, s: Sample) {
         mib(s.hwm_kib * 1024),
         mib(s.redb_bytes)
     );
-}
-
-async fn call(req: reqwest::RequestBuilder) -> Result<Value, String> {
-    let res = req.send().await.map_err(|e| e.to_string())?;
-    let status = res.status();
-    let v: Value = res.json().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(format!("{status} {v}"))
-    }
-}
-
-fn field(v: &Value, k: &str) -> Result<String, String> {
-    v[k].as_str()
-        .map(str::to_owned)
-        .ok_or(format!("no {k} in {v}"))
 }
 
 /// One couple's burst: pair, then `a` posts every signal to the offline `b`. Returns the

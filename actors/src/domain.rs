@@ -13,6 +13,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::metrics::DomainMetrics;
 use crate::pairing::Pairing;
 use crate::settings::Settings;
+use crate::store::group_commit::GroupCommit;
 use crate::store::measured::Measured;
 use crate::store::{BlobStore, Purged, Storage, Store};
 use crate::supervisor::Rooms;
@@ -49,9 +50,19 @@ impl Domain {
     ) -> Result<Self, SpawnErr> {
         let store: Arc<dyn Store> = Arc::new(Measured::store(store, metrics.clone()));
         let blobs: Arc<dyn BlobStore> = Arc::new(Measured::blobs(blobs, metrics.clone()));
-        let rooms = Rooms::start(&store, &settings, &clock, &metrics).await?;
-        let (pairing, pairing_keeper) =
-            Pairing::start(&store, secret, &settings, &clock, rooms.clone(), &metrics).await?;
+        // One writer for the frequent writes of every room and of pairing (group commit).
+        let writer = GroupCommit::start(Arc::clone(&store));
+        let rooms = Rooms::start(&store, &writer, &settings, &clock, &metrics).await?;
+        let (pairing, pairing_keeper) = Pairing::start(
+            &store,
+            writer,
+            secret,
+            &settings,
+            &clock,
+            rooms.clone(),
+            &metrics,
+        )
+        .await?;
         let (backups, backup_keeper) =
             Backups::start(&store, &blobs, &settings, &clock, &metrics).await?;
         clean_after_restart(store.as_ref(), blobs.as_ref()).await;

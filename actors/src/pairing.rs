@@ -5,6 +5,13 @@
 //!
 //! Beside it is its handle, [`Pairing`]: pairing calls go to the actor (restarted by its
 //! keeper when it fails), while token checks read the store directly.
+//!
+//! Device and pairing records are written through the domain's one writer, which commits
+//! them in batches with other writes. An initiate that creates a couple does not wait for
+//! its write: nothing else can know the new couple before the reply, so the actor queues the
+//! write, moves on to the next request, and the reply goes out once the write is committed.
+//! That is what lets concurrent initiates share a commit. Every other request reads and
+//! writes records other requests may touch, and waits for its write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +25,8 @@ use crate::ids::{CoupleId, DeviceId};
 use crate::keeper::{Keeper, Slot};
 use crate::metrics::{DomainMetrics, Restarted};
 use crate::settings::Settings;
-use crate::store::{DeviceRecord, PairingRecord, Store, StoreError};
+use crate::store::group_commit::{Done, GroupCommit};
+use crate::store::{DeviceRecord, PairingRecord, Store, StoreError, Write};
 use crate::supervisor::Rooms;
 use crate::token::{
     DeviceNonce, DeviceToken, PairingToken, SigningSecret, TokenClaims, TokenError,
@@ -101,6 +109,8 @@ pub(crate) struct PairingActor;
 pub(crate) struct PairingArgs {
     /// Where couples, devices and pairings persist.
     pub store: Arc<dyn Store>,
+    /// The domain's one writer, for device and pairing records.
+    pub writer: GroupCommit,
     /// Signs device tokens.
     pub secret: SigningSecret,
     /// TTLs and caps.
@@ -144,62 +154,74 @@ impl PairingArgs {
         }
     }
 
+    /// An initiate by a paired device (`claims`): a new pairing for one more device of its
+    /// couple.
     async fn initiate(
         &self,
         device: DeviceId,
-        by: Option<TokenClaims>,
+        claims: TokenClaims,
     ) -> Result<Initiated, PairingError> {
         let now = self.clock.now();
         let pairing_token = PairingToken::generate();
-        let (couple, nonce, pairing) = if let Some(claims) = by {
-            // The token was checked before the call queued here; a revocation handled in
-            // between must still stop it.
-            let devices = self.acting(&claims).await?;
-            if claims.device != device {
-                return Err(PairingError::WrongDevice);
-            }
-            if devices.len() >= self.settings.max_devices_per_couple {
-                return Err(PairingError::CoupleFull {
-                    max: self.settings.max_devices_per_couple,
-                });
-            }
-            // A couple that was never confirmed stays so: a new pairing does not make it
-            // permanent (it is still deleted if this one expires unconfirmed).
-            let unconfirmed = self
-                .store
-                .pairing(&claims.couple)
-                .await
-                .map_err(storage_failed)?
-                .is_some_and(|p| p.unconfirmed);
-            let pairing = self.new_pairing(&claims.couple, &pairing_token, now, unconfirmed);
-            self.store
-                .put_pairing(&pairing)
-                .await
-                .map_err(storage_failed)?;
-            (claims.couple, claims.nonce, pairing)
-        } else {
-            let couple = CoupleId::generate();
-            let nonce = DeviceNonce::generate();
-            let pairing = self.new_pairing(&couple, &pairing_token, now, true);
-            let record = DeviceRecord {
-                couple: couple.clone(),
-                device: device.clone(),
-                nonce: nonce.clone(),
-                paired_at: now,
-            };
-            self.store
-                .save_device_and_pairing(&record, &pairing)
-                .await
-                .map_err(storage_failed)?;
-            (couple, nonce, pairing)
-        };
-        let device_token = self.secret.issue(&couple, &device, &nonce);
+        // The token was checked before the call queued here; a revocation handled in
+        // between must still stop it.
+        let devices = self.acting(&claims).await?;
+        if claims.device != device {
+            return Err(PairingError::WrongDevice);
+        }
+        if devices.len() >= self.settings.max_devices_per_couple {
+            return Err(PairingError::CoupleFull {
+                max: self.settings.max_devices_per_couple,
+            });
+        }
+        // A couple that was never confirmed stays so: a new pairing does not make it
+        // permanent (it is still deleted if this one expires unconfirmed).
+        let unconfirmed = self
+            .store
+            .pairing(&claims.couple)
+            .await
+            .map_err(storage_failed)?
+            .is_some_and(|p| p.unconfirmed);
+        let pairing = self.new_pairing(&claims.couple, &pairing_token, now, unconfirmed);
+        self.store
+            .put_pairing(&pairing)
+            .await
+            .map_err(storage_failed)?;
+        let device_token = self.secret.issue(&claims.couple, &device, &claims.nonce);
         Ok(Initiated {
-            couple,
+            couple: claims.couple,
             pairing_token,
             device_token,
             expires_at: pairing.expires_at,
         })
+    }
+
+    /// A new couple with `device` in it and its first pairing: the write that creates them,
+    /// and the answer once it is committed.
+    fn found_couple(&self, device: DeviceId) -> (Write, Initiated) {
+        let now = self.clock.now();
+        let pairing_token = PairingToken::generate();
+        let couple = CoupleId::generate();
+        let nonce = DeviceNonce::generate();
+        let pairing = self.new_pairing(&couple, &pairing_token, now, true);
+        let device_token = self.secret.issue(&couple, &device, &nonce);
+        let initiated = Initiated {
+            couple: couple.clone(),
+            pairing_token,
+            device_token,
+            expires_at: pairing.expires_at,
+        };
+        let record = DeviceRecord {
+            couple,
+            device,
+            nonce,
+            paired_at: now,
+        };
+        let write = Write::DeviceAndPairing {
+            device: record,
+            pairing,
+        };
+        (write, initiated)
     }
 
     /// Checks in this order: burned, token (a wrong one counts toward the cap), used, expired,
@@ -258,8 +280,11 @@ impl PairingArgs {
         };
         pairing.consumed = true;
         pairing.unconfirmed = false;
-        self.store
-            .save_device_and_pairing(&record, &pairing)
+        self.writer
+            .write(Write::DeviceAndPairing {
+                device: record,
+                pairing,
+            })
             .await
             .map_err(storage_failed)?;
         self.rooms.device_added(couple.clone(), device.clone());
@@ -356,8 +381,24 @@ impl Actor for PairingActor {
         st: &mut PairingArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PairingMsg::Initiate { device, by, reply } => {
-                let _ = reply.send(st.initiate(device, by).await);
+            // A new couple: queued, not waited for (see the module's doc).
+            PairingMsg::Initiate {
+                device,
+                by: None,
+                reply,
+            } => {
+                let (write, initiated) = st.found_couple(device);
+                let done: Done = Box::new(move |outcome| {
+                    let _ = reply.send(outcome.map(|()| initiated).map_err(storage_failed));
+                });
+                st.writer.submit(write, done).await;
+            }
+            PairingMsg::Initiate {
+                device,
+                by: Some(claims),
+                reply,
+            } => {
+                let _ = reply.send(st.initiate(device, claims).await);
             }
             PairingMsg::Revoke { by, device, reply } => {
                 let _ = reply.send(st.revoke(&by, device).await);
@@ -394,6 +435,7 @@ impl Pairing {
     /// at shutdown).
     pub(crate) async fn start(
         store: &Arc<dyn Store>,
+        writer: GroupCommit,
         secret: SigningSecret,
         settings: &Settings,
         clock: &Clock,
@@ -402,6 +444,7 @@ impl Pairing {
     ) -> Result<(Self, ActorRef<()>), SpawnErr> {
         let args = PairingArgs {
             store: Arc::clone(store),
+            writer,
             secret: secret.clone(),
             settings: settings.clone(),
             clock: clock.clone(),

@@ -4,7 +4,8 @@
 //!
 //! Its sub-states have modules of their own: `room/dedupe.rs`, the resend window (a signal id
 //! is taken, or its write is in flight and resends wait for it); `room/persist.rs`, the
-//! background writes to the store and their count.
+//! background writes (through the domain's one writer, `store/group_commit.rs`) and their
+//! count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::mailbox::{Entry, Mailbox, MailboxLimits, Payload, Signal};
 use crate::metrics::{DomainMetrics, GaugeShare, Transport};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::store::group_commit::GroupCommit;
 use crate::supervisor::SupervisorMsg;
 
 mod dedupe;
@@ -215,8 +217,10 @@ pub(crate) struct Relay {
 pub(crate) struct RoomArgs {
     /// Whose room.
     pub couple: CoupleId,
-    /// Where mailboxes persist.
+    /// Where mailboxes are loaded from (and epochs taken).
     pub store: Arc<dyn Store>,
+    /// Where signal writes and acks go: the domain's one writer.
+    pub writer: GroupCommit,
     /// TTLs and bounds.
     pub settings: Settings,
     /// Time source.
@@ -285,7 +289,7 @@ impl Actor for RoomActor {
             _running: args.metrics.room_guard(),
             mailbox_depth: args.metrics.mailbox_share(),
             span: tracing::info_span!("room", couple_id = %args.couple),
-            writes: Writes::new(Arc::clone(&args.store), args.couple.clone()),
+            writes: Writes::new(args.writer.clone(), args.couple.clone()),
             args,
             epoch: 0,
             counter: 0,
@@ -320,14 +324,7 @@ impl Actor for RoomActor {
             }
             let to = s.to.clone();
             let entry = Entry {
-                signal: Arc::new(Signal {
-                    seq: s.seq,
-                    id: s.id,
-                    from: s.from,
-                    payload: Payload::new(s.payload),
-                    created_at: s.created_at,
-                    expires_at: s.expires_at,
-                }),
+                signal: Arc::new(s.into_signal()),
                 on_disk: true,
                 delivered: false,
             };
@@ -347,6 +344,8 @@ impl Actor for RoomActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = st.span.clone();
         let result = st.handle(&me, msg).instrument(span).await;
+        // The message's writes, in order; a full writer queue holds the room here.
+        st.writes.submit().await;
         st.report_depth();
         st.schedule_tick(&me);
         result
@@ -374,7 +373,9 @@ impl Actor for RoomActor {
                 signals.into_iter().map(move |s| (d.clone(), s))
             })
             .collect();
-        if !pending.is_empty() {
+        if pending.is_empty() {
+            st.writes.submit().await;
+        } else {
             st.writes.flush(&pending).await;
         }
         Ok(())
@@ -567,7 +568,7 @@ impl RoomState {
             .map(|s| (device.clone(), s))
             .collect();
         if !unwritten.is_empty() {
-            self.writes.spawn_write(
+            self.writes.write(
                 me,
                 PersistJob {
                     signals: unwritten,
@@ -641,7 +642,7 @@ impl RoomState {
             self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
         }
         if self.members.remove(device).is_some() {
-            self.writes.spawn_ack(device, self.clamp(Seq(u64::MAX)));
+            self.writes.ack(device, self.clamp(Seq(u64::MAX)));
         }
         self.update_presence();
     }
@@ -761,7 +762,7 @@ impl RoomState {
             })
             .collect();
         self.resends.writing(&dedupe_key);
-        self.writes.spawn_write(
+        self.writes.write(
             me,
             PersistJob {
                 signals,
@@ -856,7 +857,7 @@ impl RoomState {
             let (evicted, through) = m.mailbox.evict(n);
             self.args.metrics.signals_evicted(evicted.removed);
             if let (true, Some(through)) = (evicted.touched_disk, through) {
-                self.writes.spawn_ack(&r, through);
+                self.writes.ack(&r, through);
             }
         }
         Ok(Checked::Fresh(recipients))
@@ -956,7 +957,7 @@ impl RoomState {
         if let Some(m) = self.members.get_mut(device)
             && m.mailbox.ack(up_to).touched_disk
         {
-            self.writes.spawn_ack(device, up_to);
+            self.writes.ack(device, up_to);
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod files;
+pub(crate) mod group_commit;
 pub(crate) mod measured;
 
 use std::pin::Pin;
@@ -21,10 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::digest::Sha256Digest;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
+use crate::mailbox::Signal;
 use crate::token::{DeviceNonce, TokenHash};
 
 /// A storage failure. Deliberately opaque to clients: any variant is a 503 at the edge.
-#[derive(Debug, thiserror::Error)]
+/// `Clone`, because one failed batch (see [`Store::write_batch`]) is every write's answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend could not be reached or refused the operation; retrying later may work.
     #[error("storage backend unavailable: {0}")]
@@ -91,6 +94,108 @@ pub struct StoredSignal {
     pub created_at: Timestamp,
     /// When it stops being deliverable.
     pub expires_at: Timestamp,
+}
+
+impl StoredSignal {
+    /// The signal as a room holds it (without its couple and recipient).
+    #[must_use]
+    pub fn into_signal(self) -> Signal {
+        Signal {
+            seq: self.seq,
+            id: self.id,
+            from: self.from,
+            payload: crate::mailbox::Payload::new(self.payload),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A signal to write into one mailbox, sharing the room's copy of it: a batch of them holds
+/// no second copy of the payloads (a mass disconnect writes up to a mailbox's 1 MiB per
+/// device). It is stored as the [`StoredSignal`] that [`SignalWrite::stored`] makes.
+#[derive(Debug, Clone)]
+pub struct SignalWrite {
+    /// The couple (room) the signal belongs to.
+    pub couple: CoupleId,
+    /// The recipient, whose mailbox this is.
+    pub to: DeviceId,
+    /// The signal, as the room holds it.
+    pub signal: Arc<Signal>,
+}
+
+impl SignalWrite {
+    /// The record as stored, with its own copy of the payload (for backends that write
+    /// [`StoredSignal`]s).
+    #[must_use]
+    pub fn stored(&self) -> StoredSignal {
+        let s = &self.signal;
+        StoredSignal {
+            couple: self.couple.clone(),
+            to: self.to.clone(),
+            seq: s.seq,
+            id: s.id.clone(),
+            from: s.from.clone(),
+            payload: s.payload.as_str().to_owned(),
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+        }
+    }
+}
+
+impl From<StoredSignal> for SignalWrite {
+    fn from(s: StoredSignal) -> Self {
+        Self {
+            couple: s.couple.clone(),
+            to: s.to.clone(),
+            signal: Arc::new(s.into_signal()),
+        }
+    }
+}
+
+/// One write of a batch (see [`Store::write_batch`]): the writes that are frequent enough to
+/// be worth committing together.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// [`Store::put_signals`].
+    Signals(Vec<SignalWrite>),
+    /// [`Store::ack_signals`].
+    Ack {
+        /// The couple.
+        couple: CoupleId,
+        /// Whose mailbox.
+        device: DeviceId,
+        /// Everything up to and including this seq is acknowledged.
+        up_to: Seq,
+    },
+    /// [`Store::save_device_and_pairing`].
+    DeviceAndPairing {
+        /// The device registered.
+        device: DeviceRecord,
+        /// The couple's pairing, saved with it.
+        pairing: PairingRecord,
+    },
+}
+
+impl Write {
+    /// The name of the [`Store`] method it stands for, for the metrics.
+    #[must_use]
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::Signals(_) => "put_signals",
+            Self::Ack { .. } => "ack_signals",
+            Self::DeviceAndPairing { .. } => "save_device_and_pairing",
+        }
+    }
+
+    /// Payload bytes the write carries: what bounds a batch's size.
+    #[must_use]
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Self::Signals(signals) => signals.iter().map(|s| s.signal.payload.len()).sum(),
+            Self::Ack { .. } | Self::DeviceAndPairing { .. } => 0,
+        }
+    }
 }
 
 /// A stored backup's metadata. The blob itself is in a [`BlobStore`] under the same ids;
@@ -316,6 +421,33 @@ pub trait Store: Send + Sync + 'static {
         device: &DeviceId,
         up_to: Seq,
     ) -> Result<(), StoreError>;
+
+    /// Applies `writes` in their order and returns one outcome per write, in the same order.
+    /// A backend with transactions commits them together (one durable commit for the batch,
+    /// all or nothing: every outcome is then the same); this default applies them one after
+    /// the other with the single-write methods, each with its own outcome. Either way, a write
+    /// is never applied before one that precedes it (an ack is never overtaken by an older
+    /// put of the same seqs).
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            outcomes.push(match write {
+                Write::Signals(signals) => {
+                    let records: Vec<_> = signals.iter().map(SignalWrite::stored).collect();
+                    self.put_signals(&records).await
+                }
+                Write::Ack {
+                    couple,
+                    device,
+                    up_to,
+                } => self.ack_signals(&couple, &device, up_to).await,
+                Write::DeviceAndPairing { device, pairing } => {
+                    self.save_device_and_pairing(&device, &pairing).await
+                }
+            });
+        }
+        outcomes
+    }
 
     /// Every unacknowledged, unexpired signal of the couple, ordered by recipient and seq.
     async fn pending_signals(

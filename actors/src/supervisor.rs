@@ -24,6 +24,7 @@ use crate::metrics::{DomainMetrics, Restarted, Transport};
 use crate::room::{Accepted, ConnId, Connection, Origin, Relay, RoomActor, RoomArgs, RoomMsg};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::store::group_commit::GroupCommit;
 
 /// Requests to the supervisor.
 #[derive(Debug)]
@@ -70,6 +71,8 @@ pub(crate) struct RoomSupervisor;
 pub(crate) struct SupervisorArgs {
     /// Shared by all rooms.
     pub store: Arc<dyn Store>,
+    /// The domain's one writer, shared by all rooms.
+    pub writer: GroupCommit,
     /// TTLs and bounds.
     pub settings: Settings,
     /// Time source.
@@ -129,6 +132,7 @@ impl Actor for RoomSupervisor {
                 let args = RoomArgs {
                     couple: couple.clone(),
                     store: Arc::clone(&st.args.store),
+                    writer: st.args.writer.clone(),
                     settings: st.args.settings.clone(),
                     clock: st.args.clock.clone(),
                     supervisor: me.clone(),
@@ -222,6 +226,7 @@ impl Rooms {
     /// handle.
     pub(crate) async fn start(
         store: &Arc<dyn Store>,
+        writer: &GroupCommit,
         settings: &Settings,
         clock: &Clock,
         metrics: &DomainMetrics,
@@ -231,6 +236,7 @@ impl Rooms {
             RoomSupervisor,
             SupervisorArgs {
                 store: Arc::clone(store),
+                writer: writer.clone(),
                 settings: settings.clone(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),

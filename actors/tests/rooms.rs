@@ -9,8 +9,8 @@ mod support;
 use support::domain_with;
 
 use our_memories_actors::{
-    Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Payload, RoomError, RoomEvent,
-    Settings, Transport,
+    Clock, Connection, CoupleId, DeviceId, Domain, DomainMetrics, Kick, Payload, RoomError,
+    RoomEvent, Settings, Transport,
 };
 
 async fn domain(dir: &std::path::Path, settings: Settings) -> Domain {
@@ -269,27 +269,11 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
 
 #[tokio::test]
 async fn a_socket_is_watched_only_while_another_device_is_connected() {
-    use our_memories_actors::Connection;
-    use tokio::sync::watch;
-
     let dir = tempfile::tempdir().unwrap();
     let d = domain(dir.path(), Settings::default()).await;
     let couple = pair(&d).await;
     let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-    let join = |id: u64| {
-        let (events, queue) = mpsc::channel(64);
-        let (kick, kicked) = oneshot::channel();
-        let (watched, watched_rx) = watch::channel(false);
-        let conn = Connection {
-            id,
-            events,
-            kick,
-            transport: Transport::WebSocket,
-            watched,
-        };
-        (conn, (queue, kicked, watched_rx))
-    };
-    let (conn_a, (_qa, _ka, watched_a)) = join(1);
+    let (conn_a, _qa, _ka, watched_a) = socket(1);
     let mut conn_a = Some(conn_a);
     let link_a = d
         .rooms
@@ -298,7 +282,7 @@ async fn a_socket_is_watched_only_while_another_device_is_connected() {
         .unwrap();
     // Alone: nobody watches a's presence.
     assert!(!*watched_a.borrow());
-    let (conn_b, (_qb, _kb, watched_b)) = join(2);
+    let (conn_b, _qb, _kb, watched_b) = socket(2);
     let mut conn_b = Some(conn_b);
     let link_b = d
         .rooms
@@ -313,5 +297,145 @@ async fn a_socket_is_watched_only_while_another_device_is_connected() {
     d.rooms.fetch(&couple, &a, None).await.unwrap();
     assert!(!*watched_a.borrow(), "b left: a is alone again");
     drop(link_a);
+    d.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Commits of the domain's writer so far (`write_batch`), and writes of `operation` so far
+/// (each write of a batch is counted under its own operation too).
+fn storage_count(registry: &prometheus::Registry, operation: &str) -> u64 {
+    let series = format!(
+        r#"our_memories_storage_operation_duration_seconds_count{{backend="embedded",operation="{operation}"}}"#
+    );
+    sample(registry, &series).map_or(0, |v| v.parse().unwrap())
+}
+
+/// A socket's end of a [`Connection`]: its events, the kick sender's other end, and whether
+/// another device is connected.
+fn socket(
+    id: u64,
+) -> (
+    Connection,
+    mpsc::Receiver<RoomEvent>,
+    oneshot::Receiver<Kick>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let (events, queue) = mpsc::channel(64);
+    let (kick, kicked) = oneshot::channel();
+    let (watched, watched_rx) = tokio::sync::watch::channel(false);
+    let conn = Connection {
+        id,
+        events,
+        kick,
+        transport: Transport::WebSocket,
+        watched,
+    };
+    (conn, queue, kicked, watched_rx)
+}
+
+/// Many devices dropping their sockets at once, each with signals it never acknowledged: the
+/// writes go to the store in a few group commits, not one transaction each, and every signal
+/// is kept.
+#[tokio::test]
+async fn a_mass_disconnect_is_committed_in_a_few_batches_and_keeps_every_signal() {
+    const COUPLES: usize = 64;
+    const SIGNALS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = DomainMetrics::register(&registry).unwrap();
+    let d = domain_with(dir.path(), Settings::default(), Clock::manual(), metrics).await;
+    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
+    let mut sockets = Vec::new();
+    for _ in 0..COUPLES {
+        let couple = pair(&d).await;
+        let (a_conn, a_events, a_kick, _) = socket(1);
+        let (b_conn, mut b_events, b_kick, _) = socket(2);
+        let mut a_conn = Some(a_conn);
+        let mut b_conn = Some(b_conn);
+        let a_link = d
+            .rooms
+            .join(&couple, &a, None, || a_conn.take().unwrap())
+            .await
+            .unwrap();
+        let b_link = d
+            .rooms
+            .join(&couple, &b, None, || b_conn.take().unwrap())
+            .await
+            .unwrap();
+        for i in 0..SIGNALS {
+            a_link
+                .send(Some(b.clone()), Payload::new(i.to_string()), None)
+                .unwrap();
+        }
+        // b is handed every signal and acknowledges none.
+        let mut received = 0;
+        while received < SIGNALS {
+            if let RoomEvent::Signal { .. } = b_events.recv().await.unwrap() {
+                received += 1;
+            }
+        }
+        sockets.push((couple, a_events, b_link, [a_kick, b_kick], b_events));
+    }
+    let (commits, puts) = (
+        storage_count(&registry, "write_batch"),
+        storage_count(&registry, "put_signals"),
+    );
+    for (_, _, b_link, _, _) in &sockets {
+        b_link.leave();
+    }
+    // Every room has handled its leave (and queued its write) once a hears `peer-left`.
+    for (_, a_events, _, _, _) in &mut sockets {
+        while a_events.recv().await.unwrap() != RoomEvent::PeerLeft(b.clone()) {}
+    }
+    // The writer is one FIFO queue: a write queued now commits after all of them.
+    d.pairing.initiate(a.clone(), None).await.unwrap();
+    assert_eq!(
+        storage_count(&registry, "put_signals") - puts,
+        COUPLES as u64,
+        "each disconnect writes what its device did not acknowledge"
+    );
+    let commits = storage_count(&registry, "write_batch") - commits;
+    assert!(
+        (1..=COUPLES as u64 / 8).contains(&commits),
+        "{COUPLES} disconnects took {commits} commits"
+    );
+    d.shutdown(Duration::from_secs(5)).await;
+    let store = our_memories_actors::store::embedded::EmbeddedStore::open(dir.path()).unwrap();
+    for (couple, ..) in &sockets {
+        let kept = our_memories_actors::Store::pending_signals(
+            &store,
+            couple,
+            our_memories_actors::Timestamp(0),
+        )
+        .await
+        .unwrap();
+        assert_eq!(kept.len(), SIGNALS, "couple {couple}");
+    }
+}
+
+/// Initiates that create couples do not wait for each other's commit: concurrent ones share
+/// a few commits, and each answers only once its couple is durable.
+#[tokio::test]
+async fn concurrent_initiates_share_commits() {
+    const INITIATES: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = DomainMetrics::register(&registry).unwrap();
+    let d = domain_with(dir.path(), Settings::default(), Clock::manual(), metrics).await;
+    let a = DeviceId::parse("a").unwrap();
+    let initiated =
+        futures_util::future::join_all((0..INITIATES).map(|_| d.pairing.initiate(a.clone(), None)))
+            .await;
+    let commits = storage_count(&registry, "write_batch");
+    assert!(
+        (1..=INITIATES as u64 / 8).contains(&commits),
+        "{INITIATES} initiates took {commits} commits"
+    );
+    let mut couples = std::collections::HashSet::new();
+    for started in initiated {
+        let started = started.unwrap();
+        d.pairing.authenticate(&started.device_token).await.unwrap();
+        couples.insert(started.couple);
+    }
+    assert_eq!(couples.len(), INITIATES);
     d.shutdown(Duration::from_secs(5)).await;
 }

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{
-    BackupRecord, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, PairingRecord, Store,
-    StoredSignal,
+    BackupRecord, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, PairingRecord,
+    SignalWrite, Store, StoredSignal, Write,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::digest::Sha256Digest;
@@ -82,6 +82,7 @@ pub async fn store_suite(store: &dyn Store) {
     devices_and_pairings(store).await;
     epochs_increase(store).await;
     mailboxes(store).await;
+    batches(store).await;
     purge(store).await;
     expire_unconfirmed(store).await;
     backups(store).await;
@@ -251,6 +252,51 @@ async fn mailboxes(store: &dyn Store) {
             .len(),
         1
     );
+}
+
+/// `signal` as a batch writes it.
+fn signal_write(couple: &CoupleId, to: &str, seq: u64) -> SignalWrite {
+    signal(couple, to, seq, 10_000).into()
+}
+
+/// `write_batch` applies its writes in order, each as its single-write method would, and
+/// answers one outcome per write.
+async fn batches(store: &dyn Store) {
+    assert!(store.write_batch(Vec::new()).await.is_empty());
+    let c = CoupleId::generate();
+    let b = DeviceId::parse("b").expect("id");
+    let ack = |up_to| Write::Ack {
+        couple: c.clone(),
+        device: b.clone(),
+        up_to: Seq(up_to),
+    };
+    let outcomes = store
+        .write_batch(vec![
+            Write::Signals((1..=3).map(|seq| signal_write(&c, "b", seq)).collect()),
+            ack(2),
+            Write::Signals(vec![signal_write(&c, "b", 4)]),
+            Write::DeviceAndPairing {
+                device: device(&c, "a"),
+                pairing: pairing(&c, 5_000, 9_000),
+            },
+        ])
+        .await;
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let pending = store.pending_signals(&c, at(3_000)).await.expect("read");
+    let seqs: Vec<_> = pending.iter().map(|s| s.seq.0).collect();
+    assert_eq!(seqs, [3, 4], "the ack removed what was put before it");
+    assert_eq!(pending[0].payload, "{\"n\":3}");
+    assert_eq!(store.devices(&c).await.expect("read").len(), 1);
+    assert!(store.pairing(&c).await.expect("read").is_some());
+
+    // An ack followed by a late put of what it covers: the put stays hidden.
+    let outcomes = store
+        .write_batch(vec![ack(4), Write::Signals(vec![signal_write(&c, "b", 3)])])
+        .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let pending = store.pending_signals(&c, at(3_000)).await.expect("read");
+    assert!(pending.is_empty(), "{pending:?}");
 }
 
 async fn purge(store: &dyn Store) {

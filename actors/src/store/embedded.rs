@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BackupRecord, Compacted, DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError,
-    StoredSignal, check_headroom,
+    BackupRecord, Compacted, DeviceRecord, ExpiredCouple, PairingRecord, Purged, SignalWrite,
+    Store, StoreError, StoredSignal, Write, check_headroom,
 };
 use crate::clock::Timestamp;
-use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
 
 /// (couple, device) -> `DeviceRecord` JSON.
 const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
@@ -142,6 +142,122 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Fault> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Fault> {
     serde_json::from_slice(bytes).map_err(|e| Fault::Corrupt(e.to_string()))
+}
+
+/// A signal as it is encoded in [`SIGNALS`]: the fields of [`StoredSignal`] (which decodes
+/// it), borrowed, so a [`SignalWrite`] is encoded without copying its payload first.
+#[derive(Serialize)]
+struct SignalRow<'a> {
+    couple: &'a CoupleId,
+    to: &'a DeviceId,
+    seq: Seq,
+    id: &'a SignalId,
+    from: &'a DeviceId,
+    payload: &'a str,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+}
+
+impl<'a> From<&'a StoredSignal> for SignalRow<'a> {
+    fn from(s: &'a StoredSignal) -> Self {
+        Self {
+            couple: &s.couple,
+            to: &s.to,
+            seq: s.seq,
+            id: &s.id,
+            from: &s.from,
+            payload: &s.payload,
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+        }
+    }
+}
+
+impl<'a> From<&'a SignalWrite> for SignalRow<'a> {
+    fn from(w: &'a SignalWrite) -> Self {
+        let s = &*w.signal;
+        Self {
+            couple: &w.couple,
+            to: &w.to,
+            seq: s.seq,
+            id: &s.id,
+            from: &s.from,
+            payload: s.payload.as_str(),
+            created_at: s.created_at,
+            expires_at: s.expires_at,
+        }
+    }
+}
+
+/// The steps of the frequent writes, each inside a caller's transaction: alone (the
+/// [`Store`] methods) or together in one commit ([`Store::write_batch`]).
+mod step {
+    use super::{ACKS, DEVICES, DeviceRecord, Fault, PAIRINGS, PairingRecord, SIGNALS, SignalRow};
+    use super::{ReadableTable, WriteTransaction, encode};
+
+    /// Stores signals in their mailboxes.
+    pub(super) fn put_signals<'a>(
+        txn: &WriteTransaction,
+        rows: impl IntoIterator<Item = SignalRow<'a>>,
+    ) -> Result<(), Fault> {
+        let mut table = txn.open_table(SIGNALS)?;
+        for row in rows {
+            let bytes = encode(&row)?;
+            table.insert(
+                (row.couple.as_str(), row.to.as_str(), row.seq.0),
+                bytes.as_slice(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Raises the mailbox's ack watermark (which hides later writes of what it covers) and
+    /// deletes what it covers.
+    pub(super) fn ack(
+        txn: &WriteTransaction,
+        couple: &str,
+        device: &str,
+        up_to: u64,
+    ) -> Result<(), Fault> {
+        let key = (couple, device);
+        let mut acks = txn.open_table(ACKS)?;
+        let prev = acks.get(key)?.map_or(0, |v| v.value());
+        acks.insert(key, prev.max(up_to))?;
+        let mut signals = txn.open_table(SIGNALS)?;
+        signals.retain_in((couple, device, 0)..=(couple, device, up_to), |_, _| false)?;
+        Ok(())
+    }
+
+    /// Registers a device and saves its couple's pairing.
+    pub(super) fn save_device_and_pairing(
+        txn: &WriteTransaction,
+        device: &DeviceRecord,
+        pairing: &PairingRecord,
+    ) -> Result<(), Fault> {
+        let (d, p) = (encode(device)?, encode(pairing)?);
+        txn.open_table(DEVICES)?.insert(
+            (device.couple.as_str(), device.device.as_str()),
+            d.as_slice(),
+        )?;
+        txn.open_table(PAIRINGS)?
+            .insert(pairing.couple.as_str(), p.as_slice())?;
+        Ok(())
+    }
+}
+
+/// Applies one write of a batch inside its transaction.
+fn apply(txn: &WriteTransaction, write: &Write) -> Result<(), Fault> {
+    match write {
+        Write::Signals(signals) => step::put_signals(txn, signals.iter().map(SignalRow::from)),
+        Write::Ack {
+            couple,
+            device,
+            up_to,
+        } => step::ack(txn, couple.as_str(), device.as_str(), up_to.0),
+        Write::DeviceAndPairing { device, pairing } => {
+            step::save_device_and_pairing(txn, device, pairing)
+        }
+    }
 }
 
 /// redb's page cache. Its default, 1 GiB, is kept once filled: after a burst of stored
@@ -372,14 +488,8 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (device, pairing) = (device.clone(), pairing.clone());
         self.write(move |db| {
-            let (d, p) = (encode(&device)?, encode(&pairing)?);
             let txn = db.begin_write()?;
-            txn.open_table(DEVICES)?.insert(
-                (device.couple.as_str(), device.device.as_str()),
-                d.as_slice(),
-            )?;
-            txn.open_table(PAIRINGS)?
-                .insert(pairing.couple.as_str(), p.as_slice())?;
+            step::save_device_and_pairing(&txn, &device, &pairing)?;
             txn.commit()?;
             Ok(())
         })
@@ -476,16 +586,7 @@ impl Store for EmbeddedStore {
         let signals = signals.to_vec();
         self.write(move |db| {
             let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(SIGNALS)?;
-                for s in &signals {
-                    let bytes = encode(s)?;
-                    table.insert(
-                        (s.couple.as_str(), s.to.as_str(), s.seq.0),
-                        bytes.as_slice(),
-                    )?;
-                }
-            }
+            step::put_signals(&txn, signals.iter().map(SignalRow::from))?;
             txn.commit()?;
             Ok(())
         })
@@ -501,22 +602,27 @@ impl Store for EmbeddedStore {
         let (couple, device) = (couple.clone(), device.clone());
         self.write(move |db| {
             let txn = db.begin_write()?;
-            {
-                let key = (couple.as_str(), device.as_str());
-                let mut acks = txn.open_table(ACKS)?;
-                let prev = acks.get(key)?.map_or(0, |v| v.value());
-                acks.insert(key, prev.max(up_to.0))?;
-                let mut signals = txn.open_table(SIGNALS)?;
-                signals.retain_in(
-                    (couple.as_str(), device.as_str(), 0)
-                        ..=(couple.as_str(), device.as_str(), up_to.0),
-                    |_, _| false,
-                )?;
-            }
+            step::ack(&txn, couple.as_str(), device.as_str(), up_to.0)?;
             txn.commit()?;
             Ok(())
         })
         .await
+    }
+
+    /// One transaction and one durable commit for the whole batch, on one blocking thread.
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
+        let count = writes.len();
+        let outcome = self
+            .write(move |db| {
+                let txn = db.begin_write()?;
+                for write in &writes {
+                    apply(&txn, write)?;
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await;
+        vec![outcome; count]
     }
 
     async fn pending_signals(
@@ -811,6 +917,20 @@ mod tests {
         // Once compact, there is nothing more to do; the store still writes.
         assert_eq!(store.reclaim_space().await.unwrap(), None);
         store.put_signals(&[signal(&c, 401, 100)]).await.unwrap();
+    }
+
+    /// A batch encodes its shared signals exactly as a stored record, which is what reads
+    /// decode.
+    #[test]
+    fn a_signal_row_encodes_like_a_stored_signal() {
+        let stored = StoredSignal {
+            payload: "{\"sdp\":\"v=0\\r\\n\"}".to_owned(),
+            ..signal(&CoupleId::parse("c").unwrap(), 7, 100)
+        };
+        let shared = SignalWrite::from(stored.clone());
+        let row = encode(&SignalRow::from(&shared)).ok().unwrap();
+        assert_eq!(row, serde_json::to_vec(&stored).unwrap());
+        assert_eq!(shared.stored().payload, stored.payload);
     }
 
     #[test]

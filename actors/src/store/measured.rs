@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, Compacted,
-    DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal,
+    DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal, Write,
 };
 use crate::clock::Timestamp;
 use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
@@ -131,6 +131,24 @@ impl Store for Measured<dyn Store> {
     ) -> Result<(), StoreError> {
         let work = self.inner.ack_signals(couple, device, up_to);
         self.op("ack_signals", work, always).await
+    }
+
+    /// Measured twice: the batch as `write_batch` (one per commit), and each write under its
+    /// own operation (`put_signals`, ...) with the batch's duration, which is how long it
+    /// took to become durable, so those operations read the same batched or not.
+    async fn write_batch(&self, writes: Vec<Write>) -> Vec<Result<(), StoreError>> {
+        let operations: Vec<_> = writes.iter().map(Write::operation).collect();
+        let started = Instant::now();
+        let outcomes = self.inner.write_batch(writes).await;
+        let took = started.elapsed();
+        for (operation, outcome) in operations.into_iter().zip(&outcomes) {
+            self.metrics
+                .storage_op(self.backend, operation, took, outcome.is_ok());
+        }
+        let ok = outcomes.iter().all(Result::is_ok);
+        self.metrics
+            .storage_op(self.backend, "write_batch", took, ok);
+        outcomes
     }
 
     async fn pending_signals(
