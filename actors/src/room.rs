@@ -472,10 +472,8 @@ impl RoomState {
     /// socket connected (the idle countdown).
     fn needs_tick(&self) -> bool {
         !self.resends.is_empty()
-            || self
-                .members
-                .values()
-                .any(|m| m.conn.is_none() || !m.mailbox.is_empty())
+            || self.members.values().all(|m| m.conn.is_none())
+            || self.members.values().any(|m| !m.mailbox.is_empty())
     }
 
     /// Starts or stops the periodic tick as [`RoomState::needs_tick`] says.
