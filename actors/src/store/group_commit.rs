@@ -27,8 +27,11 @@ pub(crate) const QUEUE_WRITES: usize = 1024;
 /// Most writes committed together.
 pub(crate) const MAX_BATCH_WRITES: usize = 512;
 /// Payload bytes after which a batch takes no more writes (it may end up to one write, at most
-/// a mailbox's 1 MiB, over): what one transaction holds in memory until it commits.
-pub(crate) const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// a mailbox's 1 MiB, over): what one transaction holds in memory until it commits, and how
+/// long a write outside the writer (a new room's epoch) may wait for redb's lock. At 8 MiB a
+/// fresh pair+join+relay waited up to 0.54 s during a mass disconnect, at 2 MiB 0.15 s
+/// (docs/benchmarks.md).
+pub(crate) const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// What runs once a write is committed (or failed). It runs on the writer's task: it must
 /// only hand the outcome on (a reply, a message), never wait.
