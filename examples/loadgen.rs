@@ -67,6 +67,7 @@
 //! | `--messages M` | 200 | signals sent from `a` to `b` in each couple |
 //! | `--payload-bytes P` | 200 | length of the `pad` string in each payload |
 //! | `--window W` | 16 | signals in flight per couple |
+//! | `--rate R` | 0 | open loop: all couples together send R signals/s, each couple at `R / couples` on its own phase (still at most `--window` in flight); 0 = closed loop, as fast as the window allows |
 //! | `--ack-every E` | 32 | `b` acknowledges every E signals |
 //! | `--idle K` | 1000 | extra idle sockets (0 skips phase 4) |
 //! | `--hold-secs S` | 10 | how long the idle phase holds every socket (0 = no hold) |
@@ -145,6 +146,7 @@ usage: cargo run --release --example loadgen -- [flags]
   --messages M         signals a -> b per couple        (default 200)
   --payload-bytes P    filler bytes in each payload     (default 200)
   --window W           signals in flight per couple     (default 16)
+  --rate R             total signals/s, paced; 0 = as fast as the window allows (default 0)
   --ack-every E        b acknowledges every E signals   (default 32)
   --idle K             extra idle WebSockets, 0 = skip  (default 1000)
   --hold-secs S        hold all sockets open S seconds  (default 10)
@@ -173,6 +175,7 @@ struct Args {
     messages: usize,
     payload_bytes: usize,
     window: usize,
+    rate: usize,
     ack_every: usize,
     idle: usize,
     idle_alone: bool,
@@ -192,6 +195,7 @@ impl Default for Args {
             messages: 200,
             payload_bytes: 200,
             window: 16,
+            rate: 0,
             ack_every: 32,
             idle: 1000,
             idle_alone: false,
@@ -249,6 +253,7 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--messages" => args.messages = number(&flag, &value)?,
             "--payload-bytes" => args.payload_bytes = number(&flag, &value)?,
             "--window" => args.window = number(&flag, &value)?,
+            "--rate" => args.rate = number(&flag, &value)?,
             "--ack-every" => args.ack_every = number(&flag, &value)?,
             "--idle" => args.idle = number(&flag, &value)?,
             "--hold-secs" => args.hold = Duration::from_secs(number(&flag, &value)?),
@@ -788,9 +793,14 @@ fn ws_event(text: &str) -> Event {
         "joined" => Event::Joined,
         "accepted" => Event::Accepted,
         "error" => Event::Error(frame.code.unwrap_or_default()),
+        // A relay without mailboxes (../shared/bench/rust-floor) sends no seq: the signal's
+        // index stands in for it (its acks are then ignored by that server).
         "webrtc-signal" => match (frame.payload, frame.seq) {
-            (Some(probe), Some(seq)) => Event::Signal { probe, seq },
-            _ => Event::Malformed("signal without probe/seq".to_owned()),
+            (Some(probe), seq) => {
+                let seq = seq.unwrap_or(probe.n + 1);
+                Event::Signal { probe, seq }
+            }
+            (None, _) => Event::Malformed("signal without probe".to_owned()),
         },
         _ => Event::Other,
     }
@@ -1172,6 +1182,8 @@ struct RelayOpts {
     pad: String,
     /// Payload timestamps are nanoseconds since this instant.
     epoch: Instant,
+    /// With `--rate`: the time between two signals of one couple.
+    every: Option<Duration>,
 }
 
 /// What one relay socket did.
@@ -1314,8 +1326,17 @@ async fn send_side(
     let receiver_done = shared.receiver_done.notified();
     tokio::pin!(receiver_done);
     let mut b_done = false;
+    // With --rate: each couple on its own phase within the period (from where its shared
+    // state sits in memory: arbitrary but spread), so the couples do not send in lockstep.
+    let started = tokio::time::Instant::now();
+    let phase = opts.every.map_or(Duration::ZERO, |every| {
+        every.mul_f64(float(count((std::ptr::from_ref(shared) as usize / 64) % 1000)) / 1000.0)
+    });
+    let pace = tokio::time::sleep_until(started + phase);
+    tokio::pin!(pace);
+    let mut paced = opts.every.is_none();
     loop {
-        let sending = sent < opts.messages;
+        let sending = sent < opts.messages && paced;
         // Once b is done, wait only for the answers still due (with ids: one per signal).
         if b_done && (!opts.ids || accepted + refused.total() >= sent) {
             break;
@@ -1330,7 +1351,12 @@ async fn send_side(
                     break;
                 }
                 sent += 1;
+                if let Some(every) = opts.every {
+                    pace.as_mut().reset(started + phase + every * u32::try_from(sent).unwrap_or(u32::MAX));
+                    paced = false;
+                }
             }
+            () = &mut pace, if !paced => paced = true,
             event = conn.next_event() => match event {
                 Ok(Event::Accepted) => accepted += 1,
                 Ok(Event::Error(code)) => {
@@ -1709,6 +1735,9 @@ async fn run(args: Args) -> Result<u64, String> {
         ids: args.ids,
         pad: "x".repeat(args.payload_bytes),
         epoch: Instant::now(),
+        every: (args.rate > 0).then(|| {
+            Duration::from_secs_f64(float(count(couples.len())) / float(count(args.rate)))
+        }),
     });
     let (go_tx, go_rx) = watch::channel(None::<Instant>);
     eprintln!("joining {} sockets...", 2 * couples.len());

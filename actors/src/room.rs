@@ -731,12 +731,13 @@ impl RoomState {
             expires_at: now.plus(self.args.settings.signal_ttl),
         });
         let offline = self.deliver(me, recipients, &signal, received);
-        let dedupe_key = (from.clone(), id.clone());
-        self.resends.taken(
-            dedupe_key.clone(),
-            seq,
-            now.plus(self.args.settings.dedupe_window),
-        );
+        // Only a client's own id can come back in a resend: a generated one is never
+        // remembered (it cost a hash insert per signal, and kept the room's tick running).
+        let dedupe_key = client_id.as_ref().map(|cid| (from.clone(), cid.clone()));
+        if let Some(key) = &dedupe_key {
+            self.resends
+                .taken(key.clone(), seq, now.plus(self.args.settings.dedupe_window));
+        }
         let accepted = Accepted { id, seq };
         // Recipients that were kicked while pushing had their mailbox written by `disconnect`;
         // the rest of the offline ones are written here before the sender hears "accepted".
@@ -759,7 +760,9 @@ impl RoomState {
                 (d, Arc::clone(&signal))
             })
             .collect();
-        self.resends.writing(&dedupe_key);
+        if let Some(key) = &dedupe_key {
+            self.resends.writing(key);
+        }
         self.writes.write(
             me,
             PersistJob {
@@ -769,7 +772,7 @@ impl RoomState {
                     origin,
                     accepted,
                     client_id,
-                    dedupe_key: Some(dedupe_key),
+                    dedupe_key,
                 }),
             },
         );
