@@ -18,7 +18,6 @@
 //! Prints the server's `VmRSS` (and its peak, `VmHWM`) from `/proc/PID/status`, and the size of
 //! `DATA_DIR/our-memories.redb`, at each step, then one JSON line. Traffic goes only to `--url`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -26,54 +25,37 @@ use serde_json::{Value, json};
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{call, field, mib, proc_field};
+use bench::{Load, Target, call, field, mib, parse_flags, proc_field};
 
 struct Args {
-    url: String,
-    server_pid: u32,
-    data_dir: PathBuf,
-    couples: usize,
-    signals: usize,
-    payload_bytes: usize,
+    target: Target,
+    load: Load,
     idle: Duration,
-    concurrency: usize,
 }
 
 const USAGE: &str = "usage: reclaimbench --server-pid PID --data-dir DIR [--url URL] [--couples N] \
 [--signals N] [--payload-bytes N] [--idle-secs N] [--concurrency N]";
 
 fn parse_args() -> Result<Args, String> {
-    let (mut pid, mut dir) = (None, None);
-    let mut args = Args {
-        url: "http://127.0.0.1:3000".to_owned(),
-        server_pid: 0,
-        data_dir: PathBuf::new(),
+    let mut load = Load {
         couples: 200,
         signals: 16,
         payload_bytes: 60_000,
-        idle: Duration::from_secs(150),
         concurrency: 16,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--url" => args.url = value()?,
-            "--server-pid" => pid = Some(value()?.parse().map_err(|e| format!("{flag}: {e}"))?),
-            "--data-dir" => dir = Some(PathBuf::from(value()?)),
-            "--couples" => args.couples = number(value()?)?,
-            "--signals" => args.signals = number(value()?)?,
-            "--payload-bytes" => args.payload_bytes = number(value()?)?,
-            "--idle-secs" => args.idle = Duration::from_secs(number(value()?)? as u64),
-            "--concurrency" => args.concurrency = number(value()?)?.max(1),
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+    let mut idle = 150;
+    let target = parse_flags(USAGE, &mut load, |flag, n| {
+        match flag {
+            "--idle-secs" => idle = n,
+            _ => return false,
         }
-    }
-    args.server_pid = pid.ok_or(USAGE)?;
-    args.data_dir = dir.ok_or(USAGE)?;
-    Ok(args)
+        true
+    })?;
+    Ok(Args {
+        target,
+        load,
+        idle: Duration::from_secs(idle),
+    })
 }
 
 /// One reading: the server's memory and the store's file.
@@ -87,9 +69,9 @@ struct Sample {
 impl Sample {
     fn take(args: &Args) -> Self {
         Self {
-            rss_kib: proc_field(args.server_pid, "VmRSS"),
-            hwm_kib: proc_field(args.server_pid, "VmHWM"),
-            redb_bytes: std::fs::metadata(args.data_dir.join("our-memories.redb"))
+            rss_kib: proc_field(args.target.server_pid, "VmRSS"),
+            hwm_kib: proc_field(args.target.server_pid, "VmHWM"),
+            redb_bytes: std::fs::metadata(args.target.data_dir.join("our-memories.redb"))
                 .map_or(0, |m| m.len()),
         }
     }
@@ -116,20 +98,20 @@ async fn burst(
     payload: &str,
 ) -> Result<(String, String), String> {
     let started = call(
-        http.post(format!("{}/api/pair/initiate", args.url))
+        http.post(format!("{}/api/pair/initiate", args.target.url))
             .json(&json!({ "deviceId": "a" })),
     )
     .await?;
     let couple = field(&started, "coupleId")?;
     let a = field(&started, "deviceToken")?;
-    let confirmed = call(http.post(format!("{}/api/pair/confirm", args.url)).json(&json!({
+    let confirmed = call(http.post(format!("{}/api/pair/confirm", args.target.url)).json(&json!({
         "coupleId": couple, "pairingToken": field(&started, "pairingToken")?, "deviceId": "b"
     })))
     .await?;
     let b = field(&confirmed, "deviceToken")?;
-    for _ in 0..args.signals {
+    for _ in 0..args.load.signals {
         call(
-            http.post(format!("{}/api/signal", args.url))
+            http.post(format!("{}/api/signal", args.target.url))
                 .bearer_auth(&a)
                 .json(&json!({
                     "coupleId": couple, "fromDeviceId": "a", "toDeviceId": "b",
@@ -148,7 +130,7 @@ async fn deliver(
     couple: &str,
     b: &str,
 ) -> Result<usize, String> {
-    let url = format!("{}/api/signals/{couple}/b", args.url);
+    let url = format!("{}/api/signals/{couple}/b", args.target.url);
     let got = call(http.get(&url).bearer_auth(b)).await?;
     let signals = got["signals"]
         .as_array()
@@ -164,14 +146,14 @@ async fn deliver(
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
     let http = reqwest::Client::new();
-    let payload = "x".repeat(args.payload_bytes);
+    let payload = "x".repeat(args.load.payload_bytes);
 
     let start = Sample::take(&args);
     print("start", start);
     let t = Instant::now();
-    let couples: Vec<(String, String)> = futures_util::stream::iter(0..args.couples)
+    let couples: Vec<(String, String)> = futures_util::stream::iter(0..args.load.couples)
         .map(|_| burst(&http, &args, &payload))
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(args.load.concurrency)
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -182,7 +164,7 @@ async fn main() -> Result<(), String> {
 
     let delivered: usize = futures_util::stream::iter(&couples)
         .map(|(c, b)| deliver(&http, &args, c, b))
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(args.load.concurrency)
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -204,8 +186,8 @@ async fn main() -> Result<(), String> {
     println!(
         "{}",
         json!({
-            "couples": args.couples, "signalsPerCouple": args.signals,
-            "payloadBytes": args.payload_bytes, "delivered": delivered,
+            "couples": args.load.couples, "signalsPerCouple": args.load.signals,
+            "payloadBytes": args.load.payload_bytes, "delivered": delivered,
             "burstSecs": burst_secs, "idleSecs": args.idle.as_secs(),
             "start": start.json(), "afterBurst": after_burst.json(),
             "afterDelivery": after_delivery.json(), "afterIdle": last.json(),

@@ -20,7 +20,7 @@
 //! `--data-dir`. Prints the loaded state, the peaks, the state at the end, the probes' p99 and
 //! max, then one JSON line. Traffic goes only to `--url`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -32,16 +32,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "support/bench.rs"]
 mod bench;
-use bench::{call, field, mib, proc_field};
+use bench::{Load, Target, call, field, mib, parse_flags, proc_field};
 
 struct Args {
-    url: String,
-    server_pid: u32,
-    data_dir: PathBuf,
-    couples: usize,
-    signals: usize,
-    payload_bytes: usize,
-    concurrency: usize,
+    target: Target,
+    load: Load,
     probe_every: Duration,
     after: Duration,
 }
@@ -50,43 +45,27 @@ const USAGE: &str = "usage: stormbench --server-pid PID --data-dir DIR [--url UR
 [--signals N] [--payload-bytes N] [--concurrency N] [--probe-ms N] [--after-secs N]";
 
 fn parse_args() -> Result<Args, String> {
-    let (mut pid, mut dir) = (None, None);
-    let mut args = Args {
-        url: "http://127.0.0.1:3000".to_owned(),
-        server_pid: 0,
-        data_dir: PathBuf::new(),
+    let mut load = Load {
         couples: 500,
         signals: 100,
         payload_bytes: 1024,
         concurrency: 32,
-        probe_every: Duration::from_millis(50),
-        after: Duration::from_secs(30),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
-        match flag.as_str() {
-            "--url" => args.url = value()?,
-            "--server-pid" => pid = Some(value()?.parse().map_err(|e| format!("{flag}: {e}"))?),
-            "--data-dir" => dir = Some(PathBuf::from(value()?)),
-            "--couples" => args.couples = usize::try_from(number(value()?)?).unwrap_or(1),
-            "--signals" => args.signals = usize::try_from(number(value()?)?).unwrap_or(1),
-            "--payload-bytes" => {
-                args.payload_bytes = usize::try_from(number(value()?)?).unwrap_or(1);
-            }
-            "--concurrency" => {
-                args.concurrency = usize::try_from(number(value()?)?).unwrap_or(1).max(1);
-            }
-            "--probe-ms" => args.probe_every = Duration::from_millis(number(value()?)?),
-            "--after-secs" => args.after = Duration::from_secs(number(value()?)?),
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+    let (mut probe_ms, mut after_secs) = (50, 30);
+    let target = parse_flags(USAGE, &mut load, |flag, n| {
+        match flag {
+            "--probe-ms" => probe_ms = n,
+            "--after-secs" => after_secs = n,
+            _ => return false,
         }
-    }
-    args.server_pid = pid.ok_or(USAGE)?;
-    args.data_dir = dir.ok_or(USAGE)?;
-    Ok(args)
+        true
+    })?;
+    Ok(Args {
+        target,
+        load,
+        probe_every: Duration::from_millis(probe_ms),
+        after: Duration::from_secs(after_secs),
+    })
 }
 
 /// Bytes of every file under `dir`.
@@ -115,10 +94,10 @@ struct Sample {
 impl Sample {
     fn take(args: &Args) -> Self {
         Self {
-            threads: proc_field(args.server_pid, "Threads"),
-            rss_kib: proc_field(args.server_pid, "VmRSS"),
-            hwm_kib: proc_field(args.server_pid, "VmHWM"),
-            data_bytes: dir_bytes(&args.data_dir),
+            threads: proc_field(args.target.server_pid, "Threads"),
+            rss_kib: proc_field(args.target.server_pid, "VmRSS"),
+            hwm_kib: proc_field(args.target.server_pid, "VmHWM"),
+            data_bytes: dir_bytes(&args.target.data_dir),
         }
     }
 
@@ -222,10 +201,10 @@ async fn load(
     payload: &str,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let couple = pair(http, &args.url).await?;
+    let couple = pair(http, &args.target.url).await?;
     let mut a = join(ws_url, &couple, 0).await?;
     let mut b = join(ws_url, &couple, 1).await?;
-    for _ in 0..args.signals {
+    for _ in 0..args.load.signals {
         a.feed(signal("b", payload))
             .await
             .map_err(|e| e.to_string())?;
@@ -235,8 +214,8 @@ async fn load(
     }
     a.flush().await.map_err(|e| e.to_string())?;
     b.flush().await.map_err(|e| e.to_string())?;
-    receive(&mut a, args.signals).await?;
-    receive(&mut b, args.signals).await?;
+    receive(&mut a, args.load.signals).await?;
+    receive(&mut b, args.load.signals).await?;
     for mut ws in [a, b] {
         let mut stop = stop.clone();
         tokio::spawn(async move {
@@ -309,12 +288,12 @@ async fn watch_after_drop(
         let mut p = Probes::default();
         while Instant::now() < end {
             let t = Instant::now();
-            match call(http.get(format!("{}/health", args.url))).await {
+            match call(http.get(format!("{}/health", args.target.url))).await {
                 Ok(_) => p.health_ms.push(ms(t.elapsed())),
                 Err(_) => p.failures += 1,
             }
             let t = Instant::now();
-            match probe_couple(http, &args.url, ws_url).await {
+            match probe_couple(http, &args.target.url, ws_url).await {
                 Ok(()) => p.couple_ms.push(ms(t.elapsed())),
                 Err(e) => {
                     eprintln!("probe failed: {e}");
@@ -332,15 +311,15 @@ async fn watch_after_drop(
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
     let http = reqwest::Client::new();
-    let ws_url = format!("{}/ws", args.url.replacen("http://", "ws://", 1));
-    let payload = "x".repeat(args.payload_bytes);
+    let ws_url = format!("{}/ws", args.target.url.replacen("http://", "ws://", 1));
+    let payload = "x".repeat(args.load.payload_bytes);
     let start = Sample::take(&args);
 
     let (drop_tx, drop_rx) = watch::channel(false);
     let t = Instant::now();
-    let loaded: Vec<Result<(), String>> = futures_util::stream::iter(0..args.couples)
+    let loaded: Vec<Result<(), String>> = futures_util::stream::iter(0..args.load.couples)
         .map(|_| load(&http, &args, &ws_url, &payload, drop_rx.clone()))
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(args.load.concurrency)
         .collect()
         .await;
     let load_errors: Vec<_> = loaded.into_iter().filter_map(Result::err).collect();
@@ -351,7 +330,7 @@ async fn main() -> Result<(), String> {
     let loaded = Sample::take(&args);
     println!(
         "loaded {} couples in {load_secs:.1} s: threads {}, rss {:.1} MiB, data {:.1} MiB",
-        args.couples - load_errors.len(),
+        args.load.couples - load_errors.len(),
         loaded.threads,
         mib(loaded.rss_kib * 1024),
         mib(loaded.data_bytes)
@@ -391,8 +370,8 @@ async fn main() -> Result<(), String> {
     println!(
         "{}",
         json!({
-            "couples": args.couples, "signalsPerDevice": args.signals,
-            "payloadBytes": args.payload_bytes, "loadErrors": load_errors.len(),
+            "couples": args.load.couples, "signalsPerDevice": args.load.signals,
+            "payloadBytes": args.load.payload_bytes, "loadErrors": load_errors.len(),
             "loadSecs": load_secs, "afterSecs": after_secs,
             "start": start.json(), "loaded": loaded.json(), "peak": peak.json(),
             "after": after.json(),
