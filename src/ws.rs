@@ -53,7 +53,9 @@ fn socket_config(state: &AppState) -> WebSocketConfig {
     let max = state.ws.max_message_bytes;
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        // Frames collect until the session flushes its batch: one write per batch. The
+        // buffer grows only as far as a batch needs.
+        .write_buffer_size(session::WRITE_BATCH_BYTES)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

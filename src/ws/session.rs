@@ -1,7 +1,10 @@
-//! One WebSocket session. The socket is split: a writer task drains two bounded queues (room
-//! events, and the session's own frames), while this task reads frames, keeps the heartbeat
-//! and relays to the room. Leaving the room is tied to a drop guard, so every exit path
-//! (close, error, timeout, shutdown) sends `peer-left` to the others.
+//! One WebSocket session, in one task: it reads frames, keeps the heartbeat, relays to the
+//! room, and writes. Room events wait in a bounded queue; the task takes what is queued (up
+//! to [`EVENT_BATCH`]), renders it into the socket's write buffer and flushes once, so a
+//! burst of signals costs one write and one wake-up, not one of each per signal. While a
+//! flush is pending (the client is not reading) no more events are taken: the queue fills and
+//! the room drops the socket as a slow consumer. Leaving the room is tied to a drop guard, so
+//! every exit path (close, error, timeout, shutdown) sends `peer-left` to the others.
 //!
 //! The heartbeat follows presence (docs/protocol.md §5.5): while another device of the couple
 //! is connected, a ping every `WS_HEARTBEAT_SECS` and a close after `WS_CLIENT_TIMEOUT_SECS`
@@ -11,8 +14,8 @@
 
 use std::time::Duration;
 
-use actors::{Connection, DomainMetrics, Kick, Payload, RoomEvent, RoomLink, Transport};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use actors::{Connection, Kick, Payload, RoomEvent, RoomLink, Transport};
+use futures_util::{Sink, SinkExt, Stream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -42,9 +45,15 @@ pub const CLOSE_REVOKED: u16 = 4003;
 pub const CLOSE_TIMEOUT: u16 = 4002;
 /// Close code when the socket did not join a couple within the join timeout.
 pub const CLOSE_JOIN_TIMEOUT: u16 = 4004;
-/// The session's own frames (pongs, errors, pings, close) queued for the writer.
+/// The session's own frames (pongs, errors, pings) written while a flush is pending, beyond
+/// which the client counts as not reading and is dropped.
 const FRAME_QUEUE: usize = 32;
-/// Longest wait for the writer to flush after the session ends.
+/// Room events taken from the queue into one write.
+const EVENT_BATCH: usize = 64;
+/// Rendered bytes after which a batch takes no more events; also the socket's write buffer
+/// (`write_buffer_size` in `ws.rs`), so a batch under it goes out in one write.
+pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Longest wait for the last frames (a close) to be written after the session ends.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 
 /// Membership in a room; dropping it leaves the room.
@@ -74,6 +83,10 @@ enum Close {
 
 enum Event {
     Frame(Option<Result<Message, WsError>>),
+    /// The write buffer went out (or the connection failed).
+    Flushed(Result<(), WsError>),
+    /// A room event, the first of a batch.
+    Room(RoomEvent),
     Kicked(Result<Kick, oneshot::error::RecvError>),
     /// Another device of the couple connected (`true`), or the last one left.
     Watched(bool),
@@ -86,10 +99,22 @@ enum Event {
 struct Session {
     state: AppState,
     events: mpsc::Sender<RoomEvent>,
-    frames: mpsc::Sender<Message>,
+    /// The session's own frames (pongs, errors, pings), written after each event.
+    own: Vec<Message>,
     joined: Option<Joined>,
-    /// Set when the session's own queue is full: the client does not read, so it is dropped
-    /// rather than allowed to stall this task (and with it the heartbeat and shutdown).
+}
+
+/// The socket's writing side: whether a flush is owed, what was written since the last one.
+#[derive(Default)]
+struct Outbox {
+    /// Frames are in the socket's buffer (or a would-block write), not yet flushed.
+    dirty: bool,
+    /// The session's own frames written since the last completed flush.
+    own_unflushed: usize,
+    /// When each live signal in the unflushed batch was received, for the relay latency.
+    received: Vec<std::time::Instant>,
+    /// Set when the client does not read even the session's own frames: it is dropped
+    /// rather than allowed to grow the buffer.
     stalled: bool,
 }
 
@@ -99,11 +124,10 @@ where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Send + 'static,
 {
     let _open = state.metrics.websocket_open();
-    let (sink, mut stream) = socket.split();
-    let (events, events_rx) = mpsc::channel(state.ws.outbound_queue);
-    let (frames, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    let mut socket = std::pin::pin!(socket);
+    let (events, mut events_rx) = mpsc::channel(state.ws.outbound_queue);
     let relays = state.metrics.domain();
-    let mut writer = tokio::spawn(write_loop(sink, events_rx, frames_rx, relays));
+    let mut out = Outbox::default();
     let mut shutdown = state.shutdown.clone();
     let beat = Heartbeat::new(&state);
     let join_timeout = state.ws.join_timeout;
@@ -118,13 +142,14 @@ where
     let mut session = Session {
         state,
         events,
-        frames,
+        own: Vec::new(),
         joined: None,
-        stalled: false,
     };
     loop {
+        let dirty = out.dirty;
+        let io = std::future::poll_fn(|cx| poll_io(socket.as_mut(), &mut events_rx, dirty, cx));
         let event = tokio::select! {
-            frame = stream.next() => Event::Frame(frame),
+            io = io => io,
             event = from_room(&mut session.joined) => event,
             () = &mut ping => Event::Heartbeat,
             () = &mut silence => Event::Silent,
@@ -134,7 +159,9 @@ where
         let was_joined = session.joined.is_some();
         let close = match event {
             // The client closed (or the connection is gone): nothing to send back.
-            Event::Frame(Some(Ok(Message::Close(_))) | None) => Some(Close::Silently),
+            Event::Frame(Some(Ok(Message::Close(_))) | None) | Event::Flushed(Err(_)) => {
+                Some(Close::Silently)
+            }
             Event::Frame(Some(Ok(msg))) => {
                 session.on_frame(msg).await;
                 // After handling too: a slow join must not count as the client's silence.
@@ -143,6 +170,8 @@ where
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
+            Event::Flushed(Ok(())) => out.flushed(&relays),
+            Event::Room(first) => out.write_events(socket.as_mut(), first, &mut events_rx),
             Event::Kicked(Ok(Kick::Replaced)) => Some(Close::With(
                 CLOSE_REPLACED,
                 "replaced by a newer connection",
@@ -186,20 +215,147 @@ where
                 silence.as_mut().reset(last_frame + beat.silence(false));
             }
         }
+        out.write_own(socket.as_mut(), &mut session.own);
+        out.try_flush(socket.as_mut(), &relays);
         // A client that does not read its own replies is dropped without a close frame.
-        if let Some(close) = close.or(session.stalled.then_some(Close::Silently)) {
+        if let Some(close) = close.or(out.stalled.then_some(Close::Silently)) {
+            drop(session);
             if let Close::With(code, reason) = close {
-                session.frame(close_frame(code, reason));
+                close_with(socket.as_mut(), code, reason).await;
             }
             break;
         }
     }
-    drop(session);
-    if tokio::time::timeout(WRITER_FLUSH, &mut writer)
-        .await
-        .is_err()
+}
+
+/// Sends a close frame after what is already buffered, and closes; bounded in time.
+async fn close_with<S>(mut socket: std::pin::Pin<&mut S>, code: u16, reason: &'static str)
+where
+    S: Sink<Message, Error = WsError>,
+{
+    let closing = async {
+        let _ = socket.as_mut().feed(close_frame(code, reason)).await;
+        let _ = socket.as_mut().close().await;
+    };
+    let _ = tokio::time::timeout(WRITER_FLUSH, closing).await;
+}
+
+/// One step of the socket: a pending flush first, then an incoming frame, then (when nothing
+/// is left to flush) the next room event.
+fn poll_io<S>(
+    mut socket: std::pin::Pin<&mut S>,
+    events: &mut mpsc::Receiver<RoomEvent>,
+    dirty: bool,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Event>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>>,
+{
+    use std::task::Poll;
+    if dirty && let Poll::Ready(flushed) = socket.as_mut().poll_flush(cx) {
+        return Poll::Ready(Event::Flushed(flushed));
+    }
+    if let Poll::Ready(frame) = socket.as_mut().poll_next(cx) {
+        return Poll::Ready(Event::Frame(frame));
+    }
+    if !dirty && let Poll::Ready(Some(event)) = events.poll_recv(cx) {
+        return Poll::Ready(Event::Room(event));
+    }
+    Poll::Pending
+}
+
+impl Outbox {
+    /// Flushes at once if the socket takes it (most of the time: the kernel takes the bytes),
+    /// saving a turn of the loop; otherwise the loop flushes when the socket is writable.
+    fn try_flush<S>(&mut self, mut socket: std::pin::Pin<&mut S>, relays: &actors::DomainMetrics)
+    where
+        S: Sink<Message, Error = WsError>,
     {
-        writer.abort();
+        if !self.dirty {
+            return;
+        }
+        match futures_util::FutureExt::now_or_never(socket.flush()) {
+            Some(Ok(())) => {
+                self.flushed(relays);
+            }
+            // The connection failed: the session ends at the check below its event.
+            Some(Err(_)) => self.stalled = true,
+            None => {}
+        }
+    }
+
+    /// The batch went out: its live signals count as relayed now.
+    fn flushed(&mut self, relays: &actors::DomainMetrics) -> Option<Close> {
+        self.dirty = false;
+        self.own_unflushed = 0;
+        for received in self.received.drain(..) {
+            relays.signal_written(received);
+        }
+        None
+    }
+
+    /// Renders `first` and what else is queued (up to [`EVENT_BATCH`] or
+    /// [`WRITE_BATCH_BYTES`]) into the socket's buffer; the next loop flushes them in one
+    /// write.
+    fn write_events<S>(
+        &mut self,
+        mut socket: std::pin::Pin<&mut S>,
+        first: RoomEvent,
+        events: &mut mpsc::Receiver<RoomEvent>,
+    ) -> Option<Close>
+    where
+        S: Sink<Message, Error = WsError>,
+    {
+        let mut next = Some(first);
+        let (mut taken, mut bytes) = (0, 0);
+        while let Some(event) = next.take() {
+            taken += 1;
+            if let RoomEvent::Signal {
+                received: Some(received),
+                ..
+            } = &event
+            {
+                self.received.push(*received);
+            }
+            match render(&event) {
+                Ok(text) => {
+                    bytes += text.len();
+                    self.start_send(socket.as_mut(), Message::text(text));
+                }
+                Err(e) => e.report(),
+            }
+            if taken < EVENT_BATCH && bytes < WRITE_BATCH_BYTES {
+                next = events.try_recv().ok();
+            }
+        }
+        None
+    }
+
+    /// Writes the session's own frames; too many unflushed ones mark the client stalled.
+    fn write_own<S>(&mut self, mut socket: std::pin::Pin<&mut S>, own: &mut Vec<Message>)
+    where
+        S: Sink<Message, Error = WsError>,
+    {
+        for msg in own.drain(..) {
+            self.own_unflushed += 1;
+            if self.own_unflushed > FRAME_QUEUE {
+                self.stalled = true;
+                return;
+            }
+            self.start_send(socket.as_mut(), msg);
+        }
+    }
+
+    /// Puts a frame in the socket's write buffer (tungstenite writes what it can at once and
+    /// keeps the rest for the flush); a failed write ends the session at the next flush.
+    fn start_send<S>(&mut self, socket: std::pin::Pin<&mut S>, msg: Message)
+    where
+        S: Sink<Message, Error = WsError>,
+    {
+        if socket.start_send(msg).is_err() {
+            self.stalled = true;
+        }
+        self.dirty = true;
     }
 }
 
@@ -271,11 +427,9 @@ async fn from_room(joined: &mut Option<Joined>) -> Event {
 }
 
 impl Session {
-    /// Queues one of the session's own frames without ever waiting on the client.
+    /// Queues one of the session's own frames; the loop writes it after the current event.
     fn frame(&mut self, msg: Message) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.frames.try_send(msg) {
-            self.stalled = true;
-        }
+        self.own.push(msg);
     }
 
     fn send_error(&mut self, err: &ApiError, id: Option<&actors::SignalId>) {
@@ -430,47 +584,4 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         }
     };
     Ok(msg.to_text())
-}
-
-/// Owns the sink. Session frames go first (a close must not wait behind a backlog). A live
-/// signal's relay latency is measured once its frame is written to the socket.
-async fn write_loop<S>(
-    mut sink: S,
-    mut events: mpsc::Receiver<RoomEvent>,
-    mut frames: mpsc::Receiver<Message>,
-    relays: DomainMetrics,
-) where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    loop {
-        let (msg, received) = tokio::select! {
-            biased;
-            f = frames.recv() => match f {
-                Some(m) => (m, None),
-                None => break,
-            },
-            e = events.recv() => {
-                let Some(event) = e else { break };
-                let received = match &event {
-                    RoomEvent::Signal { received, .. } => *received,
-                    _ => None,
-                };
-                match render(&event) {
-                    Ok(text) => (Message::text(text), received),
-                    Err(e) => {
-                        e.report();
-                        continue;
-                    }
-                }
-            }
-        };
-        let closing = matches!(msg, Message::Close(_));
-        if sink.send(msg).await.is_err() || closing {
-            break;
-        }
-        if let Some(received) = received {
-            relays.signal_written(received);
-        }
-    }
-    let _ = sink.close().await;
 }
