@@ -21,10 +21,29 @@ Usage:
 With no variables set it serves on 0.0.0.0:3000 with its data in ./data. Every variable is
 documented in env.example; the wire contract is docs/protocol.md.";
 
+/// What `healthcheck --help` prints instead of probing.
+const HEALTHCHECK_USAGE: &str = "\
+Usage: our-memories healthcheck
+
+Asks the server on HOST:PORT (the same variables as the server; 127.0.0.1 when HOST is
+0.0.0.0) for /health: exit 0 on 200, 1 otherwise (2 for an unknown argument).";
+
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => {}
-        Some("healthcheck") => return probe(),
+        Some("healthcheck") => {
+            return match std::env::args().nth(2).as_deref() {
+                None => probe(),
+                Some("-h" | "--help") => {
+                    println!("{HEALTHCHECK_USAGE}");
+                    ExitCode::SUCCESS
+                }
+                Some(other) => {
+                    eprintln!("unknown argument {other:?}; see our-memories healthcheck --help");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -277,6 +277,14 @@ impl ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if self.status() == StatusCode::REQUEST_TIMEOUT {
+            // RFC 9110 §15.5.9: the rest of the body was not read, so the connection cannot
+            // carry another request; say that it closes.
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
         if let Self::RateLimited {
             retry_after,
             limit,

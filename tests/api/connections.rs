@@ -102,8 +102,15 @@ async fn a_json_body_that_trickles_in_gets_408_and_frees_the_connection() {
     let app = TestApp::spawn_with(|c| c.conn.body_timeout = Duration::from_millis(300)).await;
     let head = "POST /api/pair/initiate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{\"dev";
     let started = tokio::time::Instant::now();
-    let (status, body) = request(&app, head).await;
+    // Read to the end: the server closes the connection, and says so.
+    let text = raw_response(app.addr, head.as_bytes()).await;
+    let (status, body) = parts(&text);
     assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
     assert_eq!(code(&body), "body_timeout");
     assert!(
         started.elapsed() < WAIT,

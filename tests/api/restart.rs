@@ -321,9 +321,9 @@ async fn an_unreachable_mongodb_stops_start_up_with_a_clear_message() {
 
 #[test]
 fn help_and_version_print_and_exit_without_serving() {
-    let run = |arg: &str| {
+    let run = |args: &str| {
         Command::new(env!("CARGO_BIN_EXE_our-memories"))
-            .arg(arg)
+            .args(args.split(' '))
             .env_clear()
             .env("PORT", "1") // a privileged port: serving would fail, printing does not
             .output()
@@ -345,6 +345,12 @@ fn help_and_version_print_and_exit_without_serving() {
     let unknown = run("--serve-faster");
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("--help"));
+    // The probe's own help prints rather than probing (port 1 would answer "unhealthy").
+    let probe_help = run("healthcheck --help");
+    assert!(probe_help.status.success());
+    let text = String::from_utf8_lossy(&probe_help.stdout);
+    assert!(text.contains("our-memories healthcheck"), "{text}");
+    assert_eq!(run("healthcheck --now").status.code(), Some(2));
 }
 
 #[tokio::test]
