@@ -60,7 +60,7 @@ pub use metrics::{DomainMetrics, Transport};
 pub use pairing::{Confirmed, Initiated, PAIRING_KEPT_AFTER_EXPIRY, Pairing};
 /// Why the actor tree could not start.
 pub use ractor::SpawnErr;
-pub use room::{Accepted, ConnId, Connection, Kick, RoomEvent};
+pub use room::{Accepted, ConnId, Connection, Joined, Kick, RoomEvent};
 pub use settings::Settings;
 pub use store::{
     BackendStatus, BackupRecord, Blob, BlobStore, ByteStream, Storage, Store, StoreError,

@@ -43,18 +43,9 @@ pub type ConnId = u64;
 /// What a room tells a connected socket. The front end turns each into a wire message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RoomEvent {
-    /// The join succeeded; `peers` are the other devices connected now.
-    Joined {
-        /// The couple joined.
-        couple: CoupleId,
-        /// The joining device.
-        device: DeviceId,
-        /// Other devices connected at this moment.
-        peers: Vec<DeviceId>,
-        /// Whether every signal after the join's `lastSeq` is still here: false when some
-        /// were evicted from a full mailbox (delivered to an earlier socket, never acknowledged).
-        recovered: bool,
-    },
+    /// The join succeeded. Boxed: the largest variant sets the size of every slot of every
+    /// socket's queue (the first block of 32 is allocated with the queue).
+    Joined(Box<Joined>),
     /// Another device connected.
     PeerJoined(DeviceId),
     /// Another device disconnected (close, leave, timeout or kick).
@@ -76,6 +67,20 @@ pub enum RoomEvent {
         /// Why.
         error: RoomError,
     },
+}
+
+/// What a socket hears when its join succeeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// The couple joined.
+    pub couple: CoupleId,
+    /// The joining device.
+    pub device: DeviceId,
+    /// Other devices connected at this moment.
+    pub peers: Vec<DeviceId>,
+    /// Whether every signal after the join's `lastSeq` is still here: false when some were
+    /// evicted from a full mailbox (delivered to an earlier socket, never acknowledged).
+    pub recovered: bool,
 }
 
 /// Why a room dropped a socket; the front end turns it into a close frame.
@@ -603,12 +608,12 @@ impl RoomState {
         self.args
             .metrics
             .signals_expired(member.mailbox.expire(now));
-        let backlog = std::iter::once(RoomEvent::Joined {
+        let backlog = std::iter::once(RoomEvent::Joined(Box::new(Joined {
             couple: self.args.couple.clone(),
             device: device.clone(),
             peers,
             recovered: member.mailbox.recovers_from(last_seq),
-        })
+        })))
         .chain(member.mailbox.iter().map(|e| RoomEvent::Signal {
             signal: Arc::clone(&e.signal),
             received: None,

@@ -596,17 +596,12 @@ impl Session {
     /// Emits one room event; false when the socket cannot take it.
     fn deliver(&self, event: RoomEvent) -> bool {
         let emitted = match event {
-            RoomEvent::Joined {
-                couple,
-                device,
-                peers,
-                recovered,
-            } => {
+            RoomEvent::Joined(joined) => {
                 let body = JoinedBody {
-                    couple_id: &couple,
-                    device_id: &device,
-                    peers: &peers,
-                    recovered,
+                    couple_id: &joined.couple,
+                    device_id: &joined.device,
+                    peers: &joined.peers,
+                    recovered: joined.recovered,
                 };
                 if let Some(reply) = self.inner().join_reply.take() {
                     reply.ok(&body);

@@ -557,16 +557,11 @@ impl Session {
 /// Renders a room event as its wire text.
 fn render(event: &RoomEvent) -> Result<String, ApiError> {
     let msg = match event {
-        RoomEvent::Joined {
-            couple,
-            device,
-            peers,
-            recovered,
-        } => ServerMsg::Joined {
-            couple_id: couple,
-            device_id: device,
-            peers,
-            recovered: *recovered,
+        RoomEvent::Joined(joined) => ServerMsg::Joined {
+            couple_id: &joined.couple,
+            device_id: &joined.device,
+            peers: &joined.peers,
+            recovered: joined.recovered,
         },
         RoomEvent::PeerJoined(d) => ServerMsg::PeerJoined { device_id: d },
         RoomEvent::PeerLeft(d) => ServerMsg::PeerLeft { device_id: d },
