@@ -18,6 +18,9 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+#[path = "support/bench.rs"]
+mod bench;
+
 struct Args {
     url: String,
     mib: usize,
@@ -96,19 +99,9 @@ fn expected_sha(mib: usize) -> String {
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> Result<Value, String> {
-    let res = http
-        .post(url)
-        .json(&body)
-        .send()
+    bench::call(http.post(url).json(&body))
         .await
-        .map_err(|e| e.to_string())?;
-    let status = res.status();
-    let v: Value = res.json().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(format!("{url}: {status} {v}"))
-    }
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 #[allow(clippy::cast_precision_loss)]
