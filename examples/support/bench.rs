@@ -1,7 +1,10 @@
 //! What the benchmarks that watch a running server share (by `#[path]`: each example is its
 //! own crate): its `/proc` readings and JSON calls to its REST API.
 
-#![allow(dead_code, reason = "each benchmark that includes this file uses only part of it")]
+#![allow(
+    dead_code,
+    reason = "each benchmark that includes this file uses only part of it"
+)]
 
 use std::path::PathBuf;
 
