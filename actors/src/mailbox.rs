@@ -97,6 +97,9 @@ pub(crate) struct Mailbox {
     bytes: usize,
     /// The newest seq evicted (delivered, never acknowledged) and not acknowledged since.
     evicted_through: Option<Seq>,
+    /// No entry expires before this (a lower bound: removals do not raise it), so a check on
+    /// every send costs a comparison until something is due.
+    first_expiry: Option<Timestamp>,
 }
 
 impl Mailbox {
@@ -180,6 +183,8 @@ impl Mailbox {
                 .is_none_or(|last| last.signal.seq < entry.signal.seq)
         );
         self.bytes += entry.signal.payload.len();
+        let expires = entry.signal.expires_at;
+        self.first_expiry = Some(self.first_expiry.map_or(expires, |t| t.min(expires)));
         self.entries.push_back(entry);
     }
 
@@ -204,6 +209,9 @@ impl Mailbox {
     /// Drops signals whose TTL has passed; returns how many of them had no copy in the store
     /// (a stored copy is counted when the store purges it).
     pub(crate) fn expire(&mut self, now: Timestamp) -> u64 {
+        if self.first_expiry.is_none_or(|first| first > now) {
+            return 0;
+        }
         let mut only_here = 0;
         self.entries.retain(|e| {
             let keep = e.signal.expires_at > now;
@@ -211,6 +219,7 @@ impl Mailbox {
             keep
         });
         self.bytes = self.entries.iter().map(|e| e.signal.payload.len()).sum();
+        self.first_expiry = self.entries.iter().map(|e| e.signal.expires_at).min();
         only_here
     }
 
@@ -390,6 +399,27 @@ mod tests {
         assert!(!m.remove(Seq(2)));
         assert!(m.is_empty());
         assert!(m.has_room(10, LIMITS));
+    }
+
+    #[test]
+    fn expiry_finds_the_earliest_deadline_in_any_order() {
+        let mut m = Mailbox::default();
+        m.push(entry(1, "a", 30, false));
+        m.push(entry(2, "b", 10, false));
+        assert_eq!(m.expire(Timestamp(9)), 0);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.expire(Timestamp(10)), 1, "the later entry is due first");
+        assert_eq!(m.iter().map(|e| e.signal.seq.0).collect::<Vec<_>>(), [1]);
+        assert_eq!(m.expire(Timestamp(29)), 0);
+        m.ack(Seq(1));
+        m.push(entry(3, "c", 40, false));
+        assert_eq!(
+            m.expire(Timestamp(30)),
+            0,
+            "the acked entry's deadline is gone"
+        );
+        assert_eq!(m.expire(Timestamp(40)), 1);
+        assert!(m.is_empty());
     }
 
     #[test]
