@@ -10,11 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, Timestamp};
 use crate::error::RoomError;
@@ -106,10 +105,6 @@ pub struct Connection {
     pub kick: oneshot::Sender<Kick>,
     /// Which transport the socket speaks, for the relay metrics.
     pub transport: Transport,
-    /// Whether another device of the couple is connected. The room keeps it current; a
-    /// socket's heartbeat watches presence closely only while someone sees it
-    /// (docs/protocol.md §5.5).
-    pub watched: watch::Sender<bool>,
 }
 
 /// What a signal accepted over REST returns.
@@ -276,8 +271,6 @@ pub(crate) struct RoomState {
     /// off when the state is dropped, also after a panic.
     _running: GaugeShare,
     mailbox_depth: GaugeShare,
-    /// Every log line of the room carries its couple.
-    span: tracing::Span,
 }
 
 impl Actor for RoomActor {
@@ -293,7 +286,6 @@ impl Actor for RoomActor {
         Ok(RoomState {
             _running: args.metrics.room_guard(),
             mailbox_depth: args.metrics.mailbox_share(),
-            span: tracing::info_span!("room", couple_id = %args.couple),
             writes: Writes::new(args.writer.clone(), args.couple.clone()),
             args,
             epoch: 0,
@@ -347,8 +339,9 @@ impl Actor for RoomActor {
         msg: RoomMsg,
         st: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        let span = st.span.clone();
-        let result = st.handle(&me, msg).instrument(span).await;
+        // No span of its own: every event the room logs names its couple, and entering a span
+        // per message was a measurable share of the relay's CPU (docs/benchmarks.md).
+        let result = st.handle(&me, msg).await;
         // The message's writes, in order; a full writer queue holds the room here.
         st.writes.submit().await;
         st.report_depth();
@@ -414,7 +407,6 @@ impl RoomState {
                 reply,
             } => {
                 self.join(me, &device, conn, last_seq);
-                self.update_presence();
                 let _ = reply.send(Ok(()));
             }
             RoomMsg::Leave { device, conn } => self.leave(me, &device, conn),
@@ -497,18 +489,6 @@ impl RoomState {
         }
     }
 
-    /// Tells every connected socket whether another device is connected.
-    fn update_presence(&self) {
-        let connected = self.members.values().filter(|m| m.conn.is_some()).count();
-        for conn in self.members.values().filter_map(|m| m.conn.as_ref()) {
-            conn.watched.send_if_modified(|watched| {
-                let changed = *watched != (connected > 1);
-                *watched = connected > 1;
-                changed
-            });
-        }
-    }
-
     fn is_idle(&self) -> bool {
         !self.writes.in_flight() && self.members.values().all(|m| m.conn.is_none())
     }
@@ -580,7 +560,6 @@ impl RoomState {
             );
         }
         self.broadcast(me, device, &RoomEvent::PeerLeft(device.clone()));
-        self.update_presence();
     }
 
     /// Connects a socket: replaces an older one of the device, applies `last_seq`, queues
@@ -647,7 +626,6 @@ impl RoomState {
         if self.members.remove(device).is_some() {
             self.writes.ack(device, self.clamp(Seq(u64::MAX)));
         }
-        self.update_presence();
     }
 
     /// Whether `conn` is still `device`'s socket (not replaced or gone since).

@@ -96,7 +96,6 @@ async fn connect(
                 events: tx.clone(),
                 kick,
                 transport: Transport::WebSocket,
-                watched: tokio::sync::watch::channel(false).0,
             }
         })
         .await

@@ -108,7 +108,6 @@ async fn a_slow_consumer_is_dropped_and_loses_nothing() {
         events,
         kick,
         transport: Transport::WebSocket,
-        watched: tokio::sync::watch::channel(false).0,
     });
     d.rooms
         .join(&couple, &b, None, || conn.take().unwrap())
@@ -209,7 +208,6 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
         events,
         kick,
         transport: Transport::WebSocket,
-        watched: tokio::sync::watch::channel(false).0,
     });
     let _link = d
         .rooms
@@ -267,39 +265,6 @@ async fn metrics_follow_rooms_mailboxes_relays_expiry_and_storage() {
     );
 }
 
-#[tokio::test]
-async fn a_socket_is_watched_only_while_another_device_is_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = domain(dir.path(), Settings::default()).await;
-    let couple = pair(&d).await;
-    let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
-    let (conn_a, _qa, _ka, watched_a) = socket(1);
-    let mut conn_a = Some(conn_a);
-    let link_a = d
-        .rooms
-        .join(&couple, &a, None, || conn_a.take().unwrap())
-        .await
-        .unwrap();
-    // Alone: nobody watches a's presence.
-    assert!(!*watched_a.borrow());
-    let (conn_b, _qb, _kb, watched_b) = socket(2);
-    let mut conn_b = Some(conn_b);
-    let link_b = d
-        .rooms
-        .join(&couple, &b, None, || conn_b.take().unwrap())
-        .await
-        .unwrap();
-    // A round trip through the room orders this after the join's presence update.
-    d.rooms.fetch(&couple, &a, None).await.unwrap();
-    assert!(*watched_a.borrow());
-    assert!(*watched_b.borrow());
-    link_b.leave();
-    d.rooms.fetch(&couple, &a, None).await.unwrap();
-    assert!(!*watched_a.borrow(), "b left: a is alone again");
-    drop(link_a);
-    d.shutdown(Duration::from_secs(5)).await;
-}
-
 /// Commits of the domain's writer so far (`write_batch`), and writes of `operation` so far
 /// (each write of a batch is counted under its own operation too).
 fn storage_count(registry: &prometheus::Registry, operation: &str) -> u64 {
@@ -309,27 +274,23 @@ fn storage_count(registry: &prometheus::Registry, operation: &str) -> u64 {
     sample(registry, &series).map_or(0, |v| v.parse().unwrap())
 }
 
-/// A socket's end of a [`Connection`]: its events, the kick sender's other end, and whether
-/// another device is connected.
+/// A socket's end of a [`Connection`]: its events and the kick sender's other end.
 fn socket(
     id: u64,
 ) -> (
     Connection,
     mpsc::Receiver<RoomEvent>,
     oneshot::Receiver<Kick>,
-    tokio::sync::watch::Receiver<bool>,
 ) {
     let (events, queue) = mpsc::channel(64);
     let (kick, kicked) = oneshot::channel();
-    let (watched, watched_rx) = tokio::sync::watch::channel(false);
     let conn = Connection {
         id,
         events,
         kick,
         transport: Transport::WebSocket,
-        watched,
     };
-    (conn, queue, kicked, watched_rx)
+    (conn, queue, kicked)
 }
 
 /// Many devices dropping their sockets at once, each with signals it never acknowledged: the
@@ -347,8 +308,8 @@ async fn a_mass_disconnect_is_committed_in_a_few_batches_and_keeps_every_signal(
     let mut sockets = Vec::new();
     for _ in 0..COUPLES {
         let couple = pair(&d).await;
-        let (a_conn, a_events, a_kick, _) = socket(1);
-        let (b_conn, mut b_events, b_kick, _) = socket(2);
+        let (a_conn, a_events, a_kick) = socket(1);
+        let (b_conn, mut b_events, b_kick) = socket(2);
         let mut a_conn = Some(a_conn);
         let mut b_conn = Some(b_conn);
         let a_link = d

@@ -416,7 +416,6 @@ impl Session {
                     kick,
                     transport: Transport::SocketIo,
                     // Engine.IO's heartbeat has one period for every socket (§12).
-                    watched: tokio::sync::watch::channel(false).0,
                 }
             })
             .await;

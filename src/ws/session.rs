@@ -10,14 +10,19 @@
 //! is connected, a ping every `WS_HEARTBEAT_SECS` and a close after `WS_CLIENT_TIMEOUT_SECS`
 //! of silence, so a vanished peer is reported within 10 s; alone in the room (or not joined),
 //! nobody watches, so a ping every `WS_ALONE_HEARTBEAT_SECS` only keeps the connection open
-//! through proxies and NATs.
+//! through proxies and NATs. The session learns who is connected from the events the room
+//! sends it anyway (`joined`, `peer-joined`, `peer-left`), so presence costs no extra channel.
+//!
+//! Per frame the loop only notes the time: the silence timer is re-armed when it fires (to
+//! the last frame plus the limit), not on every frame.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use actors::{Connection, Kick, Payload, RoomEvent, RoomLink, Transport};
 use futures_util::{Sink, SinkExt, Stream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -60,8 +65,6 @@ const WRITER_FLUSH: Duration = Duration::from_secs(2);
 struct Joined {
     link: RoomLink,
     kicked: oneshot::Receiver<Kick>,
-    /// Whether another device of the couple is connected (kept by the room).
-    watched: watch::Receiver<bool>,
     /// Whose budget the socket's messages count against.
     couple: actors::CoupleId,
     device: actors::DeviceId,
@@ -88,8 +91,6 @@ enum Event {
     /// A room event, the first of a batch.
     Room(RoomEvent),
     Kicked(Result<Kick, oneshot::error::RecvError>),
-    /// Another device of the couple connected (`true`), or the last one left.
-    Watched(bool),
     Heartbeat,
     Silent,
     JoinTimeout,
@@ -118,6 +119,29 @@ struct Outbox {
     stalled: bool,
 }
 
+/// The other devices of the couple connected now, as the room's events tell them: the list
+/// in `joined`, then `peer-joined` and `peer-left`. Someone watches this device's presence
+/// while it is not empty.
+#[derive(Default)]
+struct Presence {
+    peers: Vec<actors::DeviceId>,
+}
+
+impl Presence {
+    fn note(&mut self, event: &RoomEvent) {
+        match event {
+            RoomEvent::Joined(joined) => self.peers.clone_from(&joined.peers),
+            RoomEvent::PeerJoined(d) if !self.peers.contains(d) => self.peers.push(d.clone()),
+            RoomEvent::PeerLeft(d) => self.peers.retain(|p| p != d),
+            _ => {}
+        }
+    }
+
+    fn watched(&self) -> bool {
+        !self.peers.is_empty()
+    }
+}
+
 /// Runs a session until the socket closes, the client times out or the server shuts down.
 pub async fn run<S>(socket: S, state: AppState)
 where
@@ -129,16 +153,16 @@ where
     let relays = state.metrics.domain();
     let mut out = Outbox::default();
     let mut shutdown = state.shutdown.clone();
-    let beat = Heartbeat::new(&state);
+    // Made once: a fresh `recv()` per turn of the loop would register a new waiter each time.
+    let stopping = shutdown.recv();
+    let mut live = Liveness::new(Heartbeat::new(&state));
     let join_timeout = state.ws.join_timeout;
-    let mut watched = false;
-    let mut last_frame = Instant::now();
-    let ping = tokio::time::sleep(beat.period(watched));
-    // Closed exactly the silence limit after the last frame, whatever the heartbeat's phase.
-    let silence = tokio::time::sleep(beat.silence(watched));
+    let mut presence = Presence::default();
+    let ping = tokio::time::sleep(live.beat.period(false));
+    let silence = tokio::time::sleep(live.beat.silence(false));
     // An unjoined socket must join within `join_timeout` (again after each leave-couple).
     let join_deadline = tokio::time::sleep(join_timeout);
-    tokio::pin!(ping, silence, join_deadline);
+    tokio::pin!(ping, silence, join_deadline, stopping);
     let mut session = Session {
         state,
         events,
@@ -150,11 +174,11 @@ where
         let io = std::future::poll_fn(|cx| poll_io(socket.as_mut(), &mut events_rx, dirty, cx));
         let event = tokio::select! {
             io = io => io,
-            event = from_room(&mut session.joined) => event,
+            kick = kicked(&mut session.joined) => Event::Kicked(kick),
             () = &mut ping => Event::Heartbeat,
             () = &mut silence => Event::Silent,
             () = &mut join_deadline, if session.joined.is_none() => Event::JoinTimeout,
-            () = shutdown.recv() => Event::Shutdown,
+            () = &mut stopping => Event::Shutdown,
         };
         let was_joined = session.joined.is_some();
         let close = match event {
@@ -165,13 +189,14 @@ where
             Event::Frame(Some(Ok(msg))) => {
                 session.on_frame(msg).await;
                 // After handling too: a slow join must not count as the client's silence.
-                last_frame = Instant::now();
-                silence.as_mut().reset(last_frame + beat.silence(watched));
+                live.silence_from = Instant::now();
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
             Event::Flushed(Ok(())) => out.flushed(&relays),
-            Event::Room(first) => out.write_events(socket.as_mut(), first, &mut events_rx),
+            Event::Room(first) => {
+                out.write_events(socket.as_mut(), first, &mut events_rx, &mut presence)
+            }
             Event::Kicked(Ok(Kick::Replaced)) => Some(Close::With(
                 CLOSE_REPLACED,
                 "replaced by a newer connection",
@@ -185,24 +210,14 @@ where
                 session.room_gone(None);
                 None
             }
-            Event::Silent => Some(Close::With(CLOSE_TIMEOUT, "heartbeat timeout")),
+            Event::Silent => live
+                .timed_out(silence.as_mut())
+                .then_some(Close::With(CLOSE_TIMEOUT, "heartbeat timeout")),
             Event::JoinTimeout => Some(Close::With(CLOSE_JOIN_TIMEOUT, "join timeout")),
             Event::Heartbeat => {
                 session.frame(Message::Ping(bytes::Bytes::new()));
-                ping.as_mut().reset(Instant::now() + beat.period(watched));
-                None
-            }
-            Event::Watched(now_watched) => {
-                watched = now_watched;
-                let now = Instant::now();
-                if watched {
-                    // Someone sees this device now: find out at once whether it is there.
-                    session.frame(Message::Ping(bytes::Bytes::new()));
-                    silence.as_mut().reset(now + beat.silence(true));
-                } else {
-                    silence.as_mut().reset(last_frame + beat.silence(false));
-                }
-                ping.as_mut().reset(now + beat.period(watched));
+                ping.as_mut()
+                    .reset(Instant::now() + live.beat.period(live.watched));
                 None
             }
             Event::Shutdown => Some(Close::With(CLOSE_GOING_AWAY, "server shutting down")),
@@ -210,10 +225,11 @@ where
         if was_joined && session.joined.is_none() {
             // Left (or the room went away): the time to join again starts now, alone.
             join_deadline.as_mut().reset(Instant::now() + join_timeout);
-            if watched {
-                watched = false;
-                silence.as_mut().reset(last_frame + beat.silence(false));
-            }
+            presence = Presence::default();
+        }
+        if live.watch(presence.watched(), ping.as_mut(), silence.as_mut()) {
+            // Someone sees this device now: find out at once whether it is there.
+            session.frame(Message::Ping(bytes::Bytes::new()));
         }
         out.write_own(socket.as_mut(), &mut session.own);
         out.try_flush(socket.as_mut(), &relays);
@@ -302,6 +318,7 @@ impl Outbox {
         mut socket: std::pin::Pin<&mut S>,
         first: RoomEvent,
         events: &mut mpsc::Receiver<RoomEvent>,
+        presence: &mut Presence,
     ) -> Option<Close>
     where
         S: Sink<Message, Error = WsError>,
@@ -310,6 +327,7 @@ impl Outbox {
         let (mut taken, mut bytes) = (0, 0);
         while let Some(event) = next.take() {
             taken += 1;
+            presence.note(&event);
             if let RoomEvent::Signal {
                 received: Some(received),
                 ..
@@ -410,19 +428,58 @@ impl Heartbeat {
     }
 }
 
-/// What the room says to a joined socket: it was dropped (kick, or the room went away), or
-/// another device came or went. Never resolves while not joined.
-async fn from_room(joined: &mut Option<Joined>) -> Event {
-    let Some(j) = joined else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        kick = &mut j.kicked => Event::Kicked(kick),
-        changed = j.watched.changed() => match changed {
-            Ok(()) => Event::Watched(*j.watched.borrow_and_update()),
-            // The room dropped the connection: its kick (or its end) tells why.
-            Err(_) => Event::Kicked((&mut j.kicked).await),
-        },
+/// The heartbeat's state: which speed it runs at, and since when the client has been silent.
+struct Liveness {
+    beat: Heartbeat,
+    /// Whether another device of the couple is connected.
+    watched: bool,
+    /// The last frame, or the moment a peer started watching, whichever is later.
+    silence_from: Instant,
+}
+
+impl Liveness {
+    fn new(beat: Heartbeat) -> Self {
+        Self {
+            beat,
+            watched: false,
+            silence_from: Instant::now(),
+        }
+    }
+
+    /// The silence timer fired: true if the client has really been silent too long;
+    /// otherwise the timer is re-armed to the real deadline.
+    fn timed_out(&self, silence: Pin<&mut Sleep>) -> bool {
+        let due = self.silence_from + self.beat.silence(self.watched);
+        if due > Instant::now() {
+            silence.reset(due);
+            return false;
+        }
+        true
+    }
+
+    /// Switches the heartbeat's speed when presence changes; true when a peer started
+    /// watching, so the caller pings at once (the silence limit starts from now).
+    fn watch(&mut self, watched: bool, ping: Pin<&mut Sleep>, silence: Pin<&mut Sleep>) -> bool {
+        if watched == self.watched {
+            return false;
+        }
+        self.watched = watched;
+        let now = Instant::now();
+        if watched {
+            self.silence_from = now;
+        }
+        silence.reset(self.silence_from + self.beat.silence(watched));
+        ping.reset(now + self.beat.period(watched));
+        watched
+    }
+}
+
+/// Resolves when the room drops a joined socket: a kick says why; an error means the room
+/// itself went away. Never resolves while not joined.
+async fn kicked(joined: &mut Option<Joined>) -> Result<Kick, oneshot::error::RecvError> {
+    match joined {
+        Some(j) => (&mut j.kicked).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -527,18 +584,16 @@ impl Session {
             .rooms
             .join(couple, device, last_seq, || {
                 let (kick, kicked) = oneshot::channel();
-                let (watched, watched_rx) = watch::channel(false);
-                receivers = Some((kicked, watched_rx));
+                receivers = Some(kicked);
                 Connection {
                     id: self.state.next_conn_id(),
                     events: self.events.clone(),
                     kick,
                     transport: Transport::WebSocket,
-                    watched,
                 }
             })
             .await?;
-        let (kicked, watched) = receivers
+        let kicked = receivers
             .ok_or_else(|| ApiError::Internal("the room made no connection".to_owned()))?;
         let span = tracing::Span::current();
         span.record("couple_id", tracing::field::display(couple));
@@ -547,7 +602,6 @@ impl Session {
         Ok(Joined {
             link,
             kicked,
-            watched,
             couple: couple.clone(),
             device: device.clone(),
         })
@@ -579,4 +633,41 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         }
     };
     Ok(msg.to_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str) -> actors::DeviceId {
+        actors::DeviceId::parse(id).unwrap()
+    }
+
+    fn joined(peers: &[&str]) -> RoomEvent {
+        RoomEvent::Joined(Box::new(actors::Joined {
+            couple: actors::CoupleId::parse("c").unwrap(),
+            device: device("me"),
+            peers: peers.iter().map(|p| device(p)).collect(),
+            recovered: true,
+        }))
+    }
+
+    #[test]
+    fn presence_follows_the_rooms_events() {
+        let mut p = Presence::default();
+        assert!(!p.watched(), "not joined: nobody watches");
+        p.note(&joined(&[]));
+        assert!(!p.watched(), "alone in the room");
+        p.note(&RoomEvent::PeerJoined(device("a")));
+        p.note(&RoomEvent::PeerJoined(device("b")));
+        p.note(&RoomEvent::PeerJoined(device("a")));
+        p.note(&RoomEvent::PeerLeft(device("a")));
+        assert!(p.watched(), "b is still there (a joined twice, left once)");
+        p.note(&RoomEvent::PeerLeft(device("b")));
+        assert!(!p.watched());
+        p.note(&joined(&["a"]));
+        assert!(p.watched(), "a rejoin starts from the room's list");
+        p.note(&RoomEvent::PeerLeft(device("x")));
+        assert!(p.watched(), "an unknown device leaving changes nothing");
+    }
 }
