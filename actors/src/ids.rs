@@ -59,8 +59,13 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A fresh random identifier: 16 bytes (128 bits) as unpadded base64url, 22 characters.
+/// From `rand`'s thread-local CSPRNG (a stream cipher seeded and reseeded from the OS), not a
+/// system call each: a signal sent without an id gets one, so this runs per relayed message.
+/// Secrets (tokens) still come straight from the OS ([`random_bytes`]).
 pub(crate) fn random_id() -> String {
-    URL_SAFE_NO_PAD.encode(random_bytes::<16>())
+    let mut bytes = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 macro_rules! id_type {
