@@ -10,38 +10,65 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use crate::clock::Timestamp;
 use crate::ids::{DeviceId, Seq, SignalId};
 
-/// A signal's opaque payload: the JSON text the sender wrote, shared by every recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payload(Arc<str>);
+/// A signal's opaque payload: one JSON value, exactly as the sender wrote it. Checked once,
+/// where it comes in (or is read back from the store); every delivery writes it out as it is,
+/// without parsing it again. A broadcast's recipients share it through the `Arc<Signal>`.
+#[derive(Debug, Clone)]
+pub struct Payload(Box<RawValue>);
 
 impl Payload {
-    /// Wraps payload text that the front end has already checked is one JSON value.
+    /// Takes JSON the front end has already parsed (no second check).
     #[must_use]
-    pub fn new(json: impl Into<Arc<str>>) -> Self {
-        Self(json.into())
+    pub fn new(json: Box<RawValue>) -> Self {
+        Self(json)
+    }
+
+    /// Checks that `text` is one JSON value.
+    ///
+    /// # Errors
+    /// The JSON parser's error when it is not.
+    pub fn parse(text: impl Into<String>) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.into()).map(Self)
+    }
+
+    /// The JSON value, to be written out unchanged.
+    #[must_use]
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
     }
 
     /// The JSON text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.get()
     }
 
     /// Serialized size in bytes: what the payload and mailbox bounds count.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_str().len()
     }
 
     /// Whether the payload text is empty (never true for valid JSON).
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_str().is_empty()
     }
 }
+
+/// Payloads are equal when their text is: the bytes are what is relayed.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Payload {}
 
 /// A signal as delivered: immutable and shared between the mailboxes of a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +320,7 @@ mod tests {
                 seq: Seq(seq),
                 id: SignalId::parse(format!("s{seq}")).unwrap(),
                 from: DeviceId::parse("a").unwrap(),
-                payload: Payload::new(payload),
+                payload: Payload::parse(payload).unwrap(),
                 created_at: Timestamp(0),
                 expires_at: Timestamp(expires),
             }),
@@ -388,7 +415,7 @@ mod tests {
         let mut m = Mailbox::default();
         m.push(entry(1, "12345", 10, false));
         m.push(entry(2, "12345", 20, false));
-        m.push(entry(3, "", 10, true));
+        m.push(entry(3, "0", 10, true));
         assert_eq!(
             m.expire(Timestamp(10)),
             1,
@@ -404,15 +431,15 @@ mod tests {
     #[test]
     fn expiry_finds_the_earliest_deadline_in_any_order() {
         let mut m = Mailbox::default();
-        m.push(entry(1, "a", 30, false));
-        m.push(entry(2, "b", 10, false));
+        m.push(entry(1, "1", 30, false));
+        m.push(entry(2, "2", 10, false));
         assert_eq!(m.expire(Timestamp(9)), 0);
         assert_eq!(m.len(), 2);
         assert_eq!(m.expire(Timestamp(10)), 1, "the later entry is due first");
         assert_eq!(m.iter().map(|e| e.signal.seq.0).collect::<Vec<_>>(), [1]);
         assert_eq!(m.expire(Timestamp(29)), 0);
         m.ack(Seq(1));
-        m.push(entry(3, "c", 40, false));
+        m.push(entry(3, "3", 40, false));
         assert_eq!(
             m.expire(Timestamp(30)),
             0,

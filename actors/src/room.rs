@@ -320,8 +320,15 @@ impl Actor for RoomActor {
                 continue;
             }
             let to = s.to.clone();
+            let signal = match s.into_signal() {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::error!(couple_id = %couple, cause = %e, "skipping a stored signal");
+                    continue;
+                }
+            };
             let entry = Entry {
-                signal: Arc::new(s.into_signal()),
+                signal: Arc::new(signal),
                 on_disk: true,
                 delivered: false,
             };

@@ -98,16 +98,20 @@ pub struct StoredSignal {
 
 impl StoredSignal {
     /// The signal as a room holds it (without its couple and recipient).
-    #[must_use]
-    pub fn into_signal(self) -> Signal {
-        Signal {
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the stored payload is not JSON.
+    pub fn into_signal(self) -> Result<Signal, StoreError> {
+        let payload = crate::mailbox::Payload::parse(self.payload)
+            .map_err(|e| StoreError::Corrupt(format!("signal payload is not JSON: {e}")))?;
+        Ok(Signal {
             seq: self.seq,
             id: self.id,
             from: self.from,
-            payload: crate::mailbox::Payload::new(self.payload),
+            payload,
             created_at: self.created_at,
             expires_at: self.expires_at,
-        }
+        })
     }
 }
 
@@ -143,13 +147,15 @@ impl SignalWrite {
     }
 }
 
-impl From<StoredSignal> for SignalWrite {
-    fn from(s: StoredSignal) -> Self {
-        Self {
+impl TryFrom<StoredSignal> for SignalWrite {
+    type Error = StoreError;
+
+    fn try_from(s: StoredSignal) -> Result<Self, StoreError> {
+        Ok(Self {
             couple: s.couple.clone(),
             to: s.to.clone(),
-            signal: Arc::new(s.into_signal()),
-        }
+            signal: Arc::new(s.into_signal()?),
+        })
     }
 }
 

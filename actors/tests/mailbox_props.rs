@@ -160,7 +160,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // A call: when it returns, the room has pushed the signal to b's queue (if any).
                 match d
                     .rooms
-                    .send(&couple, &a, &b, Payload::new(payload.clone()))
+                    .send(&couple, &a, &b, Payload::parse(payload.clone()).unwrap())
                     .await
                 {
                     Ok(_) => sent.push(payload),
@@ -170,11 +170,9 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::SendToSilent => {
-                let payload = format!("c{}", sent_to_silent.len());
-                let sent = d
-                    .rooms
-                    .send(&couple, &a, &silent_device, Payload::new(payload.clone()))
-                    .await;
+                let payload = format!("\"c{}\"", sent_to_silent.len());
+                let json = Payload::parse(payload.clone()).unwrap();
+                let sent = d.rooms.send(&couple, &a, &silent_device, json).await;
                 prop_assert!(sent.is_ok(), "a never-acking device never fails its sender");
                 sent_to_silent.push(payload);
             }

@@ -71,13 +71,6 @@ async fn collect(
     Ok(out)
 }
 
-/// Borrows stored payload text as raw JSON. It was validated on the way in, so a failure here
-/// means corrupt storage: an internal error (logged where it is answered).
-pub fn raw_json(text: &str) -> Result<&RawValue, ApiError> {
-    serde_json::from_str(text)
-        .map_err(|e| ApiError::Internal(format!("stored payload is not valid JSON: {e}")))
-}
-
 /// Deepest nesting of arrays and objects accepted in client JSON that the server keeps or
 /// relays untouched (signal payloads, backup metadata). SDP and ICE payloads nest 3 or 4
 /// levels; a limit keeps a peer's parser (and ours) safe from deeply nested input.

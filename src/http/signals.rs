@@ -13,7 +13,7 @@ use super::SIGNAL_BODY_LIMIT;
 use crate::front::auth::require_access;
 use crate::front::error::{ApiError, reject};
 use crate::front::rate::{DeviceLimit, authenticated_within};
-use crate::front::wire::{check_depth, json_body, named, raw_json, rfc3339, with};
+use crate::front::wire::{check_depth, json_body, named, rfc3339, with};
 use crate::state::AppState;
 
 /// Body of `POST /api/signal`.
@@ -99,7 +99,7 @@ async fn send(
     body: SendBody,
 ) -> Result<warp::reply::Response, Rejection> {
     require_access(&claims, &body.couple_id, Some(&body.from_device_id)).map_err(reject)?;
-    let payload = Payload::new(body.signal_payload.get());
+    let payload = Payload::new(body.signal_payload);
     let accepted = rooms
         .send(
             &body.couple_id,
@@ -137,7 +137,7 @@ async fn fetch(
                 id: &s.id,
                 seq: s.seq,
                 from_device_id: &s.from,
-                signal_payload: raw_json(s.payload.as_str())?,
+                signal_payload: s.payload.as_raw(),
                 created_at: rfc3339(s.created_at),
             })
         })

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::front::auth::{parse_bearer, require_access};
 use crate::front::error::ApiError;
 use crate::front::rate::DeviceLimit;
-use crate::front::wire::{check_depth, raw_json};
+use crate::front::wire::check_depth;
 use crate::metrics::GaugeShare;
 use crate::state::AppState;
 
@@ -501,7 +501,7 @@ impl Session {
             .map_err(|e| ApiError::InvalidRequest(e.to_string()))
             .and_then(|raw| check_depth(&raw, "payload").map(|()| raw));
         let payload = match checked {
-            Ok(raw) => Payload::new(raw.get()),
+            Ok(raw) => Payload::new(raw),
             Err(e) => return reply.error(&self.socket, &e, id.as_ref()),
         };
         let mut inner = self.inner();
@@ -612,25 +612,19 @@ impl Session {
             RoomEvent::Signal {
                 signal: s,
                 received,
-            } => match raw_json(s.payload.as_str()) {
-                Ok(payload) => {
-                    let out = SignalOut {
-                        from: &s.from,
-                        payload,
-                        seq: s.seq,
-                        id: &s.id,
-                    };
-                    let sent = self.socket.emit("webrtc-signal", &out);
-                    if let (Ok(()), Some(received)) = (&sent, received) {
-                        self.state.metrics.domain().signal_written(received);
-                    }
-                    sent
+            } => {
+                let out = SignalOut {
+                    from: &s.from,
+                    payload: s.payload.as_raw(),
+                    seq: s.seq,
+                    id: &s.id,
+                };
+                let sent = self.socket.emit("webrtc-signal", &out);
+                if let (Ok(()), Some(received)) = (&sent, received) {
+                    self.state.metrics.domain().signal_written(received);
                 }
-                Err(e) => {
-                    e.report();
-                    Ok(())
-                }
-            },
+                sent
+            }
             RoomEvent::Accepted(accepted) => {
                 let replies = self.inner().pending.remove(&accepted.id);
                 for reply in replies.into_iter().flatten() {

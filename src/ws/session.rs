@@ -31,7 +31,6 @@ use super::protocol::{ClientMsg, ServerMsg};
 use crate::front::auth::{parse_bearer, require_access};
 use crate::front::error::ApiError;
 use crate::front::rate::DeviceLimit;
-use crate::front::wire::raw_json;
 use crate::state::AppState;
 
 /// Close code when the server shuts down (RFC 6455 "going away").
@@ -335,13 +334,9 @@ impl Outbox {
             {
                 self.received.push(*received);
             }
-            match render(&event) {
-                Ok(text) => {
-                    bytes += text.len();
-                    self.start_send(socket.as_mut(), Message::text(text));
-                }
-                Err(e) => e.report(),
-            }
+            let text = render(&event);
+            bytes += text.len();
+            self.start_send(socket.as_mut(), Message::text(text));
             if taken < EVENT_BATCH && bytes < WRITE_BATCH_BYTES {
                 next = events.try_recv().ok();
             }
@@ -543,7 +538,7 @@ impl Session {
                 let Some(joined) = &self.joined else {
                     return self.send_error(&ApiError::NotJoined, id.as_ref());
                 };
-                let payload = Payload::new(payload.get());
+                let payload = Payload::new(payload.to_owned());
                 if joined.link.send(to, payload, id.clone()).is_err() {
                     self.room_gone(id.as_ref());
                 }
@@ -609,7 +604,7 @@ impl Session {
 }
 
 /// Renders a room event as its wire text.
-fn render(event: &RoomEvent) -> Result<String, ApiError> {
+fn render(event: &RoomEvent) -> String {
     let msg = match event {
         RoomEvent::Joined(joined) => ServerMsg::Joined {
             couple_id: &joined.couple,
@@ -621,7 +616,7 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         RoomEvent::PeerLeft(d) => ServerMsg::PeerLeft { device_id: d },
         RoomEvent::Signal { signal: s, .. } => ServerMsg::WebrtcSignal {
             from: &s.from,
-            payload: raw_json(s.payload.as_str())?,
+            payload: s.payload.as_raw(),
             seq: s.seq,
             id: &s.id,
         },
@@ -629,10 +624,10 @@ fn render(event: &RoomEvent) -> Result<String, ApiError> {
         RoomEvent::Rejected { id, error } => {
             let error = ApiError::Room(error.clone());
             error.report();
-            return Ok(ServerMsg::error(&error, id.as_ref()).to_text());
+            return ServerMsg::error(&error, id.as_ref()).to_text();
         }
     };
-    Ok(msg.to_text())
+    msg.to_text()
 }
 
 #[cfg(test)]

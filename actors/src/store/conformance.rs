@@ -256,7 +256,7 @@ async fn mailboxes(store: &dyn Store) {
 
 /// `signal` as a batch writes it.
 fn signal_write(couple: &CoupleId, to: &str, seq: u64) -> SignalWrite {
-    signal(couple, to, seq, 10_000).into()
+    signal(couple, to, seq, 10_000).try_into().unwrap()
 }
 
 /// `write_batch` applies its writes in order, each as its single-write method would, and

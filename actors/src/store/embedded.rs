@@ -927,7 +927,7 @@ mod tests {
             payload: "{\"sdp\":\"v=0\\r\\n\"}".to_owned(),
             ..signal(&CoupleId::parse("c").unwrap(), 7, 100)
         };
-        let shared = SignalWrite::from(stored.clone());
+        let shared = SignalWrite::try_from(stored.clone()).unwrap();
         let row = encode(&SignalRow::from(&shared)).ok().unwrap();
         assert_eq!(row, serde_json::to_vec(&stored).unwrap());
         assert_eq!(shared.stored().payload, stored.payload);

@@ -149,7 +149,7 @@ mod tests {
                 seq: Seq(seq),
                 id: SignalId::parse(format!("s{seq}")).unwrap(),
                 from: DeviceId::parse("a").unwrap(),
-                payload: Payload::new(format!("{{\"n\":{seq}}}")),
+                payload: Payload::parse(format!("{{\"n\":{seq}}}")).unwrap(),
                 created_at: Timestamp(0),
                 expires_at: Timestamp(1_000),
             }),
