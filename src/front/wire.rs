@@ -86,13 +86,9 @@ pub const MAX_JSON_DEPTH: usize = 32;
 /// Checks that `raw` (valid JSON) nests arrays and objects at most [`MAX_JSON_DEPTH`] deep.
 pub fn check_depth(raw: &RawValue, what: &str) -> Result<(), ApiError> {
     let mut depth = 0usize;
-    let (mut in_string, mut escaped) = (false, false);
-    for b in raw.get().bytes() {
-        match (in_string, escaped, b) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
-            (false, _, b'[' | b'{') => {
+    for piece in Pieces::new(raw.get().as_bytes()) {
+        match piece {
+            Piece::Open(_) => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
                     return Err(ApiError::InvalidRequest(format!(
@@ -100,11 +96,72 @@ pub fn check_depth(raw: &RawValue, what: &str) -> Result<(), ApiError> {
                     )));
                 }
             }
-            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
-            _ => {}
+            Piece::Close => depth = depth.saturating_sub(1),
+            Piece::Comma | Piece::Colon | Piece::Str(_) => {}
         }
     }
     Ok(())
+}
+
+/// One structural part of JSON text: what the depth check and the error locator need, without
+/// a parse (numbers, literals and white space are skipped).
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    /// `{` or `[` (the byte says which).
+    Open(u8),
+    /// `}` or `]`.
+    Close,
+    /// `,`.
+    Comma,
+    /// `:`.
+    Colon,
+    /// A whole string: its text between the quotes, escapes left as they are.
+    Str(&'a [u8]),
+}
+
+/// The [`Piece`]s of JSON text, in order. A string cut off by the end of the text ends them.
+struct Pieces<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        Self { text, at: 0 }
+    }
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = Piece<'a>;
+
+    fn next(&mut self) -> Option<Piece<'a>> {
+        while let Some(&b) = self.text.get(self.at) {
+            self.at += 1;
+            match b {
+                b'{' | b'[' => return Some(Piece::Open(b)),
+                b'}' | b']' => return Some(Piece::Close),
+                b',' => return Some(Piece::Comma),
+                b':' => return Some(Piece::Colon),
+                b'"' => {
+                    let start = self.at;
+                    let mut escaped = false;
+                    while let Some(&c) = self.text.get(self.at) {
+                        self.at += 1;
+                        match (escaped, c) {
+                            (true, _) => escaped = false,
+                            (false, b'\\') => escaped = true,
+                            (false, b'"') => {
+                                return Some(Piece::Str(&self.text[start..self.at - 1]));
+                            }
+                            (false, _) => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 /// RFC 3339 with milliseconds, UTC: what every timestamp on the wire looks like.
