@@ -39,7 +39,8 @@ struct JoinBody {
 #[derive(Debug, Deserialize)]
 struct SignalBody {
     to: Option<DeviceId>,
-    payload: Value,
+    /// Serialized once, straight into raw JSON, while the event is parsed.
+    payload: Box<RawValue>,
     id: Option<SignalId>,
 }
 
@@ -497,12 +498,8 @@ impl Session {
             Ok(body) => body,
             Err(e) => return reply.error(&self.socket, &e, None),
         };
-        // Serialized once, straight into raw JSON: no second parse to check its depth.
-        let checked = serde_json::value::to_raw_value(&body.payload)
-            .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            .and_then(|raw| check_depth(&raw, "payload").map(|()| raw));
-        let payload = match checked {
-            Ok(raw) => Payload::new(raw.get()),
+        let payload = match check_depth(&body.payload, "payload") {
+            Ok(()) => Payload::new(body.payload.get()),
             Err(e) => return reply.error(&self.socket, &e, id.as_ref()),
         };
         let mut inner = self.inner();
