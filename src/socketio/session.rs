@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::front::auth::{parse_bearer, require_access};
 use crate::front::error::ApiError;
 use crate::front::rate::DeviceLimit;
-use crate::front::wire::{check_depth, raw_json};
+use crate::front::wire::{check_depth, parse_value, raw_json};
 use crate::metrics::GaugeShare;
 use crate::state::AppState;
 
@@ -259,8 +259,7 @@ async fn authorize(state: &AppState, s: &SocketRef, auth: Option<Value>) -> Resu
         return Ok(());
     };
     let check = async {
-        let body: JoinBody = serde_json::from_value(auth)
-            .map_err(|e| ApiError::InvalidRequest(format!("auth: {e}")))?;
+        let body: JoinBody = parse_value("auth", &auth)?;
         let token = parse_bearer(&format!("Bearer {}", body.token))?;
         let claims = state.pairing.authenticate(&token).await?;
         require_access(&claims, &body.couple_id, Some(&body.device_id))?;
@@ -379,13 +378,7 @@ impl Session {
         if self.inner().joined.is_some() {
             return reply.error(&self.socket, &ApiError::AlreadyJoined, None);
         }
-        let body = body
-            .ok_or_else(|| ApiError::InvalidRequest("join-couple needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<JoinBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
-        match body {
+        match parse_value::<JoinBody>("join-couple", &body.unwrap_or_default()) {
             Ok(body) => self.join(body, reply).await,
             Err(e) => reply.error(&self.socket, &e, None),
         }
@@ -481,12 +474,7 @@ impl Session {
     }
 
     fn on_signal(self: &Arc<Self>, body: Option<Value>, reply: Reply) {
-        let parsed = body
-            .ok_or_else(|| ApiError::InvalidRequest("webrtc-signal needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<SignalBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
+        let parsed = parse_value::<SignalBody>("webrtc-signal", &body.unwrap_or_default());
         let id = parsed.as_ref().ok().and_then(|b| b.id.clone());
         let Some(reply) = self.limited(id.as_ref(), reply) else {
             return;
@@ -526,13 +514,7 @@ impl Session {
         let Some(reply) = self.limited(None, reply) else {
             return;
         };
-        let seq = body
-            .ok_or_else(|| ApiError::InvalidRequest("ack needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<AckBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
-        let seq = match seq {
+        let seq = match parse_value::<AckBody>("ack", &body.unwrap_or_default()) {
             Ok(b) => b.seq,
             Err(e) => return reply.error(&self.socket, &e, None),
         };
