@@ -236,6 +236,17 @@ async fn invalid_request_messages_name_the_field_without_serdes_position() {
         refused(meta).await,
         "x-backup-meta is not valid JSON: key must be a string (column 8)"
     );
+    let query = app
+        .http
+        .get(app.url(&format!("/api/signals/{id}/b?after=x")))
+        .bearer_auth(&couple.b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(query).await,
+        "query string: expected only `after`, a non-negative integer"
+    );
     let mut ws = app.ws().await;
     ws.send(json!({ "type": "ack", "seq": "three" })).await;
     assert_eq!(
