@@ -5,6 +5,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Longest identifier accepted from a client.
@@ -68,6 +69,28 @@ pub(crate) fn random_id() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Deserializes an id from a string with its `parse`. The rule is checked inside the visitor,
+/// so a refused id is an error of the string itself: `serde_json` gives it the string's
+/// position (not the end of the enclosing object), which the server's messages use to name the
+/// field that held it.
+struct IdVisitor<T>(fn(String) -> Result<T, IdError>);
+
+impl<T> Visitor<'_> for IdVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        self.visit_string(s.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<T, E> {
+        (self.0)(s).map_err(E::custom)
+    }
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
@@ -104,8 +127,7 @@ macro_rules! id_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(s).map_err(serde::de::Error::custom)
+                d.deserialize_string(IdVisitor(|s| Self::parse(s)))
             }
         }
     };
@@ -198,6 +220,15 @@ mod tests {
     fn deserialising_validates() {
         assert!(serde_json::from_str::<CoupleId>("\"ok\"").is_ok());
         assert!(serde_json::from_str::<CoupleId>("\"not ok\"").is_err());
+        // The error is the string's: its position is right after it, not at the list's end.
+        let err = serde_json::from_str::<Vec<CoupleId>>(r#"["ok", "not ok" ]"#).unwrap_err();
+        assert_eq!(err.column(), 15, "{err}");
+        assert!(
+            err.to_string().starts_with("coupleId may only contain"),
+            "{err}"
+        );
+        let value = serde_json::json!(["a", "b c"]);
+        assert!(serde_json::from_value::<Vec<DeviceId>>(value).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::front::auth::{authenticated, require_access};
 use crate::front::error::{ApiError, reject};
 use crate::front::rate::{DeviceLimit, authenticated_within};
-use crate::front::wire::{check_depth, named, rfc3339, with};
+use crate::front::wire::{check_depth, json_error, named, rfc3339, with};
 use crate::metrics::{Direction, Metrics, Outcome};
 use crate::state::AppState;
 
@@ -111,7 +111,7 @@ fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
         )));
     }
     let json = serde_json::from_str::<&RawValue>(&meta)
-        .map_err(|e| ApiError::InvalidRequest(format!("{META_HEADER} is not JSON: {e}")))?;
+        .map_err(|e| json_error(META_HEADER, meta.as_bytes(), &e))?;
     check_depth(json, META_HEADER)?;
     Ok(Some(meta))
 }

@@ -88,9 +88,19 @@ pub fn routes(
         .and(named("/api/signals/{coupleId}/{deviceId}"))
         .and(with(state.rooms.clone()))
         .and(device())
-        .and(warp::query::<FetchQuery>())
+        .and(fetch_query())
         .and_then(fetch);
     send.or(fetch).unify()
+}
+
+/// The fetch's query string. warp's refusal only says "Invalid query string" (it drops the
+/// parser's error), so the route says what it takes.
+fn fetch_query() -> impl Filter<Extract = (FetchQuery,), Error = Rejection> + Clone {
+    warp::query::<FetchQuery>().or_else(|_| async {
+        Err(reject(ApiError::InvalidRequest(
+            "query string: expected only `after`, a non-negative integer".to_owned(),
+        )))
+    })
 }
 
 async fn send(

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::front::auth::{parse_bearer, require_access};
 use crate::front::error::ApiError;
 use crate::front::rate::DeviceLimit;
-use crate::front::wire::check_depth;
+use crate::front::wire::{check_depth, parse_value};
 use crate::metrics::GaugeShare;
 use crate::state::AppState;
 
@@ -39,7 +39,8 @@ struct JoinBody {
 #[derive(Debug, Deserialize)]
 struct SignalBody {
     to: Option<DeviceId>,
-    payload: Value,
+    /// Serialized once, straight into raw JSON, while the event is parsed.
+    payload: Box<RawValue>,
     id: Option<SignalId>,
 }
 
@@ -258,8 +259,7 @@ async fn authorize(state: &AppState, s: &SocketRef, auth: Option<Value>) -> Resu
         return Ok(());
     };
     let check = async {
-        let body: JoinBody = serde_json::from_value(auth)
-            .map_err(|e| ApiError::InvalidRequest(format!("auth: {e}")))?;
+        let body: JoinBody = parse_value("auth", &auth)?;
         let token = parse_bearer(&format!("Bearer {}", body.token))?;
         let claims = state.pairing.authenticate(&token).await?;
         require_access(&claims, &body.couple_id, Some(&body.device_id))?;
@@ -378,13 +378,7 @@ impl Session {
         if self.inner().joined.is_some() {
             return reply.error(&self.socket, &ApiError::AlreadyJoined, None);
         }
-        let body = body
-            .ok_or_else(|| ApiError::InvalidRequest("join-couple needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<JoinBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
-        match body {
+        match parse_value::<JoinBody>("join-couple", &body.unwrap_or_default()) {
             Ok(body) => self.join(body, reply).await,
             Err(e) => reply.error(&self.socket, &e, None),
         }
@@ -479,12 +473,7 @@ impl Session {
     }
 
     fn on_signal(self: &Arc<Self>, body: Option<Value>, reply: Reply) {
-        let parsed = body
-            .ok_or_else(|| ApiError::InvalidRequest("webrtc-signal needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<SignalBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
+        let parsed = parse_value::<SignalBody>("webrtc-signal", &body.unwrap_or_default());
         let id = parsed.as_ref().ok().and_then(|b| b.id.clone());
         let Some(reply) = self.limited(id.as_ref(), reply) else {
             return;
@@ -496,12 +485,8 @@ impl Session {
             Ok(body) => body,
             Err(e) => return reply.error(&self.socket, &e, None),
         };
-        // Serialized once, straight into raw JSON: no second parse to check its depth.
-        let checked = serde_json::value::to_raw_value(&body.payload)
-            .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            .and_then(|raw| check_depth(&raw, "payload").map(|()| raw));
-        let payload = match checked {
-            Ok(raw) => Payload::new(raw),
+        let payload = match check_depth(&body.payload, "payload") {
+            Ok(()) => Payload::new(body.payload),
             Err(e) => return reply.error(&self.socket, &e, id.as_ref()),
         };
         let mut inner = self.inner();
@@ -528,13 +513,7 @@ impl Session {
         let Some(reply) = self.limited(None, reply) else {
             return;
         };
-        let seq = body
-            .ok_or_else(|| ApiError::InvalidRequest("ack needs an object".to_owned()))
-            .and_then(|v| {
-                serde_json::from_value::<AckBody>(v)
-                    .map_err(|e| ApiError::InvalidRequest(e.to_string()))
-            });
-        let seq = match seq {
+        let seq = match parse_value::<AckBody>("ack", &body.unwrap_or_default()) {
             Ok(b) => b.seq,
             Err(e) => return reply.error(&self.socket, &e, None),
         };

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::front::error::ApiError;
-use crate::front::wire::check_depth;
+use crate::front::wire::{check_depth, json_error};
 
 /// What a client may send.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ impl<'a> ClientMsg<'a> {
     /// all a clear error, never a panic.
     pub fn parse(text: &'a str) -> Result<Self, ApiError> {
         let f: Frame<'a> =
-            serde_json::from_str(text).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| json_error("message", text.as_bytes(), &e))?;
         Ok(match f.kind {
             Kind::JoinCouple => ClientMsg::JoinCouple {
                 couple: required(f.couple_id, "coupleId")?,
@@ -255,6 +255,44 @@ mod tests {
         ] {
             let err = ClientMsg::parse(text).unwrap_err();
             assert_eq!(err.code(), code, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_input_messages_name_the_field_without_a_position() {
+        for (text, message) in [
+            (
+                "not json",
+                "message is not valid JSON: expected true, false or null (column 2)",
+            ),
+            (
+                r#"{"type":"ack""#,
+                "message is not valid JSON: it ends too early",
+            ),
+            ("[1,2]", "message must be a JSON object"),
+            (r#"{"type":5}"#, "`type`: expected a string"),
+            (r#"{"type":["ack"]}"#, "`type`: expected a string"),
+            (r#"{"type":"ack"}"#, "missing field `seq`"),
+            (
+                r#"{"type":"ack","seq":"x"}"#,
+                r#"`seq`: expected a non-negative integer, got string "x""#,
+            ),
+            (
+                r#"{"type":"webrtc-signal","payload":1,"to":7}"#,
+                "`to`: expected a string, got integer `7`",
+            ),
+            (
+                r#"{"type":"webrtc-signal","payload":1,"to":"a b"}"#,
+                "`to`: deviceId may only contain A-Z, a-z, 0-9, '_' and '-'",
+            ),
+            (
+                r#"{"type":"join-couple","coupleId":"bad id","deviceId":"d","token":"t"}"#,
+                "coupleId may only contain A-Z, a-z, 0-9, '_' and '-'",
+            ),
+        ] {
+            let err = ClientMsg::parse(text).unwrap_err();
+            assert_eq!(err.code(), "invalid_request", "{text}");
+            assert_eq!(err.to_string(), message, "{text}");
         }
     }
 

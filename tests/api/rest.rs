@@ -191,6 +191,77 @@ async fn rest_signal_errors_are_clear() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn invalid_request_messages_name_the_field_without_serdes_position() {
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    let post = |body: String| {
+        app.http
+            .post(app.url("/api/signal"))
+            .bearer_auth(&couple.a.token)
+            .body(body)
+            .send()
+    };
+    let refused = async |res: reqwest::Response| {
+        let body = ok_json(res, StatusCode::BAD_REQUEST).await;
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!message.contains("line 1 column"), "{message}");
+        message
+    };
+    let (id, a) = (&couple.id, &couple.a.id);
+    let missing = format!(r#"{{"coupleId":"{id}","fromDeviceId":"{a}","toDeviceId":"b"}}"#);
+    assert_eq!(
+        refused(post(missing).await.unwrap()).await,
+        "missing field `signalPayload`"
+    );
+    let wrong_type = format!(
+        r#"{{"coupleId":"{id}","fromDeviceId":"{a}","toDeviceId":7,"signalPayload":{{}}}}"#
+    );
+    assert_eq!(
+        refused(post(wrong_type).await.unwrap()).await,
+        "`toDeviceId`: expected a string, got integer `7`"
+    );
+    // Where the JSON itself breaks, the column is what helps.
+    let broken = format!(r#"{{"coupleId":"{id}" "fromDeviceId":"{a}"}}"#);
+    let column = broken.find(r#""fromDeviceId""#).unwrap() + 1;
+    assert_eq!(
+        refused(post(broken).await.unwrap()).await,
+        format!("body is not valid JSON: expected `,` or `}}` (column {column})")
+    );
+    let meta = app
+        .upload(&couple.a, b"x".to_vec(), &[("x-backup-meta", "{\"v\":1,}")])
+        .await;
+    assert_eq!(
+        refused(meta).await,
+        "x-backup-meta is not valid JSON: key must be a string (column 8)"
+    );
+    let query = app
+        .http
+        .get(app.url(&format!("/api/signals/{id}/b?after=x")))
+        .bearer_auth(&couple.b.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(query).await,
+        "query string: expected only `after`, a non-negative integer"
+    );
+    let mut ws = app.ws().await;
+    ws.send(json!({ "type": "ack", "seq": "three" })).await;
+    assert_eq!(
+        ws.recv_error("invalid_request").await["message"],
+        r#"`seq`: expected a non-negative integer, got string "three""#
+    );
+    ws.send(json!({ "type": "join-couple", "coupleId": id, "deviceId": a }))
+        .await;
+    assert_eq!(
+        ws.recv_error("invalid_request").await["message"],
+        "missing field `token`"
+    );
+    app.stop().await;
+}
+
 /// Sends a raw request head and returns the response's status line.
 async fn raw_status(app: &TestApp, head: String) -> String {
     raw_response(app.addr, head.as_bytes())

@@ -215,7 +215,10 @@ test('refusals: wrong token, another couple, bad origin, bad input; the socket s
   await call(socket, 'join-couple', joinBody(couple, 'a'));
   assert.equal(error(await call(socket, 'join-couple', joinBody(couple, 'a'))), 'already_joined');
   assert.equal(error(await call(socket, 'dance', {})), 'unknown_type');
-  assert.equal(error(await call(socket, 'webrtc-signal', { to: 7, payload: 1 })), 'invalid_request');
+  const wrongType = await call(socket, 'webrtc-signal', { to: 7, payload: 1 });
+  assert.equal(error(wrongType), 'invalid_request');
+  assert.equal(wrongType.error.message, '`to`: expected a string, got integer `7`');
+  assert.equal((await call(socket, 'ack', {})).error.message, 'missing field `seq`');
   assert.equal(error(await call(socket, 'webrtc-signal', { to: 'b', payload: Buffer.from('x') })), 'binary_not_supported');
   const big = 'x'.repeat(64 * 1024);
   assert.equal(error(await call(socket, 'webrtc-signal', { to: 'b', payload: big, id: 'big' })), 'payload_too_large');
