@@ -73,7 +73,11 @@
 //!   hand them around under one lock, and their number would vary with timing; one per device
 //!   keeps the server's connection count, and the client's work per request, comparable with
 //!   the socket modes. A device's join is its first fetch, without `after`: it opens the
-//!   connection and checks the token; the join latency is that request.
+//!   connection and checks the token; the join latency is that request. These connections
+//!   count against the server's `MAX_CONNECTIONS_PER_IP` (64), and so do the up to
+//!   `--concurrency` idle keep-alive connections left by pairing (an upgraded WebSocket does
+//!   not count): start the server with a cap above `2 * couples + concurrency`, or the joins
+//!   beyond it are refused (`503 too_many_connections`).
 //! * **Sending.** `a` posts each signal (`Authorization: Bearer`, body
 //!   `{"coupleId","fromDeviceId":"a","toDeviceId":"b","signalPayload":<payload>}`) and reads
 //!   the answer before posting the next: HTTP/1.1 runs one request at a time on a connection,
