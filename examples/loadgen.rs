@@ -18,7 +18,8 @@
 //!    writes) for both devices of every couple and sends `join-couple`, `--concurrency` at a
 //!    time. The join latency of one socket runs from the TCP connect to the `joined` frame.
 //!    Reports joins/s and the p50/p99 join latency. With `--transport socketio` the sockets
-//!    speak Socket.IO instead (see below).
+//!    speak Socket.IO instead; with `--transport rest` a device's join is one fetch of its
+//!    mailbox (both below).
 //! 3. **Relay**: in every couple at once, `a` sends `--messages` `webrtc-signal`s to `b`, each
 //!    with the payload `{"n":<index>,"t":<ns since a shared start>,"pad":"xxx..."}`. `b`
 //!    measures the latency on receipt, checks the order, and acknowledges (`ack`) every
@@ -56,7 +57,56 @@
 //! Signals are `42["webrtc-signal",{"to":"b","payload":...}]` (with `--ids`, sent with a
 //! callback, `42<n>[...]`, answered `43<n>[{"id","seq"}]`), acknowledgements
 //! `42["ack",{"seq":N}]`, and every Engine.IO ping (`2`) is answered (`3`). The checks are the
-//! same: nothing missing, duplicated or out of order.//!
+//! same: nothing missing, duplicated or out of order.
+//!
+//! # REST
+//!
+//! `--transport rest` runs the join and relay phases over the REST routes (docs/protocol.md
+//! §4), `POST /api/signal` one way and `GET /api/signals/<coupleId>/<deviceId>?after=<seq>`
+//! the other, with the same window, payload, latency, checks, `--rate` and CPU readings. It
+//! has no idle phase (`--idle 0` is required: REST holds no socket to keep open) and no
+//! `--ids` (REST sends carry no client id, §4.1).
+//!
+//! * **Connections.** Each device has its own HTTP client with one HTTP/1.1 keep-alive
+//!   connection (`TCP_NODELAY`), two per couple as with sockets: each device has at most one
+//!   request in flight, so that is all it needs. A shared pool would open about as many but
+//!   hand them around under one lock, and their number would vary with timing; one per device
+//!   keeps the server's connection count, and the client's work per request, comparable with
+//!   the socket modes. A device's join is its first fetch, without `after`: it opens the
+//!   connection and checks the token; the join latency is that request. These connections
+//!   count against the server's `MAX_CONNECTIONS_PER_IP` (64), and so do the up to
+//!   `--concurrency` idle keep-alive connections left by pairing (an upgraded WebSocket does
+//!   not count): start the server with a cap above `2 * couples + concurrency`, or the joins
+//!   beyond it are refused (`503 too_many_connections`).
+//! * **Sending.** `a` posts each signal (`Authorization: Bearer`, body
+//!   `{"coupleId","fromDeviceId":"a","toDeviceId":"b","signalPayload":<payload>}`) and reads
+//!   the answer before posting the next: HTTP/1.1 runs one request at a time on a connection,
+//!   and posts over parallel connections could overtake each other, so the order check would
+//!   measure the client. The window still bounds what is in flight: a signal counts from its
+//!   post until `b` has fetched it, so up to `--window` accepted signals may wait in the
+//!   mailbox. Every 202 counts as `accepted`; an error answer is a refusal and frees its
+//!   window slot.
+//! * **Receiving.** The server has no long poll (§4.2 takes only `after`), so `b` polls: it
+//!   fetches again as soon as it has processed the signals of the previous fetch, or
+//!   `--poll-ms` after a fetch that returned none. Signals are not removed by reading them:
+//!   each fetch's `after` is the highest seq received so far, the cumulative acknowledgement
+//!   (§4.2, §5.4) of what the earlier fetches returned. `--ack-every` does not apply, and a
+//!   mailbox holds at most `2 * --window` signals (a window in flight, a window fetched and
+//!   not yet acknowledged). Once every signal has arrived, `b` fetches once more with the last
+//!   seq as `after`, the counterpart of the final `ack`, so the mailbox ends empty. `b` starts
+//!   polling when the relay starts (the signals wait in the mailbox, so nothing is lost), so
+//!   its polls fall within the CPU readings. A signal's latency runs from just before its
+//!   post to the processing of the fetch that returned it: the post's round trip, up to
+//!   `--poll-ms` of polling delay, and the fetch. The relay reports the fetches (`polls`, without
+//!   the final one), those that returned no signal (`empty_polls`), and as `acks` the fetches
+//!   whose `after` moved, the final one included.
+//! * **What the server does more.** Without a socket, `b` is offline to the server: each
+//!   signal is written to storage before its 202 and deleted again once acknowledged (§5.4;
+//!   on the embedded store, group-committed transactions with an fsync each), where a socket
+//!   receiver's signals stay in memory. Each request also checks the token (HMAC and a device
+//!   lookup) where a socket checks it once, at its join. The CPU per message and the latency
+//!   include all of that and every empty poll.
+//!
 //! # Flags
 //!
 //! | flag | default | meaning |
@@ -68,21 +118,23 @@
 //! | `--payload-bytes P` | 200 | length of the `pad` string in each payload |
 //! | `--window W` | 16 | signals in flight per couple |
 //! | `--rate R` | 0 | open loop: all couples together send R signals/s, each couple at `R / couples` on its own phase (still at most `--window` in flight); 0 = closed loop, as fast as the window allows |
-//! | `--ack-every E` | 32 | `b` acknowledges every E signals |
+//! | `--ack-every E` | 32 | `b` acknowledges every E signals (not `rest`: each fetch acknowledges the ones before) |
 //! | `--idle K` | 1000 | extra idle sockets (0 skips phase 4) |
 //! | `--hold-secs S` | 10 | how long the idle phase holds every socket (0 = no hold) |
 //! | `--idle-alone` | off | each idle socket is its own couple's only joined device |
 //! | `--timeout-secs T` | 60 | the relay phase gives up waiting after T seconds |
-//! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` |
+//! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` (not with `rest`) |
 //! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` and CPU time from `/proc/PID/stat` |
-//! | `--transport T` | `ws` | `ws` (JSON WebSocket at `/ws`) or `socketio` (Socket.IO at `/socket.io/`) |
+//! | `--transport T` | `ws` | `ws` (JSON WebSocket at `/ws`), `socketio` (Socket.IO at `/socket.io/`) or `rest` (`POST /api/signal`, `b` polls `GET /api/signals/…`; needs `--idle 0`) |
+//! | `--poll-ms MS` | 5 | `rest`: `b` fetches again MS ms after a fetch that returned no signal (at once after one that did) |
 //! | `-h`, `--help` | | print this usage |
 //!
 //! Flags take their value as the next argument or after `=` (`--couples=500`).
 //!
 //! # File descriptors
 //!
-//! The run needs `2 * (couples + ceil(idle / 2))` sockets in this process and as many in
+//! The run needs `2 * (couples + ceil(idle / 2))` sockets (over REST, keep-alive connections)
+//! in this process and as many in
 //! the server, and the default Linux soft limit of 1024 open files is too low for the
 //! defaults (about 1200). Raise it in the shell that starts each process, e.g.
 //! `ulimit -n 65536` (at most the hard limit, `ulimit -Hn`), before starting the server and
@@ -97,6 +149,10 @@
 //! DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
 //! cargo run --release --example loadgen -- --server-pid $SERVER
 //! cargo run --release --example loadgen -- --couples 500 --idle 4000 --server-pid $SERVER
+//! kill -INT $SERVER
+//! # the relay over REST: two keep-alive connections per couple, so lift the per-IP cap
+//! RATE_LIMIT=off MAX_CONNECTIONS_PER_IP=60000 DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
+//! cargo run --release --example loadgen -- --transport rest --idle 0 --hold-secs 0 --server-pid $SERVER
 //! kill -INT $SERVER
 //! ```
 //!
@@ -126,6 +182,8 @@ const MAILBOX_SIGNALS: usize = 256;
 const MAILBOX_BYTES: usize = 1024 * 1024;
 /// Longest wait for one connection: TCP connect, handshake and `joined`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--poll-ms`: how long a REST receiver waits after a fetch that returned no signal.
+const DEFAULT_POLL: Duration = Duration::from_millis(5);
 /// Longest wait for one HTTP request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for every socket task to close at the end.
@@ -147,16 +205,21 @@ usage: cargo run --release --example loadgen -- [flags]
   --payload-bytes P    filler bytes in each payload     (default 200)
   --window W           signals in flight per couple     (default 16)
   --rate R             total signals/s, paced; 0 = as fast as the window allows (default 0)
-  --ack-every E        b acknowledges every E signals   (default 32)
+  --ack-every E        b acknowledges every E signals   (default 32; rest: every fetch)
   --idle K             extra idle WebSockets, 0 = skip  (default 1000)
   --hold-secs S        hold all sockets open S seconds  (default 10)
   --idle-alone         each idle socket alone in its own couple's room
   --timeout-secs T     relay phase gives up after T s   (default 60)
-  --ids                give each signal an id (the server then answers `accepted`)
+  --ids                give each signal an id (the server then answers `accepted`);
+                       not with rest
   --server-pid PID     read the server's VmRSS from /proc/PID/status and its CPU
                        time (relay phase) from /proc/PID/stat
-  --transport T        ws (JSON WebSocket at /ws) or socketio (Socket.IO v5 over
-                       Engine.IO v4 WebSocket at /socket.io/)   (default ws)
+  --transport T        ws (JSON WebSocket at /ws), socketio (Socket.IO v5 over
+                       Engine.IO v4 WebSocket at /socket.io/) or rest (POST
+                       /api/signal, b polls GET /api/signals/..; needs --idle 0)
+                                                        (default ws)
+  --poll-ms MS         rest: b polls again MS ms after a fetch without signals,
+                       at once after one with signals   (default 5)
   -h, --help           this text
 
 Needs about 2 * (couples + idle/2) open files in this process and in the server:
@@ -222,6 +285,8 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
 
 fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut args = Args::default();
+    let mut transport = args.transport.name().to_owned();
+    let mut poll = DEFAULT_POLL;
     let mut it = cli.into_iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
@@ -259,18 +324,27 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--hold-secs" => args.hold = Duration::from_secs(number(&flag, &value)?),
             "--timeout-secs" => args.timeout = Duration::from_secs(number(&flag, &value)?),
             "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
-            "--transport" => {
-                args.transport = match value.as_str() {
-                    "ws" => Transport::Ws,
-                    "socketio" => Transport::SocketIo,
-                    _ => {
-                        return Err(format!(
-                            "--transport: expected ws or socketio, got {value:?}"
-                        ));
-                    }
-                }
-            }
+            "--transport" => transport = value,
+            "--poll-ms" => poll = Duration::from_millis(number(&flag, &value)?),
             _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    args.transport = match transport.as_str() {
+        "ws" => Transport::Ws,
+        "socketio" => Transport::SocketIo,
+        "rest" => Transport::Rest { poll },
+        _ => {
+            return Err(format!(
+                "--transport: expected ws, socketio or rest, got {transport:?}"
+            ));
+        }
+    };
+    if matches!(args.transport, Transport::Rest { .. }) {
+        if args.ids {
+            return Err("--ids: REST sends carry no client id (docs/protocol.md §4.1)".to_owned());
+        }
+        if args.idle > 0 {
+            return Err("--transport rest holds no idle sockets: add --idle 0".to_owned());
         }
     }
     for (name, v) in [
@@ -562,6 +636,15 @@ struct Couple {
     token_b: String,
 }
 
+impl Couple {
+    fn token(&self, dev: Dev) -> &str {
+        match dev {
+            Dev::A => &self.token_a,
+            Dev::B => &self.token_b,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Initiated {
@@ -749,11 +832,16 @@ fn end_reason(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>
     }
 }
 
-/// What a socket speaks: the JSON protocol of `/ws`, or Socket.IO at `/socket.io/`.
+/// What a device speaks: the JSON protocol of `/ws`, Socket.IO at `/socket.io/`, or the REST
+/// routes (`POST /api/signal`, `GET /api/signals/…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Ws,
     SocketIo,
+    /// REST; `b` polls again after `poll` when a fetch returned no signal.
+    Rest {
+        poll: Duration,
+    },
 }
 
 impl Transport {
@@ -761,6 +849,15 @@ impl Transport {
         match self {
             Transport::Ws => "ws",
             Transport::SocketIo => "socketio",
+            Transport::Rest { .. } => "rest",
+        }
+    }
+
+    /// `--poll-ms`, for REST.
+    fn poll_ms(self) -> Option<u128> {
+        match self {
+            Transport::Rest { poll } => Some(poll.as_millis()),
+            _ => None,
         }
     }
 }
@@ -822,13 +919,14 @@ struct SioBody {
     payload: Option<Probe>,
     code: Option<String>,
     /// A failed callback answer: `{"error":{"code","message"}}`.
-    error: Option<SioError>,
+    error: Option<ErrorCode>,
     /// A refused handshake (`44{"message":...}`).
     message: Option<String>,
 }
 
+/// The `error` of a failed Socket.IO callback answer or of an HTTP error body.
 #[derive(Deserialize)]
-struct SioError {
+struct ErrorCode {
     code: String,
 }
 
@@ -879,15 +977,329 @@ fn sio_event(text: &str) -> Result<Event, String> {
     })
 }
 
-/// One joined socket of either transport.
-struct Conn {
+// ---------------------------------------------------------------------------------------------
+// REST: `POST /api/signal` and `GET /api/signals/:coupleId/:deviceId?after=<seq>`
+// ---------------------------------------------------------------------------------------------
+
+/// A `GET /api/signals/…` answer, reduced to what is read.
+#[derive(Deserialize)]
+struct Fetched {
+    signals: Vec<FetchedSignal>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FetchedSignal {
+    seq: u64,
+    signal_payload: Option<Probe>,
+}
+
+/// An HTTP error body, `{"error":{"code","message"}}`.
+#[derive(Deserialize)]
+struct HttpError {
+    error: ErrorCode,
+}
+
+/// A failed request's status and error code, e.g. `HTTP 429 mailbox_full`.
+fn rest_error(status: reqwest::StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<HttpError>(body) {
+        Ok(e) => format!("HTTP {} {}", status.as_u16(), e.error.code),
+        Err(_) => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+/// The events of one fetch: its signals, oldest first, or the error it answered.
+fn fetched_events(status: reqwest::StatusCode, body: &[u8]) -> Vec<Event> {
+    if status != reqwest::StatusCode::OK {
+        return vec![Event::Error(rest_error(status, body))];
+    }
+    match serde_json::from_slice::<Fetched>(body) {
+        Ok(fetched) => fetched
+            .signals
+            .into_iter()
+            .map(|s| match s.signal_payload {
+                Some(probe) => Event::Signal { probe, seq: s.seq },
+                None => Event::Malformed("signal without probe".to_owned()),
+            })
+            .collect(),
+        Err(e) => vec![Event::Malformed(format!("unparsable fetch: {e}"))],
+    }
+}
+
+/// Sends a request and reads its whole answer, so that the connection can be used again.
+async fn exchange(
+    req: reqwest::RequestBuilder,
+    step: &str,
+) -> Result<(reqwest::StatusCode, bytes::Bytes), String> {
+    let resp = req.send().await.map_err(|e| http_error(step, &e))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| http_error(step, &e))?;
+    Ok((status, body))
+}
+
+/// A fetch in flight; kept across a cancelled [`Rest::next_event`].
+type Fetching = std::pin::Pin<Box<dyn Future<Output = Result<Vec<Event>, String>> + Send>>;
+
+/// How device `b` polled over REST.
+#[derive(Debug, Default, Clone, Copy)]
+struct Polling {
+    /// Fetches that looked for signals (the final acknowledgement is not one).
+    polls: u64,
+    /// Of those, the ones that returned no signal (`b` then waited `--poll-ms`).
+    empty: u64,
+    /// Of those, the ones whose `after` acknowledged signals of an earlier fetch.
+    acks: u64,
+}
+
+impl std::ops::Add for Polling {
+    type Output = Self;
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            polls: self.polls + o.polls,
+            empty: self.empty + o.empty,
+            acks: self.acks + o.acks,
+        }
+    }
+}
+
+/// One device over REST, with its own HTTP client: one keep-alive connection per device (two
+/// per couple, as with sockets), since each device has at most one request in flight.
+struct Rest {
+    http: reqwest::Client,
+    /// `Bearer <token>`.
+    auth: reqwest::header::HeaderValue,
+    /// `http://host:port/api/signal`.
+    send_url: String,
+    /// `{"coupleId":…,"fromDeviceId":"a","toDeviceId":"b","signalPayload":`.
+    send_prefix: String,
+    /// `http://host:port/api/signals/<coupleId>/<deviceId>`.
+    fetch_url: String,
+    /// `b` polls for signals; `a` only sends.
+    receiver: bool,
+    /// Wait after a fetch that returned no signal.
+    poll: Duration,
+    /// Events read and not handed out yet: a fetch's signals, a send's answer.
+    queue: std::collections::VecDeque<Event>,
+    /// The highest seq handed out. The next fetch happens only once the queue is empty, when
+    /// the caller has processed them all, so it is the next fetch's `after`.
+    seen: Option<u64>,
+    /// The highest `after` sent.
+    acked: Option<u64>,
+    fetching: Option<Fetching>,
+    /// After a fetch without signals: no fetch before this.
+    quiet_until: Option<tokio::time::Instant>,
+    polls: Polling,
+}
+
+impl Rest {
+    /// Builds the device's client, and fetches the device's mailbox once: this opens the
+    /// keep-alive connection and checks the token, REST's counterpart of a socket's join.
+    async fn connect(
+        base: &str,
+        couple: &Couple,
+        dev: Dev,
+        poll: Duration,
+    ) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let auth = format!("Bearer {}", couple.token(dev))
+            .parse()
+            .map_err(|e| format!("token header: {e}"))?;
+        let rest = Rest {
+            http,
+            auth,
+            send_url: format!("{base}/api/signal"),
+            send_prefix: format!(
+                r#"{{"coupleId":"{}","fromDeviceId":"a","toDeviceId":"b","signalPayload":"#,
+                couple.id
+            ),
+            fetch_url: format!("{base}/api/signals/{}/{}", couple.id, dev.name()),
+            receiver: dev == Dev::B,
+            poll,
+            queue: std::collections::VecDeque::new(),
+            seen: None,
+            acked: None,
+            fetching: None,
+            quiet_until: None,
+            polls: Polling::default(),
+        };
+        // Signals already waiting (none in a fresh couple) stay there: a fetch removes nothing.
+        match rest.fetch(None).await?.into_iter().next() {
+            Some(Event::Error(e)) => Err(format!("join refused: {e}")),
+            Some(Event::Malformed(e)) => Err(format!("before joined: {e}")),
+            _ => Ok(rest),
+        }
+    }
+
+    /// `GET /api/signals/…[?after=N]`, as a future that owns what it needs.
+    fn fetch(&self, after: Option<u64>) -> Fetching {
+        let url = match after {
+            Some(seq) => format!("{}?after={seq}", self.fetch_url),
+            None => self.fetch_url.clone(),
+        };
+        let req = self
+            .http
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone());
+        Box::pin(async move {
+            let (status, body) = exchange(req, "fetch").await?;
+            Ok(fetched_events(status, &body))
+        })
+    }
+
+    /// `a`: the answers of its sends, then nothing. `b`: the signals of its fetches. `b`
+    /// fetches again as soon as the previous signals are handed out, or `poll` after a fetch
+    /// without signals; each fetch's `after` acknowledges what the earlier ones returned.
+    /// Cancel-safe: the fetch in flight and the wait are kept.
+    async fn next_event(&mut self) -> Result<Event, String> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                if let Event::Signal { seq, .. } = &event {
+                    self.seen = self.seen.max(Some(*seq));
+                }
+                return Ok(event);
+            }
+            if !self.receiver {
+                return std::future::pending().await;
+            }
+            if self.fetching.is_none() {
+                if let Some(at) = self.quiet_until {
+                    tokio::time::sleep_until(at).await;
+                    self.quiet_until = None;
+                }
+                if self.seen > self.acked {
+                    self.acked = self.seen;
+                    self.polls.acks += 1;
+                }
+                self.polls.polls += 1;
+                self.fetching = Some(self.fetch(self.seen));
+            }
+            let Some(fetching) = self.fetching.as_mut() else {
+                continue;
+            };
+            let events = fetching.await;
+            self.fetching = None;
+            let events = events?;
+            if !events.iter().any(|e| matches!(e, Event::Signal { .. })) {
+                self.polls.empty += 1;
+                self.quiet_until = Some(tokio::time::Instant::now() + self.poll);
+            }
+            self.queue.extend(events);
+        }
+    }
+
+    /// `POST /api/signal`; its answer (202 or an error) is the next event.
+    async fn send_signal(&mut self, n: u64, t: u64, pad: &str) -> Result<(), String> {
+        let body = format!(r#"{}{{"n":{n},"t":{t},"pad":"{pad}"}}}}"#, self.send_prefix);
+        let req = self
+            .http
+            .post(&self.send_url)
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let (status, body) = exchange(req, "send").await?;
+        self.queue
+            .push_back(if status == reqwest::StatusCode::ACCEPTED {
+                Event::Accepted
+            } else {
+                Event::Error(rest_error(status, &body))
+            });
+        Ok(())
+    }
+
+    /// Only the `last` acknowledgement is a request: one more fetch with `after`, since the
+    /// fetch that returned the last signals acknowledged only those before them. The others
+    /// wait for the next fetch.
+    async fn send_ack(&mut self, seq: u64, last: bool) -> Result<bool, String> {
+        if !last || self.acked >= Some(seq) {
+            return Ok(false);
+        }
+        self.fetching = None;
+        let events = self.fetch(Some(seq)).await?;
+        self.acked = Some(seq);
+        match events.into_iter().next() {
+            Some(Event::Error(e) | Event::Malformed(e)) => Err(format!("last ack: {e}")),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// One joined device: a WebSocket (`/ws` or Socket.IO) or a REST client.
+enum Conn {
+    Socket(Socket),
+    Rest(Rest),
+}
+
+impl Conn {
+    /// The next event. `Err` (the reason) once the socket has ended or a request failed.
+    /// Cancel-safe.
+    async fn next_event(&mut self) -> Result<Event, String> {
+        match self {
+            Conn::Socket(socket) => socket.next_event().await,
+            Conn::Rest(rest) => rest.next_event().await,
+        }
+    }
+
+    /// What arrives while a device waits (for "go", for the end of the run): a socket is read,
+    /// so its pings are answered; nothing arrives over REST unasked.
+    async fn wait_event(&mut self) -> Result<Event, String> {
+        match self {
+            Conn::Socket(socket) => socket.next_event().await,
+            Conn::Rest(_) => std::future::pending().await,
+        }
+    }
+
+    /// Sends signal `n` to `b`. With `id`, asks for an answer: `accepted` on `/ws`, a
+    /// callback (whose id is `n`) on Socket.IO. Over REST every signal is answered (its 202).
+    async fn send_signal(&mut self, n: u64, t: u64, pad: &str, id: bool) -> Result<(), String> {
+        match self {
+            Conn::Socket(socket) => socket.send_signal(n, t, pad, id).await,
+            Conn::Rest(rest) => rest.send_signal(n, t, pad).await,
+        }
+    }
+
+    /// Acknowledges everything up to `seq` (cumulative), without asking for an answer.
+    /// `Ok(false)` if nothing was sent: over REST only the `last` ack is a request of its own,
+    /// the others ride on the next fetch (its `after`).
+    async fn send_ack(&mut self, seq: u64, last: bool) -> Result<bool, String> {
+        match self {
+            Conn::Socket(socket) => socket.send_ack(seq).await.map(|()| true),
+            Conn::Rest(rest) => rest.send_ack(seq, last).await,
+        }
+    }
+
+    /// REST: how `b` polled. `None` for a socket.
+    fn polls(&self) -> Option<Polling> {
+        match self {
+            Conn::Socket(_) => None,
+            Conn::Rest(rest) => Some(rest.polls),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Conn::Socket(socket) => socket.close().await,
+            // Dropping the client closes its keep-alive connection.
+            Conn::Rest(_) => {}
+        }
+    }
+}
+
+/// One joined WebSocket, `/ws` or Socket.IO.
+struct Socket {
     ws: Ws,
-    transport: Transport,
+    /// Socket.IO rather than the JSON protocol of `/ws`.
+    sio: bool,
     /// Socket.IO: an Engine.IO ping was read and its pong is not written yet.
     pong_due: bool,
 }
 
-impl Conn {
+impl Socket {
     /// The next event. Socket.IO pings are answered here; `/ws` pings by tungstenite. `Err`
     /// (the reason) once the socket has ended. Cancel-safe: a pong whose write was cancelled
     /// is written at the next call (at worst twice, which the server ignores).
@@ -901,11 +1313,9 @@ impl Conn {
                 self.pong_due = false;
             }
             match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => match self.transport {
-                    Transport::Ws => return Ok(ws_event(text.as_str())),
-                    Transport::SocketIo if text.as_str() == "2" => self.pong_due = true,
-                    Transport::SocketIo => return sio_event(text.as_str()),
-                },
+                Some(Ok(Message::Text(text))) if !self.sio => return Ok(ws_event(text.as_str())),
+                Some(Ok(Message::Text(text))) if text.as_str() == "2" => self.pong_due = true,
+                Some(Ok(Message::Text(text))) => return sio_event(text.as_str()),
                 Some(Ok(
                     Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_),
                 )) => {}
@@ -921,8 +1331,6 @@ impl Conn {
             .map_err(|e| format!("send {what}: {e}"))
     }
 
-    /// Sends signal `n` to `b`. With `id`, asks for an answer: `accepted` on `/ws`, a
-    /// callback (whose id is `n`) on Socket.IO.
     async fn send_signal(&mut self, n: u64, t: u64, pad: &str, id: bool) -> Result<(), String> {
         let id_field = if id {
             format!(r#","id":"s{n}""#)
@@ -930,19 +1338,19 @@ impl Conn {
             String::new()
         };
         let body = format!(r#""to":"b"{id_field},"payload":{{"n":{n},"t":{t},"pad":"{pad}"}}"#);
-        let text = match self.transport {
-            Transport::Ws => format!(r#"{{"type":"webrtc-signal",{body}}}"#),
-            Transport::SocketIo if id => format!(r#"42{n}["webrtc-signal",{{{body}}}]"#),
-            Transport::SocketIo => format!(r#"42["webrtc-signal",{{{body}}}]"#),
+        let text = match (self.sio, id) {
+            (false, _) => format!(r#"{{"type":"webrtc-signal",{body}}}"#),
+            (true, true) => format!(r#"42{n}["webrtc-signal",{{{body}}}]"#),
+            (true, false) => format!(r#"42["webrtc-signal",{{{body}}}]"#),
         };
         self.send_text(text, "webrtc-signal").await
     }
 
-    /// Acknowledges everything up to `seq` (cumulative), without asking for an answer.
     async fn send_ack(&mut self, seq: u64) -> Result<(), String> {
-        let text = match self.transport {
-            Transport::Ws => format!(r#"{{"type":"ack","seq":{seq}}}"#),
-            Transport::SocketIo => format!(r#"42["ack",{{"seq":{seq}}}]"#),
+        let text = if self.sio {
+            format!(r#"42["ack",{{"seq":{seq}}}]"#)
+        } else {
+            format!(r#"{{"type":"ack","seq":{seq}}}"#)
         };
         self.send_text(text, "ack").await
     }
@@ -952,62 +1360,60 @@ impl Conn {
     }
 }
 
-/// TCP connect, WebSocket handshake, join (`join-couple` on `/ws`; on Socket.IO the
-/// namespace connect with the join fields as `auth`), wait for `joined`.
+/// Joins one device: over REST see [`Rest::connect`]; over a socket, TCP connect, WebSocket
+/// handshake, join (`join-couple` on `/ws`; on Socket.IO the namespace connect with the join
+/// fields as `auth`), wait for `joined`.
 async fn connect_join(
     target: &Target,
     transport: Transport,
     couple: &Couple,
     dev: Dev,
 ) -> Result<Conn, String> {
+    let url = match transport {
+        Transport::Ws => target.ws_url.as_str(),
+        Transport::SocketIo => target.sio_url.as_str(),
+        Transport::Rest { poll } => {
+            let rest = Rest::connect(&target.base, couple, dev, poll).await?;
+            return Ok(Conn::Rest(rest));
+        }
+    };
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("tcp connect: {e}"))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
-    let url = match transport {
-        Transport::Ws => target.ws_url.as_str(),
-        Transport::SocketIo => target.sio_url.as_str(),
-    };
     let (ws, _response) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
         .await
         .map_err(|e| format!("websocket handshake: {e}"))?;
-    let mut conn = Conn {
+    let mut socket = Socket {
         ws,
-        transport,
+        sio: transport == Transport::SocketIo,
         pong_due: false,
-    };
-    let token = match dev {
-        Dev::A => &couple.token_a,
-        Dev::B => &couple.token_b,
     };
     let fields = json!({
         "coupleId": couple.id,
         "deviceId": dev.name(),
-        "token": token,
+        "token": couple.token(dev),
     });
-    let join = match transport {
-        Transport::Ws => {
-            let mut join = fields;
-            join["type"] = json!("join-couple");
-            join.to_string()
-        }
-        Transport::SocketIo => {
-            // The Engine.IO open packet comes first, as socket.io-client waits for it.
-            match conn.ws.next().await {
-                Some(Ok(Message::Text(text))) if text.as_str().starts_with('0') => {}
-                Some(Ok(Message::Text(text))) => {
-                    return Err(format!("expected engine.io open, got {:?}", text.as_str()));
-                }
-                other => return Err(format!("before open: {}", end_reason(other))),
+    let join = if socket.sio {
+        // The Engine.IO open packet comes first, as socket.io-client waits for it.
+        match socket.ws.next().await {
+            Some(Ok(Message::Text(text))) if text.as_str().starts_with('0') => {}
+            Some(Ok(Message::Text(text))) => {
+                return Err(format!("expected engine.io open, got {:?}", text.as_str()));
             }
-            format!("40{fields}")
+            other => return Err(format!("before open: {}", end_reason(other))),
         }
+        format!("40{fields}")
+    } else {
+        let mut join = fields;
+        join["type"] = json!("join-couple");
+        join.to_string()
     };
-    conn.send_text(join, "join").await?;
+    socket.send_text(join, "join").await?;
     loop {
-        match conn.next_event().await {
-            Ok(Event::Joined) => return Ok(conn),
+        match socket.next_event().await {
+            Ok(Event::Joined) => return Ok(Conn::Socket(socket)),
             Ok(Event::Error(code)) => return Err(format!("join refused: {code}")),
             Ok(Event::Malformed(e)) => return Err(format!("before joined: {e}")),
             Ok(_) => {}
@@ -1133,7 +1539,7 @@ async fn read_until<V>(
         tokio::select! {
             // The sender lives until the end of the run; if it is gone, stop too.
             _ = &mut wait => return Ok(()),
-            event = conn.next_event() => {
+            event = conn.wait_event() => {
                 event?;
             }
         }
@@ -1179,6 +1585,8 @@ struct RelayOpts {
     ack_every: u64,
     /// Give every signal an `id`, so the server answers `accepted`.
     ids: bool,
+    /// Every signal is answered (`--ids`, or REST's 202): `a` waits for all the answers.
+    answered: bool,
     pad: String,
     /// Payload timestamps are nanoseconds since this instant.
     epoch: Instant,
@@ -1210,7 +1618,10 @@ struct Tally {
     /// Times a signal arrived while earlier ones were still missing.
     out_of_order: u64,
     duplicates: u64,
+    /// Acknowledgements sent: `ack` messages; over REST, the fetches whose `after` moved.
     acks: u64,
+    /// REST: how `b` polled.
+    polls: Option<Polling>,
     last_seq: Option<u64>,
     acked_seq: Option<u64>,
     last_receipt: Option<Instant>,
@@ -1253,14 +1664,15 @@ impl Tally {
         self.last_seq = Some(seq);
     }
 
-    /// Acknowledges everything received so far.
-    async fn ack(&mut self, conn: &mut Conn) -> Result<(), String> {
+    /// Acknowledges everything received so far (`last`: the final acknowledgement).
+    async fn ack(&mut self, conn: &mut Conn, last: bool) -> Result<(), String> {
         let Some(seq) = self.last_seq else {
             return Ok(());
         };
-        conn.send_ack(seq).await?;
-        self.acked_seq = Some(seq);
-        self.acks += 1;
+        if conn.send_ack(seq, last).await? {
+            self.acked_seq = Some(seq);
+            self.acks += 1;
+        }
         Ok(())
     }
 }
@@ -1283,7 +1695,14 @@ async fn relay_socket(mut conn: Conn, dev: Dev, mut ctx: RelayCtx) -> Option<Str
         // `b` handles signals from the moment it joined. Waiting for "go" first and dropping
         // what arrives meanwhile would race with `a`'s first signals: `a` may see "go", send,
         // and the server relay, before `b`'s task has seen "go" (observed: 12 signals lost).
-        Dev::B => receive_side(&mut conn, &ctx.shared, &ctx.opts, &ctx.go).await,
+        Dev::B => {
+            // Over REST nothing is lost before "go" (signals wait in the mailbox until a fetch
+            // acknowledges them), so `b` starts polling then, and its polls are the relay's.
+            if matches!(conn, Conn::Rest(_)) {
+                let _ = ctx.go.wait_for(Option::is_some).await;
+            }
+            receive_side(&mut conn, &ctx.shared, &ctx.opts, &ctx.go).await
+        }
         Dev::A => match read_until(&mut conn, &mut ctx.go, Option::is_some).await {
             Err(reason) => {
                 ctx.shared
@@ -1337,8 +1756,9 @@ async fn send_side(
     let mut paced = opts.every.is_none();
     loop {
         let sending = sent < opts.messages && paced;
-        // Once b is done, wait only for the answers still due (with ids: one per signal).
-        if b_done && (!opts.ids || accepted + refused.total() >= sent) {
+        // Once b is done, wait only for the answers still due (with ids or over REST: one per
+        // signal).
+        if b_done && (!opts.answered || accepted + refused.total() >= sent) {
             break;
         }
         tokio::select! {
@@ -1412,7 +1832,7 @@ async fn receive_side(
                     tally.on_signal(&probe, seq, nanos(opts.epoch.elapsed()));
                     shared.window.add_permits(1);
                     if tally.received.is_multiple_of(opts.ack_every)
-                        && let Err(e) = tally.ack(conn).await
+                        && let Err(e) = tally.ack(conn, false).await
                     {
                         ended = Some(e);
                         break;
@@ -1443,9 +1863,13 @@ async fn receive_side(
     }
     if ended.is_none()
         && tally.acked_seq != tally.last_seq
-        && let Err(e) = tally.ack(conn).await
+        && let Err(e) = tally.ack(conn, true).await
     {
         ended = Some(e);
+    }
+    if let Some(polls) = conn.polls() {
+        tally.acks += polls.acks;
+        tally.polls = Some(polls);
     }
     (Report::Receiver(tally), ended)
 }
@@ -1478,6 +1902,8 @@ struct RelayPhase {
     out_of_order: u64,
     duplicates: u64,
     acks: u64,
+    /// REST: how the receivers polled, all together.
+    polls: Option<Polling>,
     timed_out: u64,
     lost_before_start: u64,
     elapsed: Duration,
@@ -1490,6 +1916,18 @@ struct RelayPhase {
 impl RelayPhase {
     fn rate(&self) -> f64 {
         per_sec(self.received, self.elapsed)
+    }
+
+    /// REST: the receivers' fetches, the empty ones, and fetches per signal received.
+    fn polls_row(&self, table: &mut Table) {
+        if let Some(p) = self.polls {
+            let per_signal = float(p.polls) / float(self.received.max(1));
+            table.row(
+                "relay",
+                "polls by b (empty) / signal",
+                format!("{} ({}) / {per_signal:.2}", p.polls, p.empty),
+            );
+        }
     }
 
     fn error_count(&self) -> u64 {
@@ -1511,6 +1949,8 @@ impl RelayPhase {
             "out_of_order": self.out_of_order,
             "duplicates": self.duplicates,
             "acks": self.acks,
+            "polls": self.polls.map(|p| p.polls),
+            "empty_polls": self.polls.map(|p| p.empty),
             "receivers_timed_out": self.timed_out,
             "sockets_lost_before_start": self.lost_before_start,
             "gaps": self.gaps.to_json(),
@@ -1560,6 +2000,9 @@ async fn collect_relay(
                 phase.out_of_order += t.out_of_order;
                 phase.duplicates += t.duplicates;
                 phase.acks += t.acks;
+                if let Some(p) = t.polls {
+                    phase.polls = Some(phase.polls.unwrap_or_default() + p);
+                }
                 phase.timed_out += u64::from(t.timed_out);
                 if let Some(at) = t.last_receipt {
                     finished = finished.max(at);
@@ -1659,10 +2102,15 @@ async fn main() -> ExitCode {
 }
 
 fn warn_about_window(args: &Args) {
-    let in_mailbox = args.window + args.ack_every;
+    // Over REST, `b` acknowledges a fetch's signals with the next fetch, so up to a window
+    // of signals received waits for it, next to a window in flight.
+    let (what, in_mailbox) = match args.transport {
+        Transport::Rest { .. } => ("2 * --window", 2 * args.window),
+        _ => ("--window + --ack-every", args.window + args.ack_every),
+    };
     if in_mailbox > MAILBOX_SIGNALS {
         eprintln!(
-            "warning: --window + --ack-every = {in_mailbox} exceeds the default mailbox bound of \
+            "warning: {what} = {in_mailbox} exceeds the default mailbox bound of \
              {MAILBOX_SIGNALS} signals; expect `mailbox_full` refusals"
         );
     }
@@ -1670,7 +2118,7 @@ fn warn_about_window(args: &Args) {
     let bytes = in_mailbox * (args.payload_bytes + 64);
     if bytes > MAILBOX_BYTES {
         eprintln!(
-            "warning: (--window + --ack-every) * --payload-bytes is about {bytes} bytes, over the \
+            "warning: ({what}) * --payload-bytes is about {bytes} bytes, over the \
              default mailbox bound of {MAILBOX_BYTES} bytes; expect `mailbox_full` refusals"
         );
     }
@@ -1733,6 +2181,7 @@ async fn run(args: Args) -> Result<u64, String> {
         messages: count(args.messages),
         ack_every: count(args.ack_every),
         ids: args.ids,
+        answered: args.ids || matches!(args.transport, Transport::Rest { .. }),
         pad: "x".repeat(args.payload_bytes),
         epoch: Instant::now(),
         every: (args.rate > 0).then(|| {
@@ -1828,7 +2277,7 @@ async fn run(args: Args) -> Result<u64, String> {
             relay.received, relay.expected, relay.couples, relay.sent
         ),
     );
-    if args.ids {
+    if opts.answered {
         table.row("relay", "accepted by the server", relay.accepted);
     }
     table.row(
@@ -1842,6 +2291,7 @@ async fn run(args: Args) -> Result<u64, String> {
         ),
     );
     table.row("relay", "throughput", format!("{:.1} msgs/s", relay.rate()));
+    relay.polls_row(&mut table);
     table.row(
         "relay",
         "latency p50 / p90 / p99",
@@ -2035,7 +2485,7 @@ async fn run(args: Args) -> Result<u64, String> {
     println!("Our Memories load generator: {}", target.base);
     println!(
         "couples={} concurrency={} messages={} payload-bytes={} window={} ack-every={} idle={} \
-         hold-secs={} ids={} server-pid={} transport={}",
+         hold-secs={} ids={} server-pid={} transport={} poll-ms={}",
         args.couples,
         args.concurrency,
         args.messages,
@@ -2048,6 +2498,9 @@ async fn run(args: Args) -> Result<u64, String> {
         args.server_pid
             .map_or_else(|| "-".to_owned(), |p| p.to_string()),
         args.transport.name(),
+        args.transport
+            .poll_ms()
+            .map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
     );
     println!();
     print!("{}", table.0);
@@ -2067,6 +2520,7 @@ async fn run(args: Args) -> Result<u64, String> {
             "ids": args.ids,
             "server_pid": args.server_pid,
             "transport": args.transport.name(),
+            "poll_ms": args.transport.poll_ms(),
         },
         "pairing": pair_json,
         "join": join_json,
@@ -2127,6 +2581,61 @@ mod tests {
         };
         assert_eq!(a.transport, Transport::SocketIo);
         assert!(parse_args(["--transport=polling"].map(str::to_owned)).is_err());
+        let rest = ["--transport", "rest", "--idle", "0", "--poll-ms", "2"].map(str::to_owned);
+        let Ok(Command::Run(a)) = parse_args(rest) else {
+            panic!("--transport rest did not parse")
+        };
+        assert_eq!(
+            a.transport,
+            Transport::Rest {
+                poll: Duration::from_millis(2)
+            }
+        );
+        // The poll interval may come first; its default is DEFAULT_POLL.
+        let Ok(Command::Run(a)) =
+            parse_args(["--poll-ms=0", "--idle=0", "--transport=rest"].map(str::to_owned))
+        else {
+            panic!("--poll-ms before --transport did not parse")
+        };
+        assert_eq!(a.transport.poll_ms(), Some(0));
+        let Ok(Command::Run(a)) = parse_args(["--transport=rest", "--idle=0"].map(str::to_owned))
+        else {
+            panic!("--transport rest did not parse")
+        };
+        assert_eq!(a.transport.poll_ms(), Some(DEFAULT_POLL.as_millis()));
+        // REST has no idle sockets and no client ids.
+        assert!(parse_args(["--transport", "rest"].map(str::to_owned)).is_err());
+        assert!(parse_args(["--transport=rest", "--idle=0", "--ids"].map(str::to_owned)).is_err());
+    }
+
+    #[test]
+    fn rest_answers_decode() {
+        use reqwest::StatusCode;
+        let page = br#"{"signals":[
+            {"id":"i1","seq":16777219,"fromDeviceId":"a","signalPayload":{"n":0,"t":5,"pad":"x"},"createdAt":"2026-01-01T00:00:01.250Z"},
+            {"id":"i2","seq":16777220,"fromDeviceId":"a","signalPayload":null,"createdAt":"2026-01-01T00:00:01.251Z"}]}"#;
+        let events = fetched_events(StatusCode::OK, page);
+        assert!(matches!(
+            events.as_slice(),
+            [
+                Event::Signal {
+                    probe: Probe { n: 0, t: 5 },
+                    seq: 16_777_219
+                },
+                Event::Malformed(_)
+            ]
+        ));
+        assert!(fetched_events(StatusCode::OK, br#"{"signals":[]}"#).is_empty());
+        assert!(matches!(
+            fetched_events(StatusCode::OK, b"{").as_slice(),
+            [Event::Malformed(_)]
+        ));
+        let limited = br#"{"error":{"code":"rate_limited","message":"too many requests"}}"#;
+        assert!(matches!(
+            fetched_events(StatusCode::TOO_MANY_REQUESTS, limited).as_slice(),
+            [Event::Error(e)] if e == "HTTP 429 rate_limited"
+        ));
+        assert_eq!(rest_error(StatusCode::BAD_GATEWAY, b"<html>"), "HTTP 502");
     }
 
     #[test]
