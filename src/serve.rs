@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -162,6 +164,54 @@ impl Drop for Ticket {
     }
 }
 
+/// A connection's socket with its place. hyper hands this same object to an upgrade (a
+/// `/ws` or Socket.IO WebSocket), so the place is held until the upgraded socket closes, not
+/// only until its HTTP exchange ends: WebSockets count against both caps.
+struct Counted {
+    stream: TcpStream,
+    _ticket: Option<Ticket>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// Any error a response body can end with.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response, whichever service (warp's routes, Socket.IO) made it.
@@ -259,7 +309,7 @@ async fn serve_connection<S, B>(
     B::Error: Into<BoxError>,
 {
     let _ = stream.set_nodelay(true);
-    let (refused, _ticket) = match entry {
+    let (refused, ticket) = match entry {
         Entry::Served(ticket) => (None, ticket),
         Entry::Refused(reason, ticket) => (Some(Refused(reason)), Some(ticket)),
         Entry::Dropped => return,
@@ -317,7 +367,13 @@ async fn serve_connection<S, B>(
             HEADER_READ_TIMEOUT
         })
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(
+            TokioIo::new(Counted {
+                stream,
+                _ticket: ticket,
+            }),
+            svc,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -74,6 +74,41 @@ async fn over_the_per_ip_cap_only_the_probes_answer_and_refusals_are_counted() {
     app.stop().await;
 }
 
+/// An upgraded connection keeps its place until the socket closes: WebSockets (`/ws` and
+/// Socket.IO's) count against the caps like any other connection.
+#[tokio::test]
+async fn websockets_hold_their_place_under_the_caps_until_they_close() {
+    let app = TestApp::spawn_with(|c| {
+        c.conn.per_ip = 3;
+        // Long enough for the checks below; short because a Socket.IO connection that never
+        // connects a namespace is only let go (and the server only stops) at this timeout.
+        c.ws.join_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let ws_a = app.ws().await;
+    let ws_b = app.ws().await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", app.addr);
+    let (socketio, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("Socket.IO upgrades");
+    let (status, body) = request(&app, &get("/api/devices")).await;
+    assert!(status.starts_with("HTTP/1.1 503"), "{status} {body}");
+    assert_eq!(code(&body), "too_many_connections");
+    let (_, m) = scrape_until(&app, |m| m.count("our_memories_connections", &[]) == 3).await;
+    assert_eq!(m.count("our_memories_connections", &[]), 3);
+    drop((ws_a, ws_b, socketio));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = request(&app, &get("/api/devices")).await;
+        if status.starts_with("HTTP/1.1 401") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn over_the_total_cap_requests_get_503_and_health_still_answers() {
     let app = TestApp::spawn_with(|c| {
