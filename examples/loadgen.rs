@@ -75,8 +75,8 @@
 //!   the socket modes. A device's join is its first fetch, without `after`: it opens the
 //!   connection and checks the token; the join latency is that request. These connections
 //!   count against the server's `MAX_CONNECTIONS_PER_IP` (64), and so do the up to
-//!   `--concurrency` idle keep-alive connections left by pairing (an upgraded WebSocket does
-//!   not count): start the server with a cap above `2 * couples + concurrency`, or the joins
+//!   `--concurrency` idle keep-alive connections left by pairing (as do WebSockets, in every
+//!   mode): start the server with a cap above `2 * couples + concurrency`, or the joins
 //!   beyond it are refused (`503 too_many_connections`).
 //! * **Sending.** `a` posts each signal (`Authorization: Bearer`, body
 //!   `{"coupleId","fromDeviceId":"a","toDeviceId":"b","signalPayload":<payload>}`) and reads
