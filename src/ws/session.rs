@@ -55,8 +55,11 @@ const FRAME_QUEUE: usize = 32;
 /// Room events taken from the queue into one write.
 const EVENT_BATCH: usize = 64;
 /// Rendered bytes after which a batch takes no more events; also the socket's write buffer
-/// (`write_buffer_size` in `ws.rs`), so a batch under it goes out in one write.
-pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// (`write_buffer_size` in `ws.rs`), so a batch under it goes out in one write. tungstenite
+/// keeps the buffer's capacity for the socket's life, so this is also what a busy socket
+/// holds: 16 KiB relays as fast as 64 KiB did (about 15 one-KiB signals per write) at a
+/// quarter of the memory (docs/benchmarks.md, "Write batches").
+pub const WRITE_BATCH_BYTES: usize = 16 * 1024;
 /// Longest wait for the last frames (a close) to be written after the session ends.
 const WRITER_FLUSH: Duration = Duration::from_secs(2);
 
