@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +21,7 @@ use tower_service::Service;
 
 use crate::config::{AllowedOrigins, FD_RESERVE};
 use crate::front::browser;
-use crate::front::conn::{PeerAddr, Refused, UpgradeSlot};
+use crate::front::conn::{Counted, PeerAddr, Refused, UpgradeSlot};
 use crate::front::error::ApiError;
 use crate::metrics::{ConnRefusal, GaugeShare, Metrics, RequestTimer, RouteSlot};
 use crate::shutdown::{Shutdown, ShutdownListener};
@@ -161,54 +159,6 @@ impl Drop for Ticket {
         } else {
             open.refused -= 1;
         }
-    }
-}
-
-/// A connection's socket with its place. hyper hands this same object to an upgrade (a
-/// `/ws` or Socket.IO WebSocket), so the place is held until the upgraded socket closes, not
-/// only until its HTTP exchange ends: WebSockets count against both caps.
-struct Counted {
-    stream: TcpStream,
-    _ticket: Option<Ticket>,
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -368,10 +318,10 @@ async fn serve_connection<S, B>(
         })
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
         .serve_connection(
-            TokioIo::new(Counted {
+            TokioIo::new(Counted::new(
                 stream,
-                _ticket: ticket,
-            }),
+                ticket.map(|t| Box::new(t) as Box<dyn std::any::Any + Send + Sync>),
+            )),
             svc,
         )
         .with_upgrades();

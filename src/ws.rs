@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
-use crate::front::conn::UpgradeSlot;
+use crate::front::conn::{Counted, UpgradeSlot};
 use crate::front::error::{ApiError, reject};
 use crate::front::wire::{named, with};
 use crate::state::AppState;
@@ -110,15 +110,32 @@ async fn upgrade(
     );
     let session = async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(socket, state).await;
-            }
+            // Our own connection, taken back from hyper: tungstenite reads and writes the
+            // socket directly, not through hyper's boxed, rewinding wrapper and a second
+            // adapter (a measurable share of a relayed message's CPU).
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<Counted>>() {
+                Ok(parts) => {
+                    let io = parts.io.into_inner();
+                    // Copied out: the bytes share hyper's whole read buffer, which the
+                    // session would otherwise keep for its life.
+                    let early = parts.read_buf.to_vec();
+                    drop(parts.read_buf);
+                    let socket = if early.is_empty() {
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+                    } else {
+                        // Frames the client sent right behind its upgrade request.
+                        WebSocketStream::from_partially_read(io, early, Role::Server, Some(config))
+                            .await
+                    };
+                    session::run(socket, state).await;
+                }
+                Err(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    session::run(socket, state).await;
+                }
+            },
             Err(e) => tracing::debug!(cause = %e, "websocket upgrade failed"),
         }
     };

@@ -1,10 +1,13 @@
 //! Per-connection values the accept loop ([`crate::serve`]) puts into every request's
-//! extensions, for the filters of any transport to read.
+//! extensions, for the filters of any transport to read, and the socket it serves them on.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use hyper::upgrade::OnUpgrade;
+use tokio::net::TcpStream;
 use warp::{Filter, Rejection};
 
 use super::error::{ApiError, reject};
@@ -54,4 +57,66 @@ pub fn admitted() -> impl Filter<Extract = (), Error = Rejection> + Clone {
             }
         })
         .untuple_one()
+}
+
+/// A connection's socket with its place. hyper hands this same object to an upgrade (a
+/// `/ws` or Socket.IO WebSocket), so the place is held until the upgraded socket closes, not
+/// only until its HTTP exchange ends: WebSockets count against both caps. An upgrade can take
+/// it back out of hyper's `Upgraded` (`downcast::<TokioIo<Counted>>`) and talk to the socket
+/// directly.
+pub struct Counted {
+    stream: TcpStream,
+    /// The accept loop's place for this connection (its ticket), given back on drop.
+    _place: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Counted {
+    /// `stream`, holding `place` for as long as it lives.
+    #[must_use]
+    pub fn new(stream: TcpStream, place: Option<Box<dyn std::any::Any + Send + Sync>>) -> Self {
+        Self {
+            stream,
+            _place: place,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }

@@ -473,3 +473,32 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1002() {
     assert_eq!(ws.recv_close().await, Some(1002));
     app.stop().await;
 }
+
+/// A client may send frames right behind its upgrade request, before the 101 arrives (they
+/// reach the server in the same read): the session reads them, not only what comes later.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut bytes = b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    // A masked text frame (RFC 6455 §5.2): `ping`, which any socket may send.
+    let text = br#"{"type":"ping"}"#;
+    let mask = [7u8, 1, 2, 3];
+    bytes.extend([0x81, 0x80 | u8::try_from(text.len()).unwrap()]);
+    bytes.extend(mask);
+    bytes.extend(text.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains(r#"{"type":"pong"}"#) {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(crate::helpers::WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the pong comes")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    app.stop().await;
+}
