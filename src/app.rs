@@ -84,7 +84,7 @@ impl App {
             Some(addr) => Some(bind(addr).await?),
         };
         let shutdown = Shutdown::default();
-        let state = AppState::new(&domain, &config, metrics, shutdown.listener());
+        let state = AppState::new(&domain, &config, metrics, shutdown.handle());
         Ok(Self {
             listener,
             addr,

@@ -17,7 +17,35 @@ pub struct Shutdown {
 #[derive(Clone)]
 pub struct ShutdownListener {
     notify: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
+    _done: Option<mpsc::Sender<()>>,
+}
+
+/// What shared, long-lived state holds (the [`crate::state::AppState`] that route filters and
+/// Socket.IO's handlers keep): it tells whether shutdown has begun and gives a task its own
+/// [`ShutdownListener`], without holding the server open itself. (Socket.IO keeps its
+/// handlers, and so this, for as long as any Engine.IO connection lives, including one that
+/// never connects a namespace.)
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    notify: watch::Receiver<bool>,
+    done: mpsc::WeakSender<()>,
+}
+
+impl ShutdownHandle {
+    /// Whether shutdown has begun (for readiness).
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        *self.notify.borrow()
+    }
+
+    /// A listener for a task that the server waits for (a session).
+    #[must_use]
+    pub fn listener(&self) -> ShutdownListener {
+        ShutdownListener {
+            notify: self.notify.clone(),
+            _done: self.done.upgrade(),
+        }
+    }
 }
 
 impl Default for Shutdown {
@@ -38,7 +66,16 @@ impl Shutdown {
     pub fn listener(&self) -> ShutdownListener {
         ShutdownListener {
             notify: self.notify.subscribe(),
-            _done: self.done_tx.clone(),
+            _done: Some(self.done_tx.clone()),
+        }
+    }
+
+    /// A handle for shared state, which does not hold the server open.
+    #[must_use]
+    pub fn handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            notify: self.notify.subscribe(),
+            done: self.done_tx.downgrade(),
         }
     }
 
@@ -57,12 +94,6 @@ impl Shutdown {
 }
 
 impl ShutdownListener {
-    /// Whether shutdown has begun (for readiness).
-    #[must_use]
-    pub fn is_shutting_down(&self) -> bool {
-        *self.notify.borrow()
-    }
-
     /// Resolves once shutdown has begun.
     pub async fn recv(&mut self) {
         let _ = self.notify.wait_for(|stop| *stop).await;
@@ -116,5 +147,22 @@ mod tests {
         let stuck = s.listener();
         assert!(!s.trigger_and_wait(Duration::from_millis(10)).await);
         drop(stuck);
+    }
+
+    #[tokio::test]
+    async fn a_handle_does_not_hold_the_server_open_but_its_listeners_do() {
+        let s = Shutdown::default();
+        let handle = s.handle();
+        let stuck = handle.listener();
+        assert!(!s.trigger_and_wait(Duration::from_millis(10)).await);
+        drop(stuck);
+
+        let s = Shutdown::default();
+        let handle = s.handle();
+        let mut l = handle.listener();
+        let task = tokio::spawn(async move { l.recv().await });
+        assert!(s.trigger_and_wait(Duration::from_secs(5)).await);
+        task.await.unwrap();
+        assert!(handle.is_shutting_down());
     }
 }

@@ -10,7 +10,7 @@ use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
 use crate::config::{AllowedOrigins, Config, MetricsConfig, WsConfig};
 use crate::front::rate::RateLimits;
 use crate::metrics::Metrics;
-use crate::shutdown::ShutdownListener;
+use crate::shutdown::ShutdownHandle;
 
 /// Cloned into every request; everything inside is a handle or immutable.
 #[derive(Clone)]
@@ -33,8 +33,9 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// For `/health` uptime.
     pub started: Instant,
-    /// Sessions watch it to close with 1001 on shutdown (and hold the server open until they do).
-    pub shutdown: ShutdownListener,
+    /// Sessions take a listener from it to close with 1001 on shutdown (and hold the server
+    /// open until they do); the state itself does not.
+    pub shutdown: ShutdownHandle,
     /// Where requests, sockets, pairings and backups are counted.
     pub metrics: Metrics,
     /// Who may read `/metrics`, and whether it is served on the main port.
@@ -50,7 +51,7 @@ impl AppState {
         domain: &Domain,
         config: &Config,
         metrics: Metrics,
-        shutdown: ShutdownListener,
+        shutdown: ShutdownHandle,
     ) -> Self {
         Self {
             rooms: domain.rooms.clone(),

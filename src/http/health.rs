@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::front::wire::{named, with};
-use crate::shutdown::ShutdownListener;
+use crate::shutdown::ShutdownHandle;
 use crate::state::AppState;
 
 /// What the probes read: the rooms, the storage backends, the start time and the shutdown.
@@ -22,7 +22,7 @@ struct Probe {
     rooms: Rooms,
     storage: Storage,
     started: Instant,
-    shutdown: ShutdownListener,
+    shutdown: ShutdownHandle,
 }
 
 #[derive(Serialize)]

@@ -302,7 +302,7 @@ fn on_connect(state: &AppState, s: &SocketRef) {
         }
     });
     let join_at_connect = s.extensions.remove::<JoinAtConnect>();
-    let mut shutdown = state.shutdown.clone();
+    let mut shutdown = state.shutdown.listener();
     tokio::spawn(async move {
         // The handshake's join comes first: events the client sends meanwhile wait for it.
         match join_at_connect {

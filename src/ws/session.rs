@@ -154,7 +154,7 @@ where
     let (events, mut events_rx) = mpsc::channel(state.ws.outbound_queue);
     let relays = state.metrics.domain();
     let mut out = Outbox::default();
-    let mut shutdown = state.shutdown.clone();
+    let mut shutdown = state.shutdown.listener();
     // Made once: a fresh `recv()` per turn of the loop would register a new waiter each time.
     let stopping = shutdown.recv();
     let mut live = Liveness::new(Heartbeat::new(&state));
