@@ -196,8 +196,11 @@ pub fn json_error(what: &str, text: &[u8], e: &serde_json::Error) -> ApiError {
         // wrong type where an enum is expected (a number for `type`): only text that does not
         // parse at all is called invalid. Every enum a client sends is a string, and the
         // position is on the value's first byte, not after it.
+        // Other syntax errors in text that skims as JSON (a number out of range, a lone
+        // `\ud800`) are serde's own words, with the column.
         _ => match serde_json::from_slice::<IgnoredAny>(text) {
             Err(invalid) => not_json(what, text, &invalid),
+            Ok(IgnoredAny) if message != "expected value" => not_json(what, text, e),
             Ok(IgnoredAny) => wrong_shape(
                 what,
                 text,
@@ -423,6 +426,15 @@ mod tests {
                 "body is not valid JSON: expected `:` (line 3, column 9)",
             ),
             (&deep, "body nests deeper than 32 levels"),
+            // Syntax errors in text that otherwise skims as JSON keep serde's words.
+            (
+                r#"{"seq":1e400}"#,
+                "body is not valid JSON: number out of range (column 12)",
+            ),
+            (
+                r#"{"deviceId":"\ud800"}"#,
+                "body is not valid JSON: unexpected end of hex escape (column 20)",
+            ),
         ] {
             assert_eq!(refusal::<Body>(text), message, "{text}");
         }
