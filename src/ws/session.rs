@@ -227,6 +227,9 @@ where
         if was_joined && session.joined.is_none() {
             // Left (or the room went away): the time to join again starts now, alone.
             join_deadline.as_mut().reset(Instant::now() + join_timeout);
+        }
+        if session.joined.is_none() {
+            // Alone until joined, whatever an old room's queued events say.
             presence = Presence::default();
         }
         if live.watch(presence.watched(), ping.as_mut(), silence.as_mut()) {
@@ -235,6 +238,9 @@ where
         }
         out.write_own(socket.as_mut(), &mut session.own);
         out.try_flush(socket.as_mut(), &relays);
+        // While its writes are stuck the socket takes no room events, so it cannot learn that
+        // a peer came: a client that neither reads nor writes is held to the client timeout.
+        live.stuck(out.dirty, silence.as_mut());
         // A client that does not read its own replies is dropped without a close frame.
         if let Some(close) = close.or(out.stalled.then_some(Close::Silently)) {
             drop(session);
@@ -431,6 +437,8 @@ struct Liveness {
     beat: Heartbeat,
     /// Whether another device of the couple is connected.
     watched: bool,
+    /// Whether a flush is pending (the client does not read what was written).
+    stuck: bool,
     /// The last frame, or the moment a peer started watching, whichever is later.
     silence_from: Instant,
 }
@@ -440,6 +448,7 @@ impl Liveness {
         Self {
             beat,
             watched: false,
+            stuck: false,
             silence_from: Instant::now(),
         }
     }
@@ -447,12 +456,25 @@ impl Liveness {
     /// The silence timer fired: true if the client has really been silent too long;
     /// otherwise the timer is re-armed to the real deadline.
     fn timed_out(&self, silence: Pin<&mut Sleep>) -> bool {
-        let due = self.silence_from + self.beat.silence(self.watched);
+        let due = self.silence_from + self.beat.silence(self.watched || self.stuck);
         if due > Instant::now() {
             silence.reset(due);
             return false;
         }
         true
+    }
+
+    /// Notes whether writes are stuck; stuck, the client timeout applies as when watched (the
+    /// timer, armed for the longer limit, is brought forward; it re-arms itself if the
+    /// writes get going again).
+    fn stuck(&mut self, stuck: bool, silence: Pin<&mut Sleep>) {
+        if stuck == self.stuck {
+            return;
+        }
+        self.stuck = stuck;
+        if stuck && !self.watched {
+            silence.reset(self.silence_from + self.beat.silence(true));
+        }
     }
 
     /// Switches the heartbeat's speed when presence changes; true when a peer started
@@ -466,7 +488,7 @@ impl Liveness {
         if watched {
             self.silence_from = now;
         }
-        silence.reset(self.silence_from + self.beat.silence(watched));
+        silence.reset(self.silence_from + self.beat.silence(watched || self.stuck));
         ping.reset(now + self.beat.period(watched));
         watched
     }
@@ -648,6 +670,35 @@ mod tests {
             peers: peers.iter().map(|p| device(p)).collect(),
             recovered: true,
         }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_whose_writes_are_stuck_is_held_to_the_client_timeout_even_alone() {
+        let beat = Heartbeat {
+            watched: Duration::from_secs(2),
+            alone: Duration::from_secs(25),
+            client_timeout: Duration::from_secs(8),
+        };
+        let mut live = Liveness::new(beat);
+        let silence = tokio::time::sleep(beat.silence(false));
+        tokio::pin!(silence);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!live.timed_out(silence.as_mut()), "alone: 33 s allowed");
+        live.stuck(true, silence.as_mut());
+        assert!(
+            silence.deadline() <= Instant::now(),
+            "the timer is brought forward"
+        );
+        assert!(live.timed_out(silence.as_mut()), "stuck and silent for 9 s");
+        live.stuck(false, silence.as_mut());
+        assert!(
+            !live.timed_out(silence.as_mut()),
+            "writing again: alone rules"
+        );
+        assert!(
+            silence.deadline() > Instant::now(),
+            "and the timer re-armed"
+        );
     }
 
     #[test]

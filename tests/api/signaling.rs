@@ -446,6 +446,30 @@ async fn a_socket_alone_is_kept_past_the_client_timeout_and_watched_once_a_peer_
 }
 
 #[tokio::test]
+async fn a_socket_whose_peer_left_is_alone_again() {
+    // a is watched while b is connected; once b has left, a silent a is kept past the client
+    // timeout again, as a socket that was always alone.
+    let app = TestApp::spawn_with(|c| {
+        c.ws.heartbeat = Duration::from_millis(50);
+        c.ws.alone_heartbeat = Duration::from_secs(3);
+        c.ws.client_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let couple = app.pair().await;
+    let (mut a, _) = app.join(&couple, &couple.a, None).await;
+    let (b, _) = app.join(&couple, &couple.b, None).await;
+    assert_eq!(a.recv_type("peer-joined").await["deviceId"], "b");
+    drop(b);
+    assert_eq!(a.recv_type("peer-left").await["deviceId"], "b");
+    let silent = a.into_silent();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_b, joined) = app.join(&couple, &couple.b, None).await;
+    assert_eq!(joined["peers"], json!(["a"]), "a was kept while alone");
+    drop(silent);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_with_going_away() {
     let app = TestApp::spawn().await;
     let couple = app.pair().await;
