@@ -146,11 +146,11 @@
 //!
 //! ```text
 //! ulimit -n 65536
-//! DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
+//! RATE_LIMIT=off MAX_CONNECTIONS_PER_IP=60000 DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
 //! cargo run --release --example loadgen -- --server-pid $SERVER
 //! cargo run --release --example loadgen -- --couples 500 --idle 4000 --server-pid $SERVER
 //! kill -INT $SERVER
-//! # the relay over REST: two keep-alive connections per couple, so lift the per-IP cap
+//! # the relay over REST (a fresh server as above)
 //! RATE_LIMIT=off MAX_CONNECTIONS_PER_IP=60000 DATA_DIR=$(mktemp -d) PORT=3000 ./target/release/our-memories & SERVER=$!
 //! cargo run --release --example loadgen -- --transport rest --idle 0 --hold-secs 0 --server-pid $SERVER
 //! kill -INT $SERVER

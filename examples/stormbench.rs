@@ -1,5 +1,6 @@
 //! The mass-disconnect storm (issue 12), against a running server on the embedded store (run
-//! it with `RATE_LIMIT=off` and an fd limit above twice `--couples`, e.g. `ulimit -n 20000`).
+//! it with `RATE_LIMIT=off`, `MAX_CONNECTIONS_PER_IP` above twice `--couples`, and an fd limit
+//! above that too, e.g. `ulimit -n 20000`).
 //!
 //! ```text
 //! cargo run --release --example stormbench -- --server-pid PID --data-dir DIR
