@@ -33,6 +33,20 @@ fn parts(text: &str) -> (String, String) {
     (status, body)
 }
 
+/// Waits until a request is served in full again (401: it reached the route, without a
+/// token), the places of closed connections given back.
+async fn served_again(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = request(app, &get("/api/devices")).await;
+        if status.starts_with("HTTP/1.1 401") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
 }
@@ -62,15 +76,7 @@ async fn over_the_per_ip_cap_only_the_probes_answer_and_refusals_are_counted() {
     assert_eq!(m.count("our_memories_connections", &[]), 3);
     drop(held);
     // Closed connections give their places back.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, _) = request(&app, &get("/api/devices")).await;
-        if status.starts_with("HTTP/1.1 401") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    served_again(&app).await;
     app.stop().await;
 }
 
@@ -95,15 +101,7 @@ async fn websockets_hold_their_place_under_the_caps_until_they_close() {
     let (_, m) = scrape_until(&app, |m| m.count("our_memories_connections", &[]) == 3).await;
     assert_eq!(m.count("our_memories_connections", &[]), 3);
     drop((ws_a, ws_b, socketio));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, _) = request(&app, &get("/api/devices")).await;
-        if status.starts_with("HTTP/1.1 401") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    served_again(&app).await;
     app.stop().await;
 }
 

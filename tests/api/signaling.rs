@@ -417,16 +417,22 @@ async fn peer_left_comes_at_the_client_timeout_whatever_the_heartbeat_phase() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_socket_alone_is_kept_past_the_client_timeout_and_watched_once_a_peer_joins() {
-    // Alone, a is closed only after one missed slow ping plus the timeout (3.3 s); once b
-    // joins, a silent a is pinged at once and reported gone within the client timeout.
-    let app = TestApp::spawn_with(|c| {
+/// A server whose heartbeat runs fast: pings every 50 ms and a 300 ms client timeout while a
+/// peer watches, a ping every 3 s alone.
+async fn fast_heartbeat() -> TestApp {
+    TestApp::spawn_with(|c| {
         c.ws.heartbeat = Duration::from_millis(50);
         c.ws.alone_heartbeat = Duration::from_secs(3);
         c.ws.client_timeout = Duration::from_millis(300);
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_socket_alone_is_kept_past_the_client_timeout_and_watched_once_a_peer_joins() {
+    // Alone, a is closed only after one missed slow ping plus the timeout (3.3 s); once b
+    // joins, a silent a is pinged at once and reported gone within the client timeout.
+    let app = fast_heartbeat().await;
     let couple = app.pair().await;
     let (a, _) = app.join(&couple, &couple.a, None).await;
     let silent = a.into_silent(); // never read again: pings go unanswered
@@ -449,12 +455,7 @@ async fn a_socket_alone_is_kept_past_the_client_timeout_and_watched_once_a_peer_
 async fn a_socket_whose_peer_left_is_alone_again() {
     // a is watched while b is connected; once b has left, a silent a is kept past the client
     // timeout again, as a socket that was always alone.
-    let app = TestApp::spawn_with(|c| {
-        c.ws.heartbeat = Duration::from_millis(50);
-        c.ws.alone_heartbeat = Duration::from_secs(3);
-        c.ws.client_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let app = fast_heartbeat().await;
     let couple = app.pair().await;
     let (mut a, _) = app.join(&couple, &couple.a, None).await;
     let (b, _) = app.join(&couple, &couple.b, None).await;
