@@ -195,9 +195,13 @@ where
                 None
             }
             Event::Frame(Some(Err(e))) => Some(read_error_close(&e)),
-            Event::Flushed(Ok(())) => out.flushed(&relays),
+            Event::Flushed(Ok(())) => {
+                out.flushed(&relays);
+                None
+            }
             Event::Room(first) => {
-                out.write_events(socket.as_mut(), first, &mut events_rx, &mut presence)
+                out.write_events(socket.as_mut(), first, &mut events_rx, &mut presence);
+                None
             }
             Event::Kicked(Ok(Kick::Replaced)) => Some(Close::With(
                 CLOSE_REPLACED,
@@ -253,7 +257,7 @@ where
 }
 
 /// Sends a close frame after what is already buffered, and closes; bounded in time.
-async fn close_with<S>(mut socket: std::pin::Pin<&mut S>, code: u16, reason: &'static str)
+async fn close_with<S>(mut socket: Pin<&mut S>, code: u16, reason: &'static str)
 where
     S: Sink<Message, Error = WsError>,
 {
@@ -267,7 +271,7 @@ where
 /// One step of the socket: a pending flush first, then an incoming frame, then (when nothing
 /// is left to flush) the next room event.
 fn poll_io<S>(
-    mut socket: std::pin::Pin<&mut S>,
+    mut socket: Pin<&mut S>,
     events: &mut mpsc::Receiver<RoomEvent>,
     dirty: bool,
     cx: &mut std::task::Context<'_>,
@@ -291,7 +295,7 @@ where
 impl Outbox {
     /// Flushes at once if the socket takes it (most of the time: the kernel takes the bytes),
     /// saving a turn of the loop; otherwise the loop flushes when the socket is writable.
-    fn try_flush<S>(&mut self, mut socket: std::pin::Pin<&mut S>, relays: &actors::DomainMetrics)
+    fn try_flush<S>(&mut self, mut socket: Pin<&mut S>, relays: &actors::DomainMetrics)
     where
         S: Sink<Message, Error = WsError>,
     {
@@ -309,13 +313,12 @@ impl Outbox {
     }
 
     /// The batch went out: its live signals count as relayed now.
-    fn flushed(&mut self, relays: &actors::DomainMetrics) -> Option<Close> {
+    fn flushed(&mut self, relays: &actors::DomainMetrics) {
         self.dirty = false;
         self.own_unflushed = 0;
         for received in self.received.drain(..) {
             relays.signal_written(received);
         }
-        None
     }
 
     /// Renders `first` and what else is queued (up to [`EVENT_BATCH`] or
@@ -323,12 +326,11 @@ impl Outbox {
     /// write.
     fn write_events<S>(
         &mut self,
-        mut socket: std::pin::Pin<&mut S>,
+        mut socket: Pin<&mut S>,
         first: RoomEvent,
         events: &mut mpsc::Receiver<RoomEvent>,
         presence: &mut Presence,
-    ) -> Option<Close>
-    where
+    ) where
         S: Sink<Message, Error = WsError>,
     {
         let mut next = Some(first);
@@ -350,11 +352,10 @@ impl Outbox {
                 next = events.try_recv().ok();
             }
         }
-        None
     }
 
     /// Writes the session's own frames; too many unflushed ones mark the client stalled.
-    fn write_own<S>(&mut self, mut socket: std::pin::Pin<&mut S>, own: &mut Vec<Message>)
+    fn write_own<S>(&mut self, mut socket: Pin<&mut S>, own: &mut Vec<Message>)
     where
         S: Sink<Message, Error = WsError>,
     {
@@ -370,7 +371,7 @@ impl Outbox {
 
     /// Puts a frame in the socket's write buffer (tungstenite writes what it can at once and
     /// keeps the rest for the flush); a failed write ends the session at the next flush.
-    fn start_send<S>(&mut self, socket: std::pin::Pin<&mut S>, msg: Message)
+    fn start_send<S>(&mut self, socket: Pin<&mut S>, msg: Message)
     where
         S: Sink<Message, Error = WsError>,
     {
