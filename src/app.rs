@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actors::{BlobStore, Clock, Domain, Rooms, StoreError};
 use tokio::net::TcpListener;
 
+use crate::cluster::RedisBus;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -69,6 +70,21 @@ impl App {
         let backends = store::open(&config.storage, &config.data_dir).await?;
         let secret = secret::load(&config.secret, &config.data_dir).map_err(StartError::Secret)?;
         let blobs = Arc::clone(&backends.blobs);
+        let bus = match &config.cluster {
+            None => None,
+            Some(c) => {
+                let bus = RedisBus::connect(
+                    c.url.expose(),
+                    &c.prefix,
+                    &c.instance,
+                    config.storage.timeout,
+                    metrics.domain(),
+                )
+                .await?;
+                tracing::info!(instance = %c.instance, prefix = %c.prefix, "cluster mode: rooms are shared through Redis");
+                Some(bus as Arc<dyn actors::cluster::Bus>)
+            }
+        };
         let domain = Domain::start(
             backends.store,
             backends.blobs,
@@ -76,6 +92,7 @@ impl App {
             config.settings.clone(),
             clock,
             metrics.domain(),
+            bus,
         )
         .await?;
         let (listener, addr) = bind(config.addr).await?;

@@ -229,6 +229,18 @@ pub struct StorageConfig {
     pub timeout: Duration,
 }
 
+/// Cluster mode (`REDIS_URL`): many instances share rooms through Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `REDIS_URL` (`redis://[user:password@]host:port[/db]`; may hold a password).
+    pub url: Secret,
+    /// `REDIS_KEY_PREFIX` (default `om`): every key and channel starts with it, so
+    /// deployments can share one Redis.
+    pub prefix: String,
+    /// `INSTANCE_ID` (default: random): names this instance's sockets and lease.
+    pub instance: String,
+}
+
 /// Development or production; production refuses insecure defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
@@ -340,6 +352,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Access to `/metrics`.
     pub metrics: MetricsConfig,
+    /// Cluster mode, when `REDIS_URL` is set.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A variable that is missing or wrong. Names the variable, so the operator knows what to fix.
@@ -417,6 +431,52 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     fn secs(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         Ok(Duration::from_secs(self.positive(var, default.as_secs())?))
     }
+}
+
+/// A name that goes into Redis keys or socket owners: 1 to 64 of `A-Z a-z 0-9 _ -`.
+fn key_part(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim().to_owned();
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            var,
+            value,
+            reason: "expected 1 to 64 of A-Z a-z 0-9 _ -".to_owned(),
+        })
+    }
+}
+
+/// Reads `REDIS_URL`, `REDIS_KEY_PREFIX` and `INSTANCE_ID`.
+fn cluster<F: Fn(&str) -> Option<String>>(
+    v: &Vars<F>,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(url) = v.get("REDIS_URL") else {
+        return Ok(None);
+    };
+    let url = url.trim().to_owned();
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+        return Err(ConfigError::Invalid {
+            var: "REDIS_URL",
+            value: "<redacted>".to_owned(),
+            reason: "must start with redis:// or redis+unix:// (TLS is not built in)".to_owned(),
+        });
+    }
+    Ok(Some(ClusterConfig {
+        url: Secret(url),
+        prefix: key_part(
+            "REDIS_KEY_PREFIX",
+            &v.get("REDIS_KEY_PREFIX").unwrap_or_else(|| "om".to_owned()),
+        )?,
+        instance: match v.get("INSTANCE_ID") {
+            Some(id) => key_part("INSTANCE_ID", &id)?,
+            None => actors::SignalId::generate().as_str().to_owned(),
+        },
+    }))
 }
 
 /// Reads the storage variables: `MONGODB_URI` selects MongoDB for metadata (and GridFS for
@@ -635,6 +695,7 @@ impl Config {
             },
             shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             metrics: metrics(&v)?,
+            cluster: cluster(&v)?,
         };
         config.validate()?;
         Ok(config)
@@ -649,6 +710,12 @@ impl Config {
             value,
             reason: reason.to_owned(),
         };
+        if self.cluster.is_some() && matches!(self.storage.metadata, MetadataBackend::Embedded) {
+            return Err(ConfigError::Missing {
+                var: "MONGODB_URI",
+                because: "REDIS_URL is set: cluster mode keeps devices, pairings and seq epochs in MongoDB, shared by every instance (the embedded store is one process's)",
+            });
+        }
         if self.settings.max_devices_per_couple < 2 {
             return Err(invalid(
                 "MAX_DEVICES_PER_COUPLE",
@@ -756,6 +823,35 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.secret, SecretSource::Env(_)));
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_mongodb_and_key_safe_names() {
+        assert!(from(&[]).unwrap().cluster.is_none());
+        let err = from(&[("REDIS_URL", "redis://r:6379")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MONGODB_URI") && err.contains("REDIS_URL"),
+            "{err}"
+        );
+        let mongo = ("MONGODB_URI", "mongodb://m/db");
+        let c = from(&[mongo, ("REDIS_URL", "redis://:pw@r:6379/2")]).unwrap();
+        let cluster = c.cluster.expect("cluster mode");
+        assert_eq!(cluster.prefix, "om");
+        assert!(!cluster.instance.is_empty());
+        assert!(!format!("{cluster:?}").contains("pw"));
+        for bad in [
+            ("REDIS_URL", "rediss://r"),
+            ("REDIS_URL", "http://r"),
+            ("REDIS_KEY_PREFIX", "a:b"),
+            ("INSTANCE_ID", "i.1"),
+        ] {
+            let mut vars = vec![mongo, ("REDIS_URL", "redis://r")];
+            vars.push(bad);
+            let err = from(&vars).unwrap_err().to_string();
+            assert!(err.contains(bad.0), "{bad:?}: {err}");
+        }
     }
 
     #[test]

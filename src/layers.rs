@@ -15,6 +15,7 @@ const RANKS: &[(&str, u8)] = &[
     ("secret", 1),
     ("telemetry", 1),
     ("store", 1),
+    ("cluster", 1),
     ("metrics", 1),
     ("front", 2),
     ("state", 3),

@@ -6,7 +6,8 @@
 //!   nothing above it. [`healthcheck`]: the container probe (`our-memories healthcheck`).
 //!   [`memory`]: gives freed heap memory back to the OS.
 //! - [`secret`] (the token-signing key), [`telemetry`] (logs), [`store`] (the MongoDB, GridFS
-//!   and S3 adapters, and the backend selection), [`metrics`] (the Prometheus registry; it
+//!   and S3 adapters, and the backend selection), [`cluster`] (cluster mode's bus on Redis),
+//!   [`metrics`] (the Prometheus registry; it
 //!   takes outcome labels, not errors), [`shutdown`] (the signal and the bounded drain).
 //! - [`front`]: what every transport shares: the error type and its status/code map, bearer
 //!   auth, rate limits, browser rules, wire helpers, per-connection values.
@@ -21,6 +22,7 @@
 //! nothing of HTTP.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod front;
 pub mod healthcheck;

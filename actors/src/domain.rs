@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::backup::{Backups, ORPHAN_AGE, sweep_orphans};
 use crate::clock::{Clock, Timestamp};
+use crate::cluster::Bus;
 use crate::metrics::DomainMetrics;
 use crate::pairing::Pairing;
 use crate::settings::Settings;
@@ -47,12 +48,14 @@ impl Domain {
         settings: Settings,
         clock: Clock,
         metrics: DomainMetrics,
+        bus: Option<Arc<dyn Bus>>,
     ) -> Result<Self, SpawnErr> {
         let store: Arc<dyn Store> = Arc::new(Measured::store(store, metrics.clone()));
         let blobs: Arc<dyn BlobStore> = Arc::new(Measured::blobs(blobs, metrics.clone()));
         // One writer for the frequent writes of every room and of pairing (group commit).
         let writer = GroupCommit::start(Arc::clone(&store));
-        let rooms = Rooms::start(&store, &writer, &settings, &clock, &metrics).await?;
+        let rooms =
+            Rooms::start(&store, &writer, &settings, &clock, &metrics, bus.as_ref()).await?;
         let (pairing, pairing_keeper) = Pairing::start(
             &store,
             writer,
@@ -65,7 +68,10 @@ impl Domain {
         .await?;
         let (backups, backup_keeper) =
             Backups::start(&store, &blobs, &settings, &clock, &metrics).await?;
-        clean_after_restart(store.as_ref(), blobs.as_ref()).await;
+        // Other instances share the storage in cluster mode: only what is older than any
+        // upload can be is theirs to lose.
+        let cutoff = bus.is_some().then(|| orphan_cutoff(clock.now()));
+        clean_after_restart(store.as_ref(), blobs.as_ref(), cutoff).await;
         let janitor = tokio::spawn(janitor(
             pairing.clone(),
             Arc::clone(&store),
@@ -95,15 +101,25 @@ impl Domain {
         }
     }
 }
+/// Blob leftovers older than this may be removed: no upload runs for [`ORPHAN_AGE`].
+fn orphan_cutoff(now: Timestamp) -> Timestamp {
+    Timestamp(
+        now.0
+            .saturating_sub(u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX)),
+    )
+}
+
 /// Removes what a previous run left unfinished: partial blob writes and blobs no record
-/// publishes. Runs before the server accepts requests, so no upload can be in flight.
-async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore) {
-    match blobs.clean_partial_writes(None).await {
+/// publishes. Runs before the server accepts requests, so no upload of this server can be in
+/// flight; with `cutoff` (cluster mode, where other instances upload to the same storage)
+/// only what is older than it.
+async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore, cutoff: Option<Timestamp>) {
+    match blobs.clean_partial_writes(cutoff).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "removed leftovers of interrupted uploads"),
         Err(e) => tracing::warn!(cause = %e, "failed to clean interrupted uploads"),
     }
-    if let Err(e) = sweep_orphans(store, blobs, None).await {
+    if let Err(e) = sweep_orphans(store, blobs, cutoff).await {
         tracing::warn!(cause = %e, "failed to sweep orphaned blobs");
     }
 }
@@ -158,9 +174,7 @@ async fn janitor(
             Ok(None) => {}
             Err(e) => tracing::warn!(cause = %e, "failed to compact the metadata store"),
         }
-        let cutoff = Some(Timestamp(now.0.saturating_sub(
-            u64::try_from(ORPHAN_AGE.as_millis()).unwrap_or(u64::MAX),
-        )));
+        let cutoff = Some(orphan_cutoff(now));
         match blobs.clean_partial_writes(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed leftovers of unfinished uploads"),

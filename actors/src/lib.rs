@@ -35,6 +35,7 @@
 mod backup;
 mod call;
 mod clock;
+pub mod cluster;
 mod digest;
 mod domain;
 mod error;

@@ -259,8 +259,9 @@ impl DomainMetrics {
             .inc();
     }
 
-    /// One storage operation's outcome and duration.
-    pub(crate) fn storage_op(&self, backend: &str, operation: &str, took: Duration, ok: bool) {
+    /// One storage operation's outcome and duration (the cluster bus's too, recorded by the
+    /// front end, which implements it).
+    pub fn storage_op(&self, backend: &str, operation: &str, took: Duration, ok: bool) {
         let labels = [backend, operation];
         self.0
             .storage_duration

@@ -337,7 +337,7 @@ impl PairingArgs {
             .revoke_device(&by.couple, &device)
             .await
             .map_err(storage_failed)?;
-        self.rooms.device_revoked(by.couple.clone(), device);
+        self.rooms.device_revoked(by.couple.clone(), device).await;
         Ok(())
     }
 
@@ -354,7 +354,9 @@ impl PairingArgs {
         let count = gone.len() as u64;
         for expired in gone {
             for device in expired.devices {
-                self.rooms.device_revoked(expired.couple.clone(), device);
+                self.rooms
+                    .device_revoked(expired.couple.clone(), device)
+                    .await;
             }
         }
         Ok(count)

@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, Timestamp};
+use crate::cluster::BusEvent;
 use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Entry, Mailbox, MailboxLimits, Payload, Signal};
@@ -126,7 +127,7 @@ pub(crate) enum Origin {
 }
 
 impl Origin {
-    fn transport(&self) -> Transport {
+    pub(crate) fn transport(&self) -> Transport {
         match self {
             Self::Socket(_, transport) => *transport,
             Self::Rest(_) => Transport::Rest,
@@ -193,9 +194,56 @@ pub(crate) enum RoomMsg {
     Tick,
     /// The supervisor asks whether the room may stop; if so it closes itself.
     StopIfIdle(RpcReplyPort<bool>),
+    /// A change on the couple's cluster channel (cluster mode only).
+    Bus(BusEvent),
     /// Test hook: make the room panic, to exercise supervision.
     #[cfg(feature = "fault-injection")]
     Panic,
+}
+
+/// Answers a message that arrived after a room decided to stop: callers retry elsewhere.
+pub(crate) fn refuse(msg: RoomMsg) {
+    match msg {
+        RoomMsg::Join { reply, .. } => {
+            let _ = reply.send(Err(RoomError::Unavailable));
+        }
+        RoomMsg::Fetch { reply, .. } => {
+            let _ = reply.send(Err(RoomError::Unavailable));
+        }
+        RoomMsg::Send {
+            origin: Origin::Rest(reply),
+            ..
+        } => {
+            let _ = reply.send(Err(RoomError::Unavailable));
+        }
+        RoomMsg::StopIfIdle(reply) => {
+            let _ = reply.send(true);
+        }
+        _ => {}
+    }
+}
+
+/// Tells the sender how its signal fared: a REST reply is sent here; for a socket, returns
+/// the event to push to it (`accepted` only when the client gave an id, whose value `id` is).
+pub(crate) fn answer(
+    origin: Origin,
+    id: Option<SignalId>,
+    result: Result<Accepted, RoomError>,
+) -> Option<(ConnId, RoomEvent)> {
+    match origin {
+        Origin::Rest(reply) => {
+            let _ = reply.send(result);
+            None
+        }
+        Origin::Socket(conn, _) => {
+            let event = match (result, id) {
+                (Ok(a), Some(_)) => RoomEvent::Accepted(a),
+                (Ok(_), None) => return None,
+                (Err(error), id) => RoomEvent::Rejected { id, error },
+            };
+            Some((conn, event))
+        }
+    }
 }
 
 /// A signal to relay, as [`RoomMsg::Send`] carries it.
@@ -400,7 +448,7 @@ impl RoomState {
         msg: RoomMsg,
     ) -> Result<(), ActorProcessingErr> {
         if self.closing {
-            RoomState::refuse(msg);
+            refuse(msg);
             return Ok(());
         }
         if !matches!(msg, RoomMsg::Tick | RoomMsg::Persisted { .. }) {
@@ -432,6 +480,8 @@ impl RoomState {
             RoomMsg::DeviceRevoked(device) => self.revoke(me, &device),
             RoomMsg::Persisted { job, ok } => self.persisted(me, job, ok),
             RoomMsg::Tick => self.tick(me),
+            // Only cluster rooms subscribe to a channel.
+            RoomMsg::Bus(_) => {}
             RoomMsg::StopIfIdle(reply) => {
                 let idle = self.is_idle();
                 if idle {
@@ -448,28 +498,6 @@ impl RoomState {
 
     fn limits(&self) -> MailboxLimits {
         self.args.settings.mailbox
-    }
-
-    /// Answers a message that arrived after the room decided to stop: callers retry elsewhere.
-    fn refuse(msg: RoomMsg) {
-        match msg {
-            RoomMsg::Join { reply, .. } => {
-                let _ = reply.send(Err(RoomError::Unavailable));
-            }
-            RoomMsg::Fetch { reply, .. } => {
-                let _ = reply.send(Err(RoomError::Unavailable));
-            }
-            RoomMsg::Send {
-                origin: Origin::Rest(reply),
-                ..
-            } => {
-                let _ = reply.send(Err(RoomError::Unavailable));
-            }
-            RoomMsg::StopIfIdle(reply) => {
-                let _ = reply.send(true);
-            }
-            _ => {}
-        }
     }
 
     /// Whether a [`RoomMsg::Tick`] has work to do: signals or resend ids to expire, or no
@@ -860,8 +888,7 @@ impl RoomState {
         }
     }
 
-    /// Tells the sender how its signal fared: a REST reply, or an event on its socket
-    /// (`id` is the one the client gave, if any).
+    /// Tells the sender how its signal fared (see [`answer`]).
     fn answer(
         &mut self,
         me: &ActorRef<RoomMsg>,
@@ -870,18 +897,8 @@ impl RoomState {
         id: Option<SignalId>,
         result: Result<Accepted, RoomError>,
     ) {
-        match origin {
-            Origin::Rest(reply) => {
-                let _ = reply.send(result);
-            }
-            Origin::Socket(conn, _) => {
-                let event = match (result, id) {
-                    (Ok(a), Some(_)) => RoomEvent::Accepted(a),
-                    (Ok(_), None) => return,
-                    (Err(error), id) => RoomEvent::Rejected { id, error },
-                };
-                self.push_to_conn(me, from, conn, event);
-            }
+        if let Some((conn, event)) = answer(origin, id, result) {
+            self.push_to_conn(me, from, conn, event);
         }
     }
 

@@ -17,6 +17,8 @@ use ractor::{
 
 use crate::call::{CallFailure, call, try_call};
 use crate::clock::Clock;
+use crate::cluster::Bus;
+use crate::cluster::room::{ClusterArgs, ClusterRoom};
 use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
 use crate::mailbox::{Payload, Signal};
@@ -79,6 +81,8 @@ pub(crate) struct SupervisorArgs {
     pub clock: Clock,
     /// Shared with every room.
     pub metrics: DomainMetrics,
+    /// Cluster mode: rooms keep their state on this bus.
+    pub bus: Option<Arc<dyn Bus>>,
 }
 
 /// The supervisor's map of running rooms.
@@ -90,6 +94,39 @@ pub(crate) struct SupervisorState {
 }
 
 impl SupervisorState {
+    /// Starts the couple's room: a cluster room when there is a bus.
+    async fn spawn(
+        &self,
+        me: &ActorRef<SupervisorMsg>,
+        couple: &CoupleId,
+    ) -> Result<ActorRef<RoomMsg>, SpawnErr> {
+        let a = &self.args;
+        let spawned = if let Some(bus) = &a.bus {
+            let args = ClusterArgs {
+                couple: couple.clone(),
+                bus: Arc::clone(bus),
+                store: Arc::clone(&a.store),
+                settings: a.settings.clone(),
+                clock: a.clock.clone(),
+                supervisor: me.clone(),
+                metrics: a.metrics.clone(),
+            };
+            Actor::spawn_linked(None, ClusterRoom, args, me.get_cell()).await
+        } else {
+            let args = RoomArgs {
+                couple: couple.clone(),
+                store: Arc::clone(&a.store),
+                writer: a.writer.clone(),
+                settings: a.settings.clone(),
+                clock: a.clock.clone(),
+                supervisor: me.clone(),
+                metrics: a.metrics.clone(),
+            };
+            Actor::spawn_linked(None, RoomActor, args, me.get_cell()).await
+        };
+        spawned.map(|(room, _)| room)
+    }
+
     fn forget(&mut self, room: ActorId) -> Option<CoupleId> {
         let couple = self.couples.remove(&room)?;
         if self.rooms.get(&couple).is_some_and(|r| r.get_id() == room) {
@@ -129,17 +166,8 @@ impl Actor for RoomSupervisor {
                     let _ = reply.send(Ok(room.clone()));
                     return Ok(());
                 }
-                let args = RoomArgs {
-                    couple: couple.clone(),
-                    store: Arc::clone(&st.args.store),
-                    writer: st.args.writer.clone(),
-                    settings: st.args.settings.clone(),
-                    clock: st.args.clock.clone(),
-                    supervisor: me.clone(),
-                    metrics: st.args.metrics.clone(),
-                };
-                match Actor::spawn_linked(None, RoomActor, args, me.get_cell()).await {
-                    Ok((room, _)) => {
+                match st.spawn(&me, &couple).await {
+                    Ok(room) => {
                         st.couples.insert(room.get_id(), couple.clone());
                         st.rooms.insert(couple, room.clone());
                         let _ = reply.send(Ok(room));
@@ -219,6 +247,7 @@ fn settle<T>(r: Result<T, CallFailure<RoomError>>) -> Option<Result<T, RoomError
 pub struct Rooms {
     sup: ActorRef<SupervisorMsg>,
     timeout: Duration,
+    bus: Option<Arc<dyn Bus>>,
 }
 
 impl Rooms {
@@ -230,6 +259,7 @@ impl Rooms {
         settings: &Settings,
         clock: &Clock,
         metrics: &DomainMetrics,
+        bus: Option<&Arc<dyn Bus>>,
     ) -> Result<Self, SpawnErr> {
         let (sup, _) = Actor::spawn(
             None,
@@ -240,12 +270,14 @@ impl Rooms {
                 settings: settings.clone(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
+                bus: bus.cloned(),
             },
         )
         .await?;
         Ok(Self {
             sup,
             timeout: settings.call_timeout,
+            bus: bus.cloned(),
         })
     }
 
@@ -261,14 +293,31 @@ impl Rooms {
     }
 
     /// Tells the couple's room, if it is running, that `device` was paired into the couple.
+    /// (A cluster room learns it from the store the first time the bus does not know the
+    /// device.)
     pub(crate) fn device_added(&self, couple: CoupleId, device: DeviceId) {
-        self.forward(couple, RoomMsg::DeviceAdded(device));
+        if self.bus.is_none() {
+            self.forward(couple, RoomMsg::DeviceAdded(device));
+        }
     }
 
-    /// Tells the couple's room, if it is running, that `device` was revoked: its socket is
-    /// closed and its mailbox dropped.
-    pub(crate) fn device_revoked(&self, couple: CoupleId, device: DeviceId) {
-        self.forward(couple, RoomMsg::DeviceRevoked(device));
+    /// Tells the couple's room that `device` was revoked: its socket is closed and its
+    /// mailbox dropped. In cluster mode this happens on the bus, for every instance, before
+    /// this returns (a failure is logged: the device's token is already dead).
+    pub(crate) async fn device_revoked(&self, couple: CoupleId, device: DeviceId) {
+        let Some(bus) = &self.bus else {
+            self.forward(couple, RoomMsg::DeviceRevoked(device));
+            return;
+        };
+        if let Err(e) = bus.device_revoked(&couple, &device).await {
+            tracing::error!(couple_id = %couple, device_id = %device, cause = %e, "revocation not published to the cluster; the device's open socket stays until it reconnects");
+        }
+    }
+
+    /// Whether the cluster bus answers (always, without one).
+    pub async fn cluster_ok(&self) -> Option<bool> {
+        let bus = self.bus.as_ref()?;
+        Some(bus.ping().await.is_ok())
     }
 
     /// Passes `msg` to the couple's room only if it is running (a stopped room reloads

@@ -1,7 +1,7 @@
 //! `GET /health` and `GET /ready`: each storage backend and whether it answers, the version
 //! and the uptime. `/health` is always 200 while the process serves (`status` says `degraded`
 //! when a backend does not answer; signaling between connected devices still works then);
-//! `/ready` is 503 unless storage answers and the server is not shutting down (the embedded
+//! `/ready` is 503 unless storage (and, in cluster mode, Redis) answers and the server is not shutting down (the embedded
 //! backends also answer "no" after a write failed on a full disk, until it has room again).
 
 use std::time::Instant;
@@ -39,6 +39,9 @@ struct Health {
 struct StorageHealth {
     metadata: Backend,
     blobs: Backend,
+    /// Cluster mode's Redis (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<Backend>,
 }
 
 #[derive(Serialize)]
@@ -50,10 +53,13 @@ struct Backend {
 impl Health {
     /// Asks the rooms and both storage backends, concurrently.
     async fn collect(state: &Probe) -> Self {
-        let (room_stats, (metadata, blobs)) =
-            tokio::join!(state.rooms.stats(), state.storage.status());
+        let (room_stats, (metadata, blobs), cluster) = tokio::join!(
+            state.rooms.stats(),
+            state.storage.status(),
+            state.rooms.cluster_ok()
+        );
         Self {
-            status: if metadata.ok && blobs.ok {
+            status: if metadata.ok && blobs.ok && cluster != Some(false) {
                 "ok"
             } else {
                 "degraded"
@@ -67,6 +73,10 @@ impl Health {
                     backend: blobs.backend,
                     ok: blobs.ok,
                 },
+                cluster: cluster.map(|ok| Backend {
+                    backend: "redis",
+                    ok,
+                }),
             },
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: state.started.elapsed().as_secs(),

@@ -370,10 +370,7 @@ impl TestApp {
     }
 
     pub async fn ws(&self) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
-            .await
-            .expect("websocket connects");
-        Ws { stream }
+        Ws::connect(&self.addr.to_string()).await
     }
 
     /// Connects and joins; returns the socket and the `joined` message.
@@ -468,6 +465,14 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// Opens `/ws` on a server at `addr` (`host:port`).
+    pub async fn connect(addr: &str) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("websocket connects");
+        Self { stream }
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.stream
             .send(Message::text(v.to_string()))

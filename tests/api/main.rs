@@ -1,7 +1,9 @@
 //! End-to-end tests: the real server on an ephemeral port, real HTTP and WebSocket clients.
 
 mod backup;
+mod binary;
 mod browser;
+mod cluster;
 mod conformance;
 mod connections;
 mod dashboard;

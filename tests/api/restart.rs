@@ -1,12 +1,12 @@
 //! The real binary, killed and restarted on the same data directory: pending signals survive,
 //! and sequence numbers keep increasing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::binary::Server;
 use crate::helpers::{
     Backend, create_bucket, ok_json, partial_upload, s3_settings, service_env, unique_name,
     wait_for_partial_upload,
@@ -36,13 +36,6 @@ async fn storage_env() -> Vec<(String, String)> {
     env
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-    /// Every line the server logged so far.
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
 impl Server {
     /// Starts the binary and waits for its "listening" line to learn the port.
     fn start(data_dir: &std::path::Path, secret: &str, storage: &[(String, String)]) -> Self {
@@ -50,44 +43,6 @@ impl Server {
         env.push(("SIGNALING_SECRET".to_owned(), secret.to_owned()));
         env.push(("RUST_LOG".to_owned(), "info".to_owned()));
         Self::start_with(data_dir, &env)
-    }
-
-    fn start_with(data_dir: &std::path::Path, env: &[(String, String)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_our-memories"))
-            .env_clear()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("DATA_DIR", data_dir)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("server binary starts");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server logs before exiting")
-                .expect("log line");
-            logs.lock().unwrap().push(line.clone());
-            if line.contains("listening") {
-                break listening_addr(&line);
-            }
-        };
-        // Keep draining (and keeping) logs so the server never blocks on a full pipe.
-        let kept = std::sync::Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                kept.lock().unwrap().push(line);
-            }
-        });
-        Self { child, addr, logs }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     /// Pairs devices `a` and `b` into a new couple.
@@ -133,15 +88,6 @@ struct Paired {
     pairing_token: String,
     a_token: String,
     b_token: String,
-}
-
-/// The address in the "listening" line, human-readable (`addr=…`) or JSON (`"addr":"…"`).
-fn listening_addr(line: &str) -> String {
-    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
-        return json["addr"].as_str().expect("addr field").to_owned();
-    }
-    let rest = line.split("addr=").nth(1).expect("addr= in the line");
-    rest.split_whitespace().next().expect("address").to_owned()
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ pub async fn domain_with(
         settings,
         clock,
         metrics,
+        None,
     )
     .await
     .expect("tree starts")

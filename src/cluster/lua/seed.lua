@@ -1,0 +1,25 @@
+-- Installs a new epoch (only if above the current one: concurrent takers are harmless) and
+-- the couple's paired devices. A device new to the list starts with an empty mailbox, so a
+-- device paired again under a revoked one's id never receives the old one's signals.
+-- KEYS: meta   ARGV: epoch (0 = keep), run_id, streams prefix, meta keep ms,
+--       then device, paired_at pairs
+local m = KEYS[1]
+local epoch, rid, sp, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+if epoch > num(redis.call('HGET', m, 'e')) then
+  redis.call('HSET', m, 'e', seqstr(epoch), 'c', 0, 'rid', rid)
+end
+if redis.call('HEXISTS', m, 'e') == 0 then return 0 end
+local paired = {}
+for i = 5, #ARGV, 2 do paired[ARGV[i]] = ARGV[i + 1] end
+for _, k in ipairs(redis.call('HKEYS', m)) do
+  if string.sub(k, 1, 2) == 'D:' and not paired[string.sub(k, 3)] then redis.call('HDEL', m, k) end
+end
+for d, at in pairs(paired) do
+  if redis.call('HEXISTS', m, 'D:' .. d) == 0 then
+    redis.call('DEL', sp .. d)
+    redis.call('HDEL', m, 'b:' .. d, 'dv:' .. d, 'ev:' .. d)
+    redis.call('HSET', m, 'D:' .. d, at)
+  end
+end
+redis.call('PEXPIRE', m, keep)
+return 1

@@ -1,0 +1,339 @@
+//! Cluster mode (`REDIS_URL`): instances of the real binary share one MongoDB database and one
+//! Redis key prefix, and a couple's devices on different instances must see each other as if
+//! they were on one: relay both ways, presence, one socket per device, resends, revocation,
+//! and an instance killed mid-call losing nothing.
+//!
+//! These tests bring their own database and key prefix, whatever `OM_TEST_BACKEND` says, so
+//! they run in the first (embedded) pass of `.ci/test` only.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::binary::Server;
+use crate::helpers::{
+    Backend, Couple, Device, Ws, join_msg, ok_json, service_env, signal, unique_name,
+};
+
+/// The protocol's bound for telling peers that a device is gone (docs/protocol.md §6).
+const PRESENCE_BOUND: Duration = Duration::from_secs(10);
+
+/// Instances sharing one MongoDB database and one Redis key prefix.
+struct Cluster {
+    servers: Vec<Server>,
+    http: reqwest::Client,
+    _data: Vec<tempfile::TempDir>,
+}
+
+/// The environment every instance of one cluster shares, or `None` (a loud skip) outside
+/// the first pass or without the services.
+fn cluster_env() -> Option<Vec<(String, String)>> {
+    if Backend::from_env() != Backend::Embedded {
+        eprintln!("SKIPPED: the cluster tests run once, in the embedded pass");
+        return None;
+    }
+    let mongo = service_env("OM_TEST_MONGODB_URI")?;
+    let redis = service_env("OM_TEST_REDIS_URL")?;
+    Some(
+        [
+            ("MONGODB_URI", mongo),
+            ("MONGODB_DB", unique_name("om_cluster_")),
+            ("REDIS_URL", redis),
+            ("REDIS_KEY_PREFIX", unique_name("om")),
+            (
+                "SIGNALING_SECRET",
+                "a-cluster-test-secret-of-at-least-32-bytes".to_owned(),
+            ),
+            ("RUST_LOG", "info".to_owned()),
+            ("STORAGE_TIMEOUT_SECS", "2".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    )
+}
+
+impl Cluster {
+    fn start(n: usize, env: &[(String, String)]) -> Self {
+        let mut data = Vec::new();
+        let servers = (0..n)
+            .map(|i| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let mut env = env.to_vec();
+                env.push(("INSTANCE_ID".to_owned(), format!("i{i}")));
+                let server = Server::start_with(dir.path(), &env);
+                data.push(dir);
+                server
+            })
+            .collect();
+        Self {
+            servers,
+            http: reqwest::Client::new(),
+            _data: data,
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        self.servers[i].url(path)
+    }
+
+    /// Pairs `a` (through instance 0) and `b` (through instance 1).
+    async fn pair(&self) -> Couple {
+        let res = self
+            .http
+            .post(self.url(0, "/api/pair/initiate"))
+            .json(&json!({ "deviceId": "a" }))
+            .send()
+            .await
+            .unwrap();
+        let started = ok_json(res, StatusCode::CREATED).await;
+        let field = |v: &Value, k: &str| v[k].as_str().unwrap().to_owned();
+        let id = field(&started, "coupleId");
+        let confirm = json!({ "coupleId": id, "pairingToken": field(&started, "pairingToken"), "deviceId": "b" });
+        let res = self
+            .http
+            .post(self.url(1, "/api/pair/confirm"))
+            .json(&confirm)
+            .send()
+            .await
+            .unwrap();
+        let confirmed = ok_json(res, StatusCode::OK).await;
+        let device = |id: &str, v: &Value| Device {
+            id: id.to_owned(),
+            token: field(v, "deviceToken"),
+        };
+        Couple {
+            a: device("a", &started),
+            b: device("b", &confirmed),
+            id,
+        }
+    }
+
+    /// `n` instances (or `None`: a loud skip, see [`cluster_env`]) and a couple whose `a` is
+    /// joined on instance 0 and `b` on instance 1, each having seen the other.
+    async fn in_call(n: usize) -> Option<(Self, Couple, Ws, Ws)> {
+        let c = Self::start(n, &cluster_env()?);
+        let couple = c.pair().await;
+        let (mut a, _) = c.join(0, &couple, &couple.a, None).await;
+        let (b, joined) = c.join(1, &couple, &couple.b, None).await;
+        assert_eq!(joined["peers"], json!(["a"]));
+        assert_eq!(a.recv_type("peer-joined").await["deviceId"], "b");
+        Some((c, couple, a, b))
+    }
+
+    /// Connects `device` to instance `i` and joins; returns the socket and `joined`.
+    async fn join(
+        &self,
+        i: usize,
+        couple: &Couple,
+        device: &Device,
+        last: Option<u64>,
+    ) -> (Ws, Value) {
+        let mut ws = Ws::connect(&self.servers[i].addr).await;
+        ws.send(join_msg(&couple.id, device, last)).await;
+        let joined = ws.recv_type("joined").await;
+        (ws, joined)
+    }
+
+    async fn post_signal(
+        &self,
+        i: usize,
+        couple: &Couple,
+        from: &Device,
+        to: &str,
+        payload: Value,
+    ) -> Value {
+        let body = json!({ "coupleId": couple.id, "fromDeviceId": from.id, "toDeviceId": to, "signalPayload": payload });
+        let res = self
+            .http
+            .post(self.url(i, "/api/signal"))
+            .bearer_auth(&from.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        ok_json(res, StatusCode::ACCEPTED).await
+    }
+}
+
+/// Sends a signal with `id` and waits for its `accepted`.
+async fn send_acked(ws: &mut Ws, to: &str, payload: &Value, id: &str) {
+    ws.send(signal(Some(to), payload, Some(id))).await;
+    let accepted = ws.recv_type("accepted").await;
+    assert_eq!(accepted["id"], id, "{accepted}");
+}
+
+/// The next signal on `ws`: (payload, seq).
+async fn recv_signal(ws: &mut Ws) -> (Value, u64) {
+    let got = ws.recv_type("webrtc-signal").await;
+    (got["payload"].clone(), got["seq"].as_u64().expect("a seq"))
+}
+
+#[tokio::test]
+async fn devices_on_different_instances_relay_both_ways() {
+    let Some((c, couple, mut a, mut b)) = Cluster::in_call(3).await else {
+        return;
+    };
+
+    send_acked(&mut a, "b", &json!({ "sdp": "offer" }), "x1").await;
+    let (payload, s1) = recv_signal(&mut b).await;
+    assert_eq!(payload, json!({ "sdp": "offer" }));
+    send_acked(&mut b, "a", &json!({ "sdp": "answer" }), "y1").await;
+    let (payload, s2) = recv_signal(&mut a).await;
+    assert_eq!(payload, json!({ "sdp": "answer" }));
+    assert!(
+        s2 > s1,
+        "seq numbers only grow across instances: {s1} then {s2}"
+    );
+
+    // REST on a third instance reaches b's socket; REST polling on the first sees the same
+    // mailbox.
+    let rest = c
+        .post_signal(2, &couple, &couple.a, "b", json!("via-rest"))
+        .await;
+    let (payload, seq) = recv_signal(&mut b).await;
+    assert_eq!(
+        (payload, json!(seq)),
+        (json!("via-rest"), rest["seq"].clone())
+    );
+    let res = c
+        .http
+        .get(c.url(0, &format!("/api/signals/{}/b?after={s1}", couple.id)))
+        .bearer_auth(&couple.b.token)
+        .send()
+        .await
+        .unwrap();
+    let polled = ok_json(res, StatusCode::OK).await;
+    assert_eq!(
+        polled["signals"].as_array().map(Vec::len),
+        Some(1),
+        "{polled}"
+    );
+    assert_eq!(polled["signals"][0]["seq"], rest["seq"]);
+}
+
+#[tokio::test]
+async fn one_socket_per_device_and_resends_are_deduplicated_across_instances() {
+    let Some((c, couple, mut a, mut b)) = Cluster::in_call(3).await else {
+        return;
+    };
+    send_acked(&mut a, "b", &json!(1), "once").await;
+    assert_eq!(recv_signal(&mut b).await.0, json!(1));
+
+    // a joins again on another instance: its first socket is replaced (4000), b sees no
+    // leave and no join.
+    let (mut a2, joined) = c.join(2, &couple, &couple.a, None).await;
+    assert_eq!(joined["peers"], json!(["b"]));
+    assert_eq!(a.recv_close().await, Some(4000));
+    // The resend of the same id is accepted and not delivered again: the next message b
+    // sees is the next signal.
+    send_acked(&mut a2, "b", &json!(1), "once").await;
+    send_acked(&mut a2, "b", &json!(2), "twice").await;
+    let got = b.recv().await;
+    assert_eq!(
+        (&got["type"], &got["payload"]),
+        (&json!("webrtc-signal"), &json!(2)),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_instance_loses_nothing_and_its_peers_see_it_leave() {
+    let Some((mut c, couple, mut a, mut b)) = Cluster::in_call(3).await else {
+        return;
+    };
+
+    let mut seqs = Vec::new();
+    for i in 0..4 {
+        send_acked(&mut b, "a", &json!(i), &format!("before-{i}")).await;
+        let (payload, seq) = recv_signal(&mut a).await;
+        assert_eq!(payload, json!(i));
+        seqs.push(seq);
+    }
+    // a processed the first two only, and acknowledged them.
+    a.send(json!({ "type": "ack", "seq": seqs[1] })).await;
+
+    // SIGKILL the instance that holds a, mid-call.
+    let killed_at = Instant::now();
+    c.servers[0].child.kill().unwrap();
+    c.servers[0].child.wait().unwrap();
+    assert_eq!(b.recv_type("peer-left").await["deviceId"], "a");
+    let took = killed_at.elapsed();
+    assert!(took < PRESENCE_BOUND, "peer-left after {took:?}");
+    eprintln!("peer-left {took:?} after the SIGKILL");
+    drop(a);
+
+    // b keeps sending while a is away.
+    for i in 0..3 {
+        send_acked(&mut b, "a", &json!(10 + i), &format!("during-{i}")).await;
+    }
+    // a resumes on another instance: everything after what it processed, once, in order.
+    let (mut a, joined) = c.join(2, &couple, &couple.a, Some(seqs[1])).await;
+    assert_eq!(joined["recovered"], true);
+    assert_eq!(joined["peers"], json!(["b"]));
+    let mut last = seqs[1];
+    for expected in [2, 3, 10, 11, 12] {
+        let (payload, seq) = recv_signal(&mut a).await;
+        assert_eq!(payload, json!(expected));
+        assert!(seq > last, "in order: {seq} after {last}");
+        if expected < 10 {
+            assert_eq!(seq, seqs[usize::try_from(expected).unwrap()]);
+        }
+        last = seq;
+    }
+    assert_eq!(b.recv_type("peer-joined").await["deviceId"], "a");
+    // Nothing more is waiting: the next message a sees is a fresh one.
+    send_acked(&mut b, "a", &json!("after"), "after").await;
+    assert_eq!(recv_signal(&mut a).await.0, json!("after"));
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_closed_on_its_instance_and_its_token_dies_everywhere() {
+    let Some((c, couple, mut a, mut b)) = Cluster::in_call(3).await else {
+        return;
+    };
+
+    let res = c
+        .http
+        .delete(c.url(2, "/api/devices/b"))
+        .bearer_auth(&couple.a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(b.recv_close().await, Some(4003));
+    assert_eq!(a.recv_type("peer-left").await["deviceId"], "b");
+    for i in 0..3 {
+        let res = c
+            .http
+            .get(c.url(i, &format!("/api/signals/{}/b", couple.id)))
+            .bearer_auth(&couple.b.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "instance {i}");
+    }
+    // A signal to the revoked device is refused on every instance.
+    a.send(signal(Some("b"), &json!("x"), Some("to-revoked")))
+        .await;
+    assert_eq!(a.recv_error("unknown_device").await["id"], "to-revoked");
+}
+
+#[test]
+fn cluster_mode_refuses_the_embedded_store() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_our-memories"))
+        .env_clear()
+        .env("DATA_DIR", data.path())
+        .env("PORT", "0")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MONGODB_URI") && stderr.contains("REDIS_URL"),
+        "{stderr}"
+    );
+}
