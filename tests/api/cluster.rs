@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::binary::Server;
 use crate::helpers::{
-    Backend, Couple, Device, Ws, join_msg, ok_json, service_env, signal, unique_name,
+    Backend, Couple, Device, PrivateServer, Ws, assert_error, join_msg, ok_json, service_env,
+    signal, unique_name,
 };
 
 /// The protocol's bound for telling peers that a device is gone (docs/protocol.md §6).
@@ -113,13 +114,24 @@ impl Cluster {
     /// `n` instances (or `None`: a loud skip, see [`cluster_env`]) and a couple whose `a` is
     /// joined on instance 0 and `b` on instance 1, each having seen the other.
     async fn in_call(n: usize) -> Option<(Self, Couple, Ws, Ws)> {
-        let c = Self::start(n, &cluster_env()?);
+        Some(Self::in_call_with(n, &cluster_env()?).await)
+    }
+
+    /// [`Cluster::in_call`] with this environment.
+    async fn in_call_with(n: usize, env: &[(String, String)]) -> (Self, Couple, Ws, Ws) {
+        let c = Self::start(n, env);
         let couple = c.pair().await;
         let (mut a, _) = c.join(0, &couple, &couple.a, None).await;
         let (b, joined) = c.join(1, &couple, &couple.b, None).await;
         assert_eq!(joined["peers"], json!(["a"]));
         assert_eq!(a.recv_type("peer-joined").await["deviceId"], "b");
-        Some((c, couple, a, b))
+        (c, couple, a, b)
+    }
+
+    /// `/ready`'s status on instance `i`.
+    async fn ready(&self, i: usize) -> StatusCode {
+        let res = self.http.get(self.url(i, "/ready")).send().await.unwrap();
+        res.status()
     }
 
     /// Connects `device` to instance `i` and joins; returns the socket and `joined`.
@@ -318,6 +330,115 @@ async fn a_revoked_device_is_closed_on_its_instance_and_its_token_dies_everywher
     a.send(signal(Some("b"), &json!("x"), Some("to-revoked")))
         .await;
     assert_eq!(a.recv_error("unknown_device").await["id"], "to-revoked");
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_under_traffic_fails_cleanly_and_loses_nothing() {
+    let (Some(mut env), Some(bin)) = (cluster_env(), service_env("OM_TEST_REDIS_SERVER")) else {
+        return;
+    };
+    // A Redis of this test's own, persisting every write before it answers (the setting
+    // docs/operations.md asks for), so a kill and a restart on the same directory keep
+    // everything it acknowledged.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let mut redis = PrivateServer::new(&bin, |port| {
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir_arg,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--set-proc-title",
+            "no",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    });
+    redis.start();
+    for (k, v) in &mut env {
+        if k == "REDIS_URL" {
+            *v = format!("redis://127.0.0.1:{}", redis.port);
+        }
+    }
+    let (c, couple, mut a, mut b) = Cluster::in_call_with(2, &env).await;
+    // Accepted before the outage, never acknowledged by b.
+    send_acked(&mut a, "b", &json!("kept"), "k1").await;
+    let (_, kept) = recv_signal(&mut b).await;
+
+    redis.kill();
+    // Clean errors, at once: the signal is not accepted, so resending it is safe.
+    let started = Instant::now();
+    a.send(signal(Some("b"), &json!("during"), Some("d1")))
+        .await;
+    assert_eq!(a.recv_error("storage_unavailable").await["id"], "d1");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let body = json!({ "coupleId": couple.id, "fromDeviceId": "b", "toDeviceId": "a", "signalPayload": 1 });
+    let res = c
+        .http
+        .post(c.url(1, "/api/signal"))
+        .bearer_auth(&couple.b.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+    for i in 0..2 {
+        assert_eq!(
+            c.ready(i).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance {i}"
+        );
+        let health: Value = c
+            .http
+            .get(c.url(i, "/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            health["storage"]["cluster"],
+            json!({ "backend": "redis", "ok": false })
+        );
+    }
+
+    // Back on the same data: every instance recovers without a restart.
+    redis.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 0..2 {
+        while c.ready(i).await != StatusCode::OK {
+            assert!(
+                Instant::now() < deadline,
+                "instance {i} did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    send_acked(&mut a, "b", &json!("during"), "d1").await;
+    let (payload, seq) = recv_signal(&mut b).await;
+    assert_eq!(payload, json!("during"));
+    assert!(
+        seq > kept,
+        "a restarted Redis means a new epoch: {seq} after {kept}"
+    );
+    // What was accepted before the outage is still there: a fresh join (no lastSeq) gets it.
+    let (mut b2, _) = c.join(0, &couple, &couple.b, None).await;
+    assert_eq!(b.recv_close().await, Some(4000));
+    assert_eq!(recv_signal(&mut b2).await, (json!("kept"), kept));
+    assert_eq!(recv_signal(&mut b2).await, (json!("during"), seq));
 }
 
 #[test]

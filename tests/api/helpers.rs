@@ -589,3 +589,68 @@ pub async fn wait_for_partial_upload(data_dir: &std::path::Path, min_bytes: u64)
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A service this test owns (a MongoDB-protocol server, a Redis server), on a fixed port so
+/// it can be killed and started again on it; killed on drop.
+pub struct PrivateServer {
+    bin: String,
+    args: Vec<String>,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateServer {
+    /// `args` builds the command line for the port it is given.
+    pub fn new(bin: &str, args: impl FnOnce(u16) -> Vec<String>) -> Self {
+        let port = free_port();
+        Self {
+            bin: bin.to_owned(),
+            args: args(port),
+            port,
+            child: None,
+        }
+    }
+
+    /// Starts it and waits (bounded) until it listens, so start-up timing never decides a
+    /// test.
+    pub fn start(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.bin));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not start listening",
+                self.bin
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

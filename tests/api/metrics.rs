@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Couple, TestApp, WAIT, Ws, assert_error, ok_json, signal, tool};
+use crate::helpers::{Couple, TestApp, WAIT, Ws, assert_error, free_port, ok_json, signal, tool};
 
 const TOKEN: &str = "metrics-token-for-tests-0123";
 
@@ -515,14 +515,6 @@ async fn promtool_check_metrics_accepts_the_exposition() {
     assert!(out.status.success(), "promtool: {report}");
     assert!(report.trim().is_empty(), "promtool lint findings: {report}");
     app.stop().await;
-}
-
-/// A free loopback port for a program that cannot be told to pick one and report it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Asks Prometheus's HTTP API for an instant query's result vector.

@@ -2,66 +2,16 @@
 //! between connected devices keeps working, `/health` says so, and the server recovers by
 //! itself when the backend returns. Uses a private MongoDB-protocol server it can kill.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use our_memories::config::{MetadataBackend, Secret};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, assert_error, ok_json, service_env, signal, unique_name};
+use crate::helpers::{
+    Backend, PrivateServer, TestApp, assert_error, ok_json, service_env, signal, unique_name,
+};
 use crate::metrics::Exposition;
-
-/// A MongoDB-protocol server owned by this test, on a fixed port and data directory so it can
-/// be killed and started again.
-struct PrivateMongo {
-    bin: String,
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateMongo {
-    fn start(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--data-dir", &self.dir.path().to_string_lossy()])
-            .args(["--host", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nx-27017 starts");
-        self.child = Some(child);
-        // Wait (bounded) until it listens, so start-up timing never decides the test.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nx-27017 did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateMongo {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 async fn health(app: &TestApp) -> Value {
     app.http
@@ -83,12 +33,18 @@ async fn mongodb_down_means_503_fast_live_signaling_continues_and_recovery_is_au
     let Some(bin) = service_env("OM_TEST_NX_BIN") else {
         return;
     };
-    let mut mongo = PrivateMongo {
-        bin,
-        port: free_port(),
-        dir: tempfile::tempdir().unwrap(),
-        child: None,
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let mut mongo = PrivateServer::new(&bin, |port| {
+        vec![
+            "--data-dir".to_owned(),
+            dir_arg.clone(),
+            "--host".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+        ]
+    });
     mongo.start();
     let uri = format!("mongodb://127.0.0.1:{}", mongo.port);
     let app = TestApp::spawn_with(|c| {
