@@ -9,6 +9,7 @@
 //! - `P:{c}:s:<device>`: stream; the device's mailbox, one entry per signal with id `<seq>-0`;
 //! - `P:{c}:p`: hash; device → the socket that holds it (`<instance>.<connection>`);
 //! - `P:{c}:id:<from>:<id>`: string with a TTL of the resend window; the seq an id got;
+//! - `P:{c}:lk`: the couple's lock (pairing confirms and revocations, across instances);
 //! - `P:{c}:ch`: the couple's pub/sub channel;
 //! - `P:{n}:live`: sorted set; instance → lease expiry, by the Redis server's clock.
 //!
@@ -41,6 +42,9 @@ use self::wire::{count, entries, int, presence, text};
 const LEASE: Duration = Duration::from_secs(3);
 /// How often the lease is renewed (and the live instances read).
 const LEASE_RENEW: Duration = Duration::from_secs(1);
+/// A couple's lock frees itself after this if its holder died (its work is a few storage
+/// calls, each bounded by the storage timeout).
+const LOCK_HELD_AT_MOST: Duration = Duration::from_secs(15);
 /// How long a couple's keys outlive their last write: they are garbage once every signal
 /// expired and no socket is connected (the scripts go by the domain's clock; this only
 /// frees memory).
@@ -56,6 +60,7 @@ struct Scripts {
     seed: Script,
     revoke: Script,
     lease: Script,
+    unlock: Script,
 }
 
 macro_rules! script {
@@ -78,6 +83,7 @@ impl Scripts {
             seed: script!("seed.lua"),
             revoke: script!("revoke.lua"),
             lease: script!("lease.lua"),
+            unlock: script!("unlock.lua"),
         }
     }
 }
@@ -449,6 +455,47 @@ impl Bus for RedisBus {
             .arg(self.key(couple, "s:"))
             .arg(self.channel(couple));
         self.run("revoke", link, &inv).await.map(|_| ())
+    }
+
+    async fn lock(&self, couple: &CoupleId, wait: Duration) -> Result<String, BusError> {
+        let token = actors::SignalId::generate().as_str().to_owned();
+        let key = self.key(couple, "lk");
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let link = self.link().await?;
+            let started = Instant::now();
+            let mut conn = link.conn;
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(LOCK_HELD_AT_MOST))
+                .query_async(&mut conn)
+                .await;
+            self.metrics
+                .storage_op("redis", "lock", started.elapsed(), set.is_ok());
+            if set.map_err(|e| unavailable(&e))?.is_some() {
+                return Ok(token);
+            }
+            if Instant::now() + pause > deadline {
+                return Err(BusError::Unavailable(format!(
+                    "the couple's lock stayed taken for {wait:?}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn unlock(&self, couple: &CoupleId, token: &str) {
+        let Ok(link) = self.link().await else { return };
+        let mut inv = self.scripts.unlock.prepare_invoke();
+        inv.key(self.key(couple, "lk")).arg(token);
+        if let Err(e) = self.run("unlock", link, &inv).await {
+            tracing::warn!(couple_id = %couple, cause = %e, "the couple's lock expires by itself");
+        }
     }
 
     fn live_instances(&self) -> Option<Arc<HashSet<String>>> {

@@ -19,6 +19,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -216,6 +217,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A device was revoked: its mailbox is dropped and its socket closed wherever it is.
     async fn device_revoked(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), BusError>;
+
+    /// Takes the couple's cluster-wide lock, for changes that must not interleave across
+    /// instances (a pairing confirm, a revocation); waits at most `wait` for it. The lock
+    /// expires by itself if its holder dies. Returns the token that releases it.
+    async fn lock(&self, couple: &CoupleId, wait: Duration) -> Result<String, BusError>;
+
+    /// Releases the couple's lock if `token` still holds it.
+    async fn unlock(&self, couple: &CoupleId, token: &str);
 
     /// The instances whose lease is live, as of the last renewal (`None` while unknown: a
     /// room never removes a presence on a guess).

@@ -403,7 +403,8 @@ impl Actor for PairingActor {
                 let _ = reply.send(st.initiate(device, claims).await);
             }
             PairingMsg::Revoke { by, device, reply } => {
-                let _ = reply.send(st.revoke(&by, device).await);
+                let revoked = st.rooms.exclusive(&by.couple, st.revoke(&by, device)).await;
+                let _ = reply.send(revoked.unwrap_or(Err(PairingError::StorageUnavailable)));
             }
             PairingMsg::ExpireCouples { reply } => {
                 let _ = reply.send(st.expire_couples().await);
@@ -416,7 +417,11 @@ impl Actor for PairingActor {
                 device,
                 reply,
             } => {
-                let _ = reply.send(st.confirm(couple, &token, device).await);
+                let confirmed = st
+                    .rooms
+                    .exclusive(&couple.clone(), st.confirm(couple, &token, device))
+                    .await;
+                let _ = reply.send(confirmed.unwrap_or(Err(PairingError::StorageUnavailable)));
             }
         }
         Ok(())

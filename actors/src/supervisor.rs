@@ -314,6 +314,32 @@ impl Rooms {
         }
     }
 
+    /// Runs `work` holding the couple's cluster-wide lock (at once, without a bus: the
+    /// calling actor already serialises it in its process).
+    ///
+    /// # Errors
+    /// `None` when the lock could not be taken (Redis down or the couple busy for longer
+    /// than the call timeout).
+    pub(crate) async fn exclusive<T>(
+        &self,
+        couple: &CoupleId,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let Some(bus) = &self.bus else {
+            return Some(work.await);
+        };
+        let token = match bus.lock(couple, self.timeout).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(couple_id = %couple, cause = %e, "could not take the couple's cluster lock");
+                return None;
+            }
+        };
+        let out = work.await;
+        bus.unlock(couple, &token).await;
+        Some(out)
+    }
+
     /// Whether the cluster bus answers (always, without one).
     pub async fn cluster_ok(&self) -> Option<bool> {
         let bus = self.bus.as_ref()?;

@@ -84,6 +84,7 @@ async fn over_the_per_ip_cap_only_the_probes_answer_and_refusals_are_counted() {
 /// Socket.IO's) count against the caps like any other connection.
 #[tokio::test]
 async fn websockets_hold_their_place_under_the_caps_until_they_close() {
+    crate::single_instance_only!("connection caps are per instance");
     let app = TestApp::spawn_with(|c| {
         c.conn.per_ip = 3;
         c.ws.join_timeout = Duration::from_mins(1);

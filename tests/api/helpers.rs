@@ -9,7 +9,7 @@ use actors::{BlobStore, Clock, CoupleId, Rooms, SigningSecret};
 use futures_util::{SinkExt, StreamExt};
 use our_memories::app::App;
 use our_memories::config::S3Settings;
-use our_memories::config::{BlobBackend, Config, MetadataBackend, SecretSource};
+use our_memories::config::{BlobBackend, ClusterConfig, Config, MetadataBackend, SecretSource};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -44,6 +44,34 @@ pub struct TestApp {
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     data: tempfile::TempDir,
+    /// In cluster mode, the second instance; requests and sockets alternate between them.
+    peer: Option<Peer>,
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+/// The second instance of a cluster-mode test app.
+struct Peer {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    _data: tempfile::TempDir,
+}
+
+/// Builds an app and runs it until the returned sender fires.
+async fn run_app(
+    config: Config,
+    clock: &Clock,
+) -> (App, oneshot::Sender<()>, impl FnOnce(App) -> JoinHandle<()>) {
+    let app = App::build(config, clock.clone())
+        .await
+        .expect("server starts");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = move |app: App| {
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }))
+    };
+    (app, stop, run)
 }
 
 #[derive(Debug, Clone)]
@@ -60,12 +88,14 @@ pub struct Couple {
 }
 
 /// Which storage the HTTP tests run against: `OM_TEST_BACKEND` = `embedded` (default),
-/// `mongodb` (MongoDB + GridFS) or `s3` (MongoDB + S3), with the services `.ci/test` starts.
+/// `mongodb` (MongoDB + GridFS), `s3` (MongoDB + S3) or `cluster` (two instances on MongoDB +
+/// GridFS + Redis, requests spread across them), with the services `.ci/test` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
     Mongo,
     MongoS3,
+    Cluster,
 }
 
 impl Backend {
@@ -74,9 +104,29 @@ impl Backend {
             Err(_) | Ok("" | "embedded") => Self::Embedded,
             Ok("mongodb") => Self::Mongo,
             Ok("s3") => Self::MongoS3,
-            Ok(other) => panic!("OM_TEST_BACKEND={other}: expected embedded, mongodb or s3"),
+            Ok("cluster") => Self::Cluster,
+            Ok(other) => {
+                panic!("OM_TEST_BACKEND={other}: expected embedded, mongodb, s3 or cluster")
+            }
         }
     }
+
+    /// Whether the test app is two instances (a rule of one process cannot be checked).
+    pub fn is_cluster() -> bool {
+        Self::from_env() == Self::Cluster
+    }
+}
+
+/// Returns early (a loud skip) from a test of something that is per instance by design (a
+/// count, a limit, a room's lifecycle), when the app is a cluster.
+#[macro_export]
+macro_rules! single_instance_only {
+    ($why:literal) => {
+        if $crate::helpers::Backend::is_cluster() {
+            eprintln!(concat!("SKIPPED in cluster mode: ", $why));
+            return;
+        }
+    };
 }
 
 /// A service address from the environment. Missing is a failure under CI, and a loud skip
@@ -164,6 +214,14 @@ pub async fn test_config(data_dir: &std::path::Path, backend: Backend) -> Config
         create_bucket(&s3).await;
         c.storage.blobs = BlobBackend::S3(s3);
     }
+    if backend == Backend::Cluster {
+        let url = service_env("OM_TEST_REDIS_URL").expect("Redis for this backend");
+        c.cluster = Some(ClusterConfig {
+            url: our_memories::config::Secret::new(url),
+            prefix: unique_name("om"),
+            instance: "i0".to_owned(),
+        });
+    }
     c
 }
 
@@ -179,18 +237,32 @@ impl TestApp {
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let clock = Clock::manual();
-        let app = App::build(config, clock.clone())
-            .await
-            .expect("server starts");
+        let peer = match &config.cluster {
+            None => None,
+            Some(cluster) => {
+                let data = tempfile::tempdir().expect("temp dir");
+                let mut second = config.clone();
+                data.path().clone_into(&mut second.data_dir);
+                second.metrics.addr = None;
+                if let Some(c) = &mut second.cluster {
+                    c.instance = format!("{}-peer", cluster.instance);
+                }
+                let (app, stop, run) = run_app(second, &clock).await;
+                Some(Peer {
+                    addr: app.addr(),
+                    stop: Some(stop),
+                    server: Some(run(app)),
+                    _data: data,
+                })
+            }
+        };
+        let (app, stop, run) = run_app(config, &clock).await;
         let addr = app.addr();
         let metrics_addr = app.metrics_addr();
         let rooms = app.rooms();
         let blobs = app.blobs();
         let (pairing, backups) = (app.pairing(), app.backups());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let server = run(app);
         Self {
             addr,
             metrics_addr,
@@ -203,6 +275,19 @@ impl TestApp {
             stop: Some(stop),
             server: Some(server),
             data,
+            peer,
+            turn: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The instance the next request or socket goes to: in cluster mode they alternate, so
+    /// every rule is checked across instances.
+    fn next_addr(&self) -> std::net::SocketAddr {
+        match &self.peer {
+            Some(peer) if self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1 => {
+                peer.addr
+            }
+            _ => self.addr,
         }
     }
 
@@ -225,14 +310,20 @@ impl TestApp {
     }
 
     async fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.server.take() {
-            tokio::time::timeout(WAIT, h)
-                .await
-                .expect("server stops in time")
-                .expect("server task ends cleanly");
+        let peer = self.peer.as_mut().map(|p| (p.stop.take(), p.server.take()));
+        for (stop, server) in [(self.stop.take(), self.server.take())]
+            .into_iter()
+            .chain(peer)
+        {
+            if let Some(s) = stop {
+                let _ = s.send(());
+            }
+            if let Some(h) = server {
+                tokio::time::timeout(WAIT, h)
+                    .await
+                    .expect("server stops in time")
+                    .expect("server task ends cleanly");
+            }
         }
     }
 
@@ -241,7 +332,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.next_addr())
     }
 
     pub async fn initiate(&self, device: &str, bearer: Option<&str>) -> reqwest::Response {
@@ -370,7 +461,7 @@ impl TestApp {
     }
 
     pub async fn ws(&self) -> Ws {
-        Ws::connect(&self.addr.to_string()).await
+        Ws::connect(&self.next_addr().to_string()).await
     }
 
     /// Connects and joins; returns the socket and the `joined` message.

@@ -18,6 +18,7 @@ async fn assert_limited(res: reqwest::Response, limit: &str) {
 
 #[tokio::test]
 async fn pairing_is_limited_per_ip_and_confirm_more_strictly() {
+    crate::single_instance_only!("rate limits are per instance");
     let app = TestApp::spawn_with(|c| {
         c.rate.pairing_per_15min = 4;
         c.rate.confirm_per_15min = 2;
@@ -38,6 +39,7 @@ async fn pairing_is_limited_per_ip_and_confirm_more_strictly() {
 
 #[tokio::test]
 async fn signals_are_limited_per_device_over_rest_and_websocket() {
+    crate::single_instance_only!("rate limits are per instance");
     let app = TestApp::spawn_with(|c| {
         c.rate.signals_burst = 5;
         c.rate.signals_per_sec = 1;
@@ -134,6 +136,7 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
 
 #[tokio::test]
 async fn a_client_cannot_pick_its_key_through_a_proxy_that_appends() {
+    crate::single_instance_only!("rate limits are per instance");
     // nginx's default `$proxy_add_x_forwarded_for` keeps what the client sent and appends
     // the address it saw: the client's own entries are on the left.
     let app = TestApp::spawn_with(|c| {

@@ -245,6 +245,7 @@ fn assert_http_counts(m: &Exposition) {
 
 #[tokio::test]
 async fn metrics_count_real_traffic_by_route_template_and_name_no_couple_or_device() {
+    crate::single_instance_only!("metrics count the traffic of one instance");
     let app = TestApp::spawn().await;
     let (couple, backup, _sockets) = traffic(&app).await;
     let (text, m) = scrape_until(&app, traffic_recorded).await;
@@ -380,6 +381,7 @@ async fn a_download_the_client_abandons_is_counted_as_interrupted() {
 
 #[tokio::test]
 async fn rate_limits_and_actor_restarts_are_counted() {
+    crate::single_instance_only!("rate limits and metrics are per instance");
     let app = TestApp::spawn_with(|c| c.rate.confirm_per_15min = 1).await;
     let (couple, token) = app.open_pairing().await;
     let _ = app.confirm(&couple, &token, "b").await;

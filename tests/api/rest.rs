@@ -172,7 +172,7 @@ async fn rest_signal_errors_are_clear() {
     let health: Value = ok_json(res, StatusCode::OK).await;
     let expected = match crate::helpers::Backend::from_env() {
         crate::helpers::Backend::Embedded => ("embedded", "files"),
-        crate::helpers::Backend::Mongo => ("mongodb", "gridfs"),
+        crate::helpers::Backend::Mongo | crate::helpers::Backend::Cluster => ("mongodb", "gridfs"),
         crate::helpers::Backend::MongoS3 => ("mongodb", "s3"),
     };
     assert_eq!(health["status"], "ok");

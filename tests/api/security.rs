@@ -216,6 +216,7 @@ async fn every_websocket_message_needs_a_join_with_the_owners_token() {
 
 #[tokio::test]
 async fn expired_pairings_and_brute_force_are_stopped() {
+    crate::single_instance_only!("the confirm rate limit is per instance");
     let app = TestApp::spawn_with(|c| c.rate.confirm_per_15min = 12).await;
     let (couple, token) = app.open_pairing().await;
     let (couple, token) = (couple.as_str(), token.as_str());
