@@ -125,6 +125,13 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The wall clock in milliseconds since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, ms)
+}
+
 /// A Redis error as the domain sees it.
 fn unavailable(e: &redis::RedisError) -> BusError {
     BusError::Unavailable(e.to_string())
@@ -339,7 +346,8 @@ impl Bus for RedisBus {
             .arg(self.key(couple, "s:"))
             .arg(self.channel(couple))
             .arg(signal.to.map_or("", DeviceId::as_str))
-            .arg(Self::keep_ms(Some(settings)));
+            .arg(Self::keep_ms(Some(settings)))
+            .arg(wall_ms());
         let reply = self.run("append", link, &inv).await?;
         let parts = wire::array(&reply)?;
         match text(parts.first())?.as_str() {

@@ -40,6 +40,9 @@ pub enum BusEvent {
         signal: Arc<Signal>,
         /// Its recipients.
         to: Vec<DeviceId>,
+        /// When the instance that took it published it (wall clock, ms since the Unix
+        /// epoch): where it is delivered, the relay latency is measured from it.
+        published_ms: u64,
     },
     /// A device connected where none was (`owner` names its socket).
     Joined {

@@ -127,7 +127,7 @@ fn entry(v: &Value) -> Result<Signal, BusError> {
 /// hold `|` or `,`, and the payload comes last).
 pub(super) fn event(message: &[u8]) -> Option<BusEvent> {
     let text = std::str::from_utf8(message).ok()?;
-    let mut parts = text.splitn(8, '|');
+    let mut parts = text.splitn(9, '|');
     let kind = parts.next()?;
     let mut next = || parts.next();
     let device = |s: Option<&str>| DeviceId::parse(s?).ok();
@@ -144,6 +144,7 @@ pub(super) fn event(message: &[u8]) -> Option<BusEvent> {
                 .map(DeviceId::parse)
                 .collect::<Result<Vec<_>, _>>()
                 .ok()?;
+            let published_ms = next()?.parse().ok()?;
             let payload = Payload::parse(next()?).ok()?;
             let signal = Arc::new(Signal {
                 seq,
@@ -153,7 +154,11 @@ pub(super) fn event(message: &[u8]) -> Option<BusEvent> {
                 created_at,
                 expires_at,
             });
-            BusEvent::Signal { signal, to }
+            BusEvent::Signal {
+                signal,
+                to,
+                published_ms,
+            }
         }
         "J" => BusEvent::Joined {
             device: device(next())?,
@@ -181,14 +186,20 @@ mod tests {
 
     #[test]
     fn a_signal_message_reads_back_with_pipes_in_its_payload() {
-        let msg = br#"S|83886081|a|x1|1000|301000|b,c|{"sdp":"v=0|a|b"}"#;
-        let Some(BusEvent::Signal { signal, to }) = event(msg) else {
+        let msg = br#"S|83886081|a|x1|1000|301000|b,c|1764500000000|{"sdp":"v=0|a|b"}"#;
+        let Some(BusEvent::Signal {
+            signal,
+            to,
+            published_ms,
+        }) = event(msg)
+        else {
             panic!("not a signal");
         };
         assert_eq!(signal.seq, Seq(83_886_081));
         assert_eq!(signal.payload.as_str(), r#"{"sdp":"v=0|a|b"}"#);
         assert_eq!(to.len(), 2);
         assert_eq!(signal.expires_at, Timestamp(301_000));
+        assert_eq!(published_ms, 1_764_500_000_000);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::helpers::{
     Backend, Couple, Device, PrivateServer, Ws, assert_error, join_msg, ok_json, service_env,
     signal, unique_name,
 };
+use crate::metrics::{Exposition, scrape_url_until};
 
 /// The protocol's bound for telling peers that a device is gone (docs/protocol.md §6).
 const PRESENCE_BOUND: Duration = Duration::from_secs(10);
@@ -128,6 +129,13 @@ impl Cluster {
         (c, couple, a, b)
     }
 
+    /// Instance `i`'s metrics, once `ready` holds.
+    async fn metrics_until(&self, i: usize, ready: impl Fn(&Exposition) -> bool) -> Exposition {
+        scrape_url_until(&self.http, || self.url(i, "/metrics"), ready)
+            .await
+            .1
+    }
+
     /// `/ready`'s status on instance `i`.
     async fn ready(&self, i: usize) -> StatusCode {
         let res = self.http.get(self.url(i, "/ready")).send().await.unwrap();
@@ -223,6 +231,38 @@ async fn devices_on_different_instances_relay_both_ways() {
         "{polled}"
     );
     assert_eq!(polled["signals"][0]["seq"], rest["seq"]);
+
+    // Metrics stay per instance: a relay is counted where it was taken, its latency where it
+    // was delivered (recorded once the frame is written), and Redis calls as a storage
+    // backend.
+    let relayed = |m: &Exposition, transport| {
+        m.count(
+            "our_memories_signals_relayed_total",
+            &[("transport", transport)],
+        )
+    };
+    let m = c
+        .metrics_until(1, |m| {
+            m.count("our_memories_signal_relay_latency_seconds_count", &[]) >= 2
+        })
+        .await;
+    assert_eq!(relayed(&m, "websocket"), 1);
+    let m = c
+        .metrics_until(0, |m| {
+            m.count("our_memories_signal_relay_latency_seconds_count", &[]) >= 1
+        })
+        .await;
+    assert_eq!(relayed(&m, "websocket"), 1);
+    let redis_appends = [("backend", "redis"), ("operation", "append")];
+    assert_eq!(
+        m.count(
+            "our_memories_storage_operation_duration_seconds_count",
+            &redis_appends
+        ),
+        1
+    );
+    let m = c.metrics_until(2, |_| true).await;
+    assert_eq!((relayed(&m, "rest"), relayed(&m, "websocket")), (1, 0));
 }
 
 #[tokio::test]

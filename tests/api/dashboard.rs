@@ -76,6 +76,7 @@ fn plain(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
         .replace("$__range", "1h")
         .replace("$job", "our-memories")
+        .replace("$instance", "127.0.0.1:3000")
 }
 
 /// The metric names an expression reads: identifiers outside string literals that name one
@@ -110,6 +111,13 @@ async fn every_panel_query_parses_and_reads_only_metrics_the_server_exports() {
         serde_json::from_str(&std::fs::read_to_string(root.join(DASHBOARD)).expect("dashboard"))
             .expect("the dashboard is JSON");
     assert_eq!(dashboard["uid"], "our-memories");
+    let variables: Vec<&Value> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .map(|v| &v["name"])
+        .collect();
+    assert_eq!(variables, ["datasource", "job", "instance"]);
     let panels = panels(&dashboard);
     assert!(panels.len() >= 10, "a dashboard, not a stub");
 
@@ -117,6 +125,13 @@ async fn every_panel_query_parses_and_reads_only_metrics_the_server_exports() {
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, (title, exprs)) in panels.iter().enumerate() {
         assert!(!exprs.is_empty(), "panel {title:?} has no query");
+        // Several instances (cluster mode) are told apart by the `instance` variable.
+        for expr in exprs {
+            assert!(
+                expr.contains(r#"instance=~"$instance""#),
+                "panel {title:?} ignores the instance variable: {expr}"
+            );
+        }
         for (j, expr) in exprs.iter().enumerate() {
             let quoted = serde_json::to_string(&plain(expr)).expect("quoted");
             let _ = writeln!(

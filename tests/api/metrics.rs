@@ -80,12 +80,11 @@ impl Exposition {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    let res = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("request sent");
+    scrape_url(&app.http, &app.url("/metrics")).await
+}
+
+async fn scrape_url(http: &reqwest::Client, url: &str) -> String {
+    let res = http.get(url).send().await.expect("request sent");
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.headers()["content-type"],
@@ -100,9 +99,18 @@ pub async fn scrape_until(
     app: &TestApp,
     ready: impl Fn(&Exposition) -> bool,
 ) -> (String, Exposition) {
+    scrape_url_until(&app.http, || app.url("/metrics"), ready).await
+}
+
+/// [`scrape_until`] for the server `url` names (it may alternate between instances).
+pub async fn scrape_url_until(
+    http: &reqwest::Client,
+    url: impl Fn() -> String,
+    ready: impl Fn(&Exposition) -> bool,
+) -> (String, Exposition) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let text = scrape(app).await;
+        let text = scrape_url(http, &url()).await;
         let parsed = Exposition::parse(&text);
         if ready(&parsed) {
             return (text, parsed);

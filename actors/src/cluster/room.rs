@@ -33,6 +33,16 @@ use crate::supervisor::SupervisorMsg;
 /// about 5 s, inside the protocol's 10 s.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The instant a signal published at `published_ms` (wall clock) was received, on this
+/// host's monotonic clock; `None` if the clocks disagree (it would be in the future).
+fn received_at(published_ms: u64) -> Option<std::time::Instant> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let ago = now.checked_sub(Duration::from_millis(published_ms))?;
+    std::time::Instant::now().checked_sub(ago)
+}
+
 /// What a cluster room is started with.
 pub(crate) struct ClusterArgs {
     /// Whose room.
@@ -439,9 +449,14 @@ impl ClusterState {
 
     async fn on_event(&mut self, event: BusEvent) {
         match event {
-            BusEvent::Signal { signal, to } => {
+            BusEvent::Signal {
+                signal,
+                to,
+                published_ms,
+            } => {
+                let received = received_at(published_ms);
                 for d in to {
-                    self.deliver(&d, &signal).await;
+                    self.deliver(&d, &signal, received).await;
                 }
             }
             BusEvent::Joined { device, owner } => {
@@ -478,8 +493,13 @@ impl ClusterState {
     }
 
     /// Hands a channel signal to the recipient's local socket, unless its backlog (or an
-    /// earlier event) already covered it.
-    async fn deliver(&mut self, device: &DeviceId, signal: &Arc<crate::mailbox::Signal>) {
+    /// earlier event) already covered it; `received` (a live relay) is for the latency metric.
+    async fn deliver(
+        &mut self,
+        device: &DeviceId,
+        signal: &Arc<crate::mailbox::Signal>,
+        received: Option<std::time::Instant>,
+    ) {
         let Some(local) = self.local.get_mut(device) else {
             return;
         };
@@ -489,7 +509,7 @@ impl ClusterState {
         local.through = signal.seq;
         let event = RoomEvent::Signal {
             signal: Arc::clone(signal),
-            received: None,
+            received,
         };
         self.push(device, event).await;
     }
@@ -512,7 +532,7 @@ impl ClusterState {
             match missed {
                 Ok((signals, _)) => {
                     for s in signals {
-                        self.deliver(&device, &Arc::new(s)).await;
+                        self.deliver(&device, &Arc::new(s), None).await;
                     }
                 }
                 Err(e) => {

@@ -3,12 +3,13 @@
 -- are evicted for it, undelivered ones never are).
 -- KEYS: meta, presence, resend id key (ignored when the window is 0)
 -- ARGV: run_id, now, ttl ms, from, id, payload, max signals, max bytes, window ms,
---       streams prefix, channel, to ('' = every other paired device), meta keep ms
+--       streams prefix, channel, to ('' = every other paired device), meta keep ms,
+--       wall clock ms (for the relay latency measured where the signal is delivered)
 -- Reply: {'OK', seq, expired, evicted} | {'DUP', seq} | {'EPOCH'} | {'UNKNOWN'} | {'FULL'}
 local m, p, idk = KEYS[1], KEYS[2], KEYS[3]
 local rid, now, ttl, from, sid, payload = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local max_n, max_b, window = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local sp, chan, to, keep = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local sp, chan, to, keep, wall = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 
 if window > 0 then
   local taken = redis.call('GET', idk)
@@ -78,5 +79,5 @@ for i, d in ipairs(rcpt) do
 end
 redis.call('PEXPIRE', m, keep)
 if window > 0 then redis.call('SET', idk, seq, 'PX', window) end
-redis.call('PUBLISH', chan, table.concat({'S', seq, from, sid, now, expires, table.concat(rcpt, ','), payload}, '|'))
+redis.call('PUBLISH', chan, table.concat({'S', seq, from, sid, now, expires, table.concat(rcpt, ','), wall, payload}, '|'))
 return {'OK', seq, expired, evicted}
