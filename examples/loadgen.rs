@@ -124,7 +124,8 @@
 //! | `--idle-alone` | off | each idle socket is its own couple's only joined device |
 //! | `--timeout-secs T` | 60 | the relay phase gives up waiting after T seconds |
 //! | `--ids` | off | give each signal an `id` (`s<n>`); the server then answers `accepted` (not with `rest`) |
-//! | `--server-pid PID` | none | read the server's memory from `/proc/PID/status` and CPU time from `/proc/PID/stat` |
+//! | `--url-b URL` | `--url` | where the `b` devices connect: another instance of a cluster (`REDIS_URL`), so each couple's two devices are on different instances |
+//! | `--server-pid PID[,PID…]` | none | read the server's memory from `/proc/PID/status` and CPU time from `/proc/PID/stat`; with several (the instances of a cluster, and Redis) the figures are their sums |
 //! | `--transport T` | `ws` | `ws` (JSON WebSocket at `/ws`), `socketio` (Socket.IO at `/socket.io/`) or `rest` (`POST /api/signal`, `b` polls `GET /api/signals/…`; needs `--idle 0`) |
 //! | `--poll-ms MS` | 5 | `rest`: `b` fetches again MS ms after a fetch that returned no signal (at once after one that did) |
 //! | `-h`, `--help` | | print this usage |
@@ -212,7 +213,10 @@ usage: cargo run --release --example loadgen -- [flags]
   --timeout-secs T     relay phase gives up after T s   (default 60)
   --ids                give each signal an id (the server then answers `accepted`);
                        not with rest
-  --server-pid PID     read the server's VmRSS from /proc/PID/status and its CPU
+  --url-b URL          where the b devices connect (another cluster instance)
+                                                        (default: --url)
+  --server-pid PID[,PID...]
+                       read the server's VmRSS from /proc/PID/status and its CPU
                        time (relay phase) from /proc/PID/stat
   --transport T        ws (JSON WebSocket at /ws), socketio (Socket.IO v5 over
                        Engine.IO v4 WebSocket at /socket.io/) or rest (POST
@@ -233,6 +237,7 @@ The last line of stdout is one JSON object with every figure.";
 #[derive(Debug, Clone)]
 struct Args {
     url: String,
+    url_b: Option<String>,
     couples: usize,
     concurrency: usize,
     messages: usize,
@@ -245,7 +250,7 @@ struct Args {
     hold: Duration,
     timeout: Duration,
     ids: bool,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     transport: Transport,
 }
 
@@ -253,6 +258,7 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:3000".to_owned(),
+            url_b: None,
             couples: 100,
             concurrency: 32,
             messages: 200,
@@ -265,7 +271,7 @@ impl Default for Args {
             hold: Duration::from_secs(10),
             timeout: Duration::from_mins(1),
             ids: false,
-            server_pid: None,
+            server_pids: Vec::new(),
             transport: Transport::Ws,
         }
     }
@@ -313,6 +319,7 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
         };
         match flag.as_str() {
             "--url" => args.url = value,
+            "--url-b" => args.url_b = Some(value),
             "--couples" => args.couples = number(&flag, &value)?,
             "--concurrency" => args.concurrency = number(&flag, &value)?,
             "--messages" => args.messages = number(&flag, &value)?,
@@ -323,7 +330,12 @@ fn parse_args(cli: impl IntoIterator<Item = String>) -> Result<Command, String> 
             "--idle" => args.idle = number(&flag, &value)?,
             "--hold-secs" => args.hold = Duration::from_secs(number(&flag, &value)?),
             "--timeout-secs" => args.timeout = Duration::from_secs(number(&flag, &value)?),
-            "--server-pid" => args.server_pid = Some(number(&flag, &value)?),
+            "--server-pid" => {
+                args.server_pids = value
+                    .split(',')
+                    .map(|p| number(&flag, p))
+                    .collect::<Result<_, _>>()?;
+            }
             "--transport" => transport = value,
             "--poll-ms" => poll = Duration::from_millis(number(&flag, &value)?),
             _ => return Err(format!("unknown flag {flag}")),
@@ -374,6 +386,18 @@ struct Target {
     /// Host for `TcpStream::connect` (no brackets).
     host: String,
     port: u16,
+    /// `--url-b`: where the `b` devices connect (another instance of a cluster).
+    b: Option<Box<Target>>,
+}
+
+impl Target {
+    /// Where `dev` connects.
+    fn of(&self, dev: Dev) -> &Target {
+        match (dev, &self.b) {
+            (Dev::B, Some(b)) => b,
+            _ => self,
+        }
+    }
 }
 
 fn parse_target(url: &str) -> Result<Target, String> {
@@ -412,6 +436,7 @@ fn parse_target(url: &str) -> Result<Target, String> {
         sio_url: format!("ws://{shown}/socket.io/?EIO=4&transport=websocket"),
         host: host.to_owned(),
         port,
+        b: None,
     })
 }
 
@@ -540,6 +565,14 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The sum of `read` over every pid, or `None` if there is none or one cannot be read.
+fn sum_over(pids: &[u32], read: impl Fn(&u32) -> Option<u64>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(read).sum()
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux), from
 /// `getconf CLK_TCK`.
 fn clock_ticks_per_sec() -> u64 {
@@ -619,7 +652,7 @@ fn check_fd_limits(args: &Args) {
         }
     };
     check("this process", "self");
-    if let Some(pid) = args.server_pid {
+    for pid in &args.server_pids {
         check("the server", &pid.to_string());
     }
 }
@@ -1369,6 +1402,7 @@ async fn connect_join(
     couple: &Couple,
     dev: Dev,
 ) -> Result<Conn, String> {
+    let target = target.of(dev);
     let url = match transport {
         Transport::Ws => target.ws_url.as_str(),
         Transport::SocketIo => target.sio_url.as_str(),
@@ -2127,7 +2161,11 @@ fn warn_about_window(args: &Args) {
 /// Runs every phase; returns the number of errors counted.
 #[allow(clippy::too_many_lines)] // one straight sequence of phases reads best in one place
 async fn run(args: Args) -> Result<u64, String> {
-    let target = Arc::new(parse_target(&args.url)?);
+    let mut target = parse_target(&args.url)?;
+    if let Some(url_b) = &args.url_b {
+        target.b = Some(Box::new(parse_target(url_b)?));
+    }
+    let target = Arc::new(target);
     check_fd_limits(&args);
     warn_about_window(&args);
     let client = reqwest::Client::builder()
@@ -2136,8 +2174,8 @@ async fn run(args: Args) -> Result<u64, String> {
         .tcp_nodelay(true)
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
-    let rss = || args.server_pid.and_then(rss_kib);
-    let server_ticks = || args.server_pid.and_then(|p| cpu_ticks(&p.to_string()));
+    let rss = || sum_over(&args.server_pids, |p| rss_kib(*p));
+    let server_ticks = || sum_over(&args.server_pids, |p| cpu_ticks(&p.to_string()));
     let ticks_per_sec = clock_ticks_per_sec();
     let run_started = Instant::now();
     let mut table = Table::default();
@@ -2241,8 +2279,7 @@ async fn run(args: Args) -> Result<u64, String> {
         "relaying {} signals in each of {active} couples...",
         args.messages
     );
-    let server_pid = args.server_pid.map(|p| p.to_string());
-    let cpu_now = || (server_pid.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
+    let cpu_now = || (server_ticks(), cpu_ticks("self"));
     let (server_cpu_before, client_cpu_before) = cpu_now();
     let go_at = Instant::now();
     // Receivers still on the air stop waiting at the deadline. Only the receivers listen, so
@@ -2495,8 +2532,15 @@ async fn run(args: Args) -> Result<u64, String> {
         args.idle,
         args.hold.as_secs(),
         args.ids,
-        args.server_pid
-            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        if args.server_pids.is_empty() {
+            "-".to_owned()
+        } else {
+            args.server_pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        },
         args.transport.name(),
         args.transport
             .poll_ms()
@@ -2518,7 +2562,8 @@ async fn run(args: Args) -> Result<u64, String> {
             "hold_secs": args.hold.as_secs(),
             "timeout_secs": args.timeout.as_secs(),
             "ids": args.ids,
-            "server_pid": args.server_pid,
+            "server_pids": args.server_pids,
+            "url_b": args.url_b,
             "transport": args.transport.name(),
             "poll_ms": args.transport.poll_ms(),
         },
@@ -2569,11 +2614,12 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let argv = ["--couples=5", "--idle", "0", "--server-pid", "42"].map(str::to_owned);
+        let argv = ["--couples=5", "--idle", "0", "--server-pid", "42,43"].map(str::to_owned);
         let Ok(Command::Run(a)) = parse_args(argv) else {
             panic!("flags did not parse")
         };
-        assert_eq!((a.couples, a.idle, a.server_pid), (5, 0, Some(42)));
+        assert_eq!((a.couples, a.idle, a.server_pids), (5, 0, vec![42, 43]));
+        assert!(parse_args(["--server-pid", "42,x"].map(str::to_owned)).is_err());
         assert!(parse_args(["--window", "0"].map(str::to_owned)).is_err());
         assert!(parse_args(["--bogus", "1"].map(str::to_owned)).is_err());
         let Ok(Command::Run(a)) = parse_args(["--transport", "socketio"].map(str::to_owned)) else {

@@ -372,17 +372,12 @@ async fn a_revoked_device_is_closed_on_its_instance_and_its_token_dies_everywher
     assert_eq!(a.recv_error("unknown_device").await["id"], "to-revoked");
 }
 
-#[tokio::test]
-async fn redis_killed_and_restarted_under_traffic_fails_cleanly_and_loses_nothing() {
-    let (Some(mut env), Some(bin)) = (cluster_env(), service_env("OM_TEST_REDIS_SERVER")) else {
-        return;
-    };
-    // A Redis of this test's own, persisting every write before it answers (the setting
-    // docs/operations.md asks for), so a kill and a restart on the same directory keep
-    // everything it acknowledged.
-    let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().to_string_lossy().into_owned();
-    let mut redis = PrivateServer::new(&bin, |port| {
+/// A Redis of the test's own, persisting every write before it answers (the setting
+/// docs/operations.md asks for), so a kill and a restart on the same directory keep
+/// everything it acknowledged.
+fn private_redis(bin: &str, dir: &std::path::Path) -> PrivateServer {
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let mut redis = PrivateServer::new(bin, |port| {
         [
             "--port",
             &port.to_string(),
@@ -403,6 +398,50 @@ async fn redis_killed_and_restarted_under_traffic_fails_cleanly_and_loses_nothin
         .to_vec()
     });
     redis.start();
+    redis
+}
+
+/// With Redis down, every instance refuses what needs it, at once and clearly.
+async fn assert_unavailable_everywhere(c: &Cluster, couple: &Couple) {
+    let body = json!({ "coupleId": couple.id, "fromDeviceId": "b", "toDeviceId": "a", "signalPayload": 1 });
+    let res = c
+        .http
+        .post(c.url(1, "/api/signal"))
+        .bearer_auth(&couple.b.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
+    for i in 0..c.servers.len() {
+        assert_eq!(
+            c.ready(i).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance {i}"
+        );
+        let health: Value = c
+            .http
+            .get(c.url(i, "/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            health["storage"]["cluster"],
+            json!({ "backend": "redis", "ok": false })
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_outages_fail_cleanly_lose_nothing_kept_and_never_reuse_a_seq() {
+    let (Some(mut env), Some(bin)) = (cluster_env(), service_env("OM_TEST_REDIS_SERVER")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = private_redis(&bin, dir.path());
     for (k, v) in &mut env {
         if k == "REDIS_URL" {
             *v = format!("redis://127.0.0.1:{}", redis.port);
@@ -424,36 +463,7 @@ async fn redis_killed_and_restarted_under_traffic_fails_cleanly_and_loses_nothin
         "{:?}",
         started.elapsed()
     );
-    let body = json!({ "coupleId": couple.id, "fromDeviceId": "b", "toDeviceId": "a", "signalPayload": 1 });
-    let res = c
-        .http
-        .post(c.url(1, "/api/signal"))
-        .bearer_auth(&couple.b.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable").await;
-    for i in 0..2 {
-        assert_eq!(
-            c.ready(i).await,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "instance {i}"
-        );
-        let health: Value = c
-            .http
-            .get(c.url(i, "/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            health["storage"]["cluster"],
-            json!({ "backend": "redis", "ok": false })
-        );
-    }
+    assert_unavailable_everywhere(&c, &couple).await;
 
     // Back on the same data: every instance recovers without a restart.
     redis.start();
@@ -479,6 +489,28 @@ async fn redis_killed_and_restarted_under_traffic_fails_cleanly_and_loses_nothin
     assert_eq!(b.recv_close().await, Some(4000));
     assert_eq!(recv_signal(&mut b2).await, (json!("kept"), kept));
     assert_eq!(recv_signal(&mut b2).await, (json!("during"), seq));
+
+    // Redis comes back empty (its data lost, as without an append-only file): the sockets it
+    // no longer knows are told to join again, and seq numbers still only grow (a new epoch
+    // from MongoDB).
+    redis.kill();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::create_dir(dir.path()).unwrap();
+    redis.start();
+    for ws in [&mut a, &mut b2] {
+        ws.recv_error("unavailable").await;
+    }
+    a.send(join_msg(&couple.id, &couple.a, None)).await;
+    a.recv_type("joined").await;
+    b2.send(join_msg(&couple.id, &couple.b, Some(seq))).await;
+    assert_eq!(b2.recv_type("joined").await["peers"], json!(["a"]));
+    send_acked(&mut a, "b", &json!("after loss"), "l1").await;
+    let (payload, fresh) = recv_signal(&mut b2).await;
+    assert_eq!(payload, json!("after loss"));
+    assert!(
+        fresh > seq,
+        "no seq is reused after Redis lost its data: {fresh} after {seq}"
+    );
 }
 
 #[test]

@@ -473,6 +473,12 @@ impl ClusterState {
                 }
             }
             BusEvent::Left { device, owner } => {
+                // Our own socket, removed by another instance: this instance was taken for
+                // dead (it lost its lease). The socket is let go without a close, so its
+                // client hears the room is gone and joins again (protocol §5.7).
+                if self.local.get(&device).is_some_and(|l| l.owner == owner) {
+                    self.local.remove(&device);
+                }
                 if self.present.get(&device) == Some(&owner) {
                     self.present.remove(&device);
                     self.broadcast(&device, &RoomEvent::PeerLeft(device.clone()))
@@ -515,7 +521,8 @@ impl ClusterState {
     }
 
     /// After a lost subscription: reads what each local socket may have missed, and the
-    /// presence, and tells the sockets the difference.
+    /// presence, and tells the sockets the difference (and lets go of the ones the bus no
+    /// longer names).
     async fn resync(&mut self) {
         let now = self.args.clock.now();
         let devices: Vec<(DeviceId, Seq)> = self
@@ -544,6 +551,10 @@ impl ClusterState {
             return;
         };
         let present: HashMap<DeviceId, String> = present.into_iter().collect();
+        // A local socket the bus no longer names (swept while this instance was cut off, or
+        // Redis lost its data) is let go: its client joins again (protocol §5.7).
+        self.local
+            .retain(|d, l| present.get(d).is_some_and(|owner| *owner == l.owner));
         let gone: Vec<DeviceId> = self
             .present
             .keys()
