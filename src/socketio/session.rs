@@ -241,16 +241,19 @@ impl std::fmt::Display for Refused {
 /// Registers namespace `/`: the handshake check, then every socket's handlers.
 pub fn register(io: &SocketIo, state: &AppState) {
     let st = state.clone();
-    let authorize = move |s: SocketRef, TryData(auth): TryData<Value>| {
+    // The session is set up in the middleware, which socketioxide awaits before it sends
+    // CONNECT. Its connect handler runs only after CONNECT is sent (an async one in a task
+    // of its own), so an event the client sends the moment it is connected could arrive
+    // before any handler exists, and socketioxide drops such an event without a word.
+    let admit = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let st = st.clone();
-        async move { authorize(&st, &s, auth.ok()).await }
+        async move {
+            authorize(&st, &s, auth.ok()).await?;
+            on_connect(&st, &s);
+            Ok::<(), Refused>(())
+        }
     };
-    let st = state.clone();
-    let connect = move |s: SocketRef| {
-        let st = st.clone();
-        async move { on_connect(&st, &s) }
-    };
-    io.ns("/", connect.with(authorize));
+    io.ns("/", (async |_: SocketRef| {}).with(admit));
 }
 
 /// A handshake `auth` object that names a couple must hold a token that opens it.

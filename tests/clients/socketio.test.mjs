@@ -231,6 +231,34 @@ test('refusals: wrong token, another couple, bad origin, bad input; the socket s
   socket.disconnect();
 });
 
+test('an event sent the moment CONNECT arrives is answered (300 raw connections)', async () => {
+  // Raw Engine.IO/Socket.IO frames, so the event leaves as soon as `40{…}` arrives, as fast as
+  // any client can send it. Before the session was set up in the connect middleware, a few
+  // in a hundred such events (1 to 12, depending on load) were dropped without an answer.
+  const couple = await pair(server.base);
+  const url = `${server.base.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`;
+  const unanswered = [];
+  for (let i = 0; i < 300; i++) {
+    const ws = new WebSocket(url);
+    const answered = await new Promise((ok) => {
+      const timer = setTimeout(() => ok(false), WAIT_MS);
+      ws.on('message', (data) => {
+        const m = data.toString();
+        if (m === '2') ws.send('3');
+        else if (m.startsWith('0')) ws.send('40');
+        else if (m.startsWith('40')) ws.send(`420${JSON.stringify(['join-couple', joinBody(couple, i % 2 ? 'a' : 'b')])}`);
+        else if (m.startsWith('430')) {
+          clearTimeout(timer);
+          ok(true);
+        }
+      });
+    });
+    if (!answered) unanswered.push(i);
+    ws.terminate();
+  }
+  assert.deepEqual(unanswered, [], 'joins sent right after CONNECT that got no answer');
+});
+
 test('a vanished Socket.IO peer is reported gone within 10 s', async () => {
   const couple = await pair(server.base);
   const { socket: a } = await joined(couple, 'a', { transports: ['websocket'] });
