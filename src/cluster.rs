@@ -73,6 +73,20 @@ macro_rules! script {
 }
 
 impl Scripts {
+    fn all(&self) -> [&Script; 9] {
+        [
+            &self.append,
+            &self.join,
+            &self.leave,
+            &self.fetch,
+            &self.ack,
+            &self.seed,
+            &self.revoke,
+            &self.lease,
+            &self.unlock,
+        ]
+    }
+
     fn load() -> Self {
         Self {
             append: script!("append.lua"),
@@ -214,6 +228,14 @@ impl RedisBus {
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|id| id.trim().to_owned())
             .ok_or_else(|| BusError::Unavailable("INFO server has no run_id".to_owned()))?;
+        // Loaded once per connection (a new server has none), so calls in flight at once do
+        // not each miss the script and send it again.
+        for script in self.scripts.all() {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
         let link = Link { conn, run_id };
         *slot = Some(link.clone());
         Ok(link)

@@ -716,6 +716,12 @@ impl Config {
                 because: "REDIS_URL is set: cluster mode keeps devices, pairings and seq epochs in MongoDB, shared by every instance (the embedded store is one process's)",
             });
         }
+        if self.cluster.is_some() && matches!(self.secret, SecretSource::DataDir) {
+            return Err(ConfigError::Missing {
+                var: "SIGNALING_SECRET",
+                because: "REDIS_URL is set: every instance must check the device tokens the others issued, so all need the same secret (a generated one is per DATA_DIR)",
+            });
+        }
         if self.settings.max_devices_per_couple < 2 {
             return Err(invalid(
                 "MAX_DEVICES_PER_COUPLE",
@@ -836,7 +842,10 @@ mod tests {
             "{err}"
         );
         let mongo = ("MONGODB_URI", "mongodb://m/db");
-        let c = from(&[mongo, ("REDIS_URL", "redis://:pw@r:6379/2")]).unwrap();
+        let err = from(&[mongo, ("REDIS_URL", "redis://r")]).unwrap_err().to_string();
+        assert!(err.contains("SIGNALING_SECRET"), "{err}");
+        let secret = ("SIGNALING_SECRET", "0123456789abcdef0123456789abcdef");
+        let c = from(&[mongo, secret, ("REDIS_URL", "redis://:pw@r:6379/2")]).unwrap();
         let cluster = c.cluster.expect("cluster mode");
         assert_eq!(cluster.prefix, "om");
         assert!(!cluster.instance.is_empty());
@@ -847,7 +856,7 @@ mod tests {
             ("REDIS_KEY_PREFIX", "a:b"),
             ("INSTANCE_ID", "i.1"),
         ] {
-            let mut vars = vec![mongo, ("REDIS_URL", "redis://r")];
+            let mut vars = vec![mongo, secret, ("REDIS_URL", "redis://r")];
             vars.push(bad);
             let err = from(&vars).unwrap_err().to_string();
             assert!(err.contains(bad.0), "{bad:?}: {err}");

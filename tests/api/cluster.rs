@@ -504,6 +504,8 @@ async fn redis_outages_fail_cleanly_lose_nothing_kept_and_never_reuse_a_seq() {
     a.recv_type("joined").await;
     b2.send(join_msg(&couple.id, &couple.b, Some(seq))).await;
     assert_eq!(b2.recv_type("joined").await["peers"], json!(["a"]));
+    // Redis forgot b's socket, so its join is news to a.
+    assert_eq!(a.recv_type("peer-joined").await["deviceId"], "b");
     send_acked(&mut a, "b", &json!("after loss"), "l1").await;
     let (payload, fresh) = recv_signal(&mut b2).await;
     assert_eq!(payload, json!("after loss"));

@@ -2,7 +2,8 @@
 -- {couple}: KEYS[1] is its meta hash, the device streams are `<streams prefix><device>`.
 -- Meta fields: e epoch, c counter, rid the Redis run_id the epoch was taken under,
 -- D:<device> paired devices, b:<device> payload bytes waiting, dv:<device> newest seq handed
--- to a socket, ev:<device> newest seq evicted and not acknowledged since.
+-- to a socket, ev:<device> newest seq evicted and not acknowledged since, x:<device> a lower
+-- bound on the expiry of its oldest entry.
 -- Stream entries have the id `<seq>-0` and fields f (from), i (id), t (created ms),
 -- x (expires ms), p (payload).
 local SHIFT = 16777216 -- seq = epoch << 24 | counter, as in a single-node room
@@ -35,21 +36,31 @@ local function head(m)
 end
 
 -- Drops the expired entries at the head of a device's stream (TTLs are equal, so they are
--- the oldest); returns how many.
-local function expire(m, s, d, now)
-  if redis.call('EXISTS', s) == 0 then
-    redis.call('HDEL', m, 'b:' .. d)
-    return 0
-  end
-  local dropped = 0
+-- the oldest). x:<device> holds a lower bound on the oldest entry's expiry, so a stream
+-- with nothing due costs no read (reading the head entry means reading its payload).
+-- `bound` is x:<device> if the caller already read it. Returns how many entries it dropped,
+-- their payload bytes (already taken off b:<device>), and the bound now (false: none).
+local function expire(m, s, d, now, bound)
+  if bound == nil then bound = redis.call('HGET', m, 'x:' .. d) end
+  if not bound or num(bound) > now then return 0, 0, bound end
+  local dropped, freed = 0, 0
+  local first
   while true do
-    local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
+    first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
     if not first or num(field(first, 'x')) > now then break end
     redis.call('XDEL', s, first[1])
-    redis.call('HINCRBY', m, 'b:' .. d, -#field(first, 'p'))
-    dropped = dropped + 1
+    local l = #field(first, 'p')
+    redis.call('HINCRBY', m, 'b:' .. d, -l)
+    dropped, freed = dropped + 1, freed + l
   end
-  return dropped
+  if first then
+    bound = field(first, 'x')
+    redis.call('HSET', m, 'x:' .. d, bound)
+  else
+    bound = false
+    redis.call('HDEL', m, 'x:' .. d)
+  end
+  return dropped, freed, bound
 end
 
 -- Cumulative acknowledgement, clamped to the newest seq handed out (a bogus ack cannot hide

@@ -17,7 +17,7 @@ end
 for d, at in pairs(paired) do
   if redis.call('HEXISTS', m, 'D:' .. d) == 0 then
     redis.call('DEL', sp .. d)
-    redis.call('HDEL', m, 'b:' .. d, 'dv:' .. d, 'ev:' .. d)
+    redis.call('HDEL', m, 'b:' .. d, 'dv:' .. d, 'ev:' .. d, 'x:' .. d)
     redis.call('HSET', m, 'D:' .. d, at)
   end
 end
