@@ -386,33 +386,55 @@ _om_tail() { # NAME FILE...
 
 # ----- start ----------------------------------------------------------------------------------
 
+# A fresh, empty RUN/SERVICE for one start attempt.
+_om_fresh_dir() { # RUN SERVICE
+  rm -rf "${1:?}/$2"
+  mkdir -p "$1/$2"
+}
+
+# One attempt (ATTEMPT of 3) at starting SERVICE (mongo, s3 or redis), whose server PID, logging
+# to LOG, was just started: records PID in RUN/SERVICE.pid and waits with WAIT... (an _om_wait_*
+# call: 0 ready, 2 exited, 1 not ready in time). Ready: records PORT in RUN/SERVICE.port, logs
+# READY, returns 0. Exited before the last attempt: logs "NAME exited during start (attempt
+# ATTEMPT, WHERE)" and the tail of LOG, returns 2 (the caller tries again on other ports).
+# Otherwise: logs that NAME exited during start, or that WHAT was not ready in time, and the
+# tail of LOG, returns 1.
+_om_started() { # RUN SERVICE ATTEMPT PID PORT LOG NAME WHERE WHAT READY WAIT...
+  local run="$1" service="$2" attempt="$3" pid="$4" port="$5" log="$6" name="$7" where="$8" \
+    what="$9" ready="${10}" rc=0
+  shift 10
+  echo "$pid" >"$run/$service.pid" || return 1
+  "$@" || rc=$?
+  if [ "$rc" = 0 ]; then
+    echo "$port" >"$run/$service.port" || return 1
+    _om_log "$ready"
+    return 0
+  fi
+  if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
+    _om_log "$name exited during start (attempt $attempt, $where); retrying on other ports"
+    _om_tail "$name" "$log"
+    return 2
+  fi
+  if [ "$rc" = 2 ]; then _om_log "$name exited during start"; else _om_log "$what not ready after ${READY_TIMEOUT}s"; fi
+  _om_tail "$name" "$log"
+  return 1
+}
+
 _om_start_mongo() { # RUN
   local run="$1" attempt port pid rc
   for attempt in 1 2 3; do
     port="$(_om_free_ports 1)"
-    rm -rf "$run/mongo"
-    mkdir -p "$run/mongo"
+    _om_fresh_dir "$run" mongo
     # Foreground mode under nohup: $! is the server's own pid (no daemon double fork to race).
     nohup "$MONGO_VENV/bin/nx-27017" --data-dir "$run/mongo" --host 127.0.0.1 -p "$port" \
       --log-file "$run/mongo/nx.log" --pid-file "$run/mongo/nx.pid" \
       >"$run/mongo.out" 2>&1 </dev/null &
     pid=$!
-    echo "$pid" >"$run/mongo.pid"
     rc=0
-    _om_wait_mongo "$port" "$pid" "$READY_TIMEOUT" || rc=$?
-    if [ "$rc" = 0 ]; then
-      echo "$port" >"$run/mongo.port"
-      _om_log "mongo (nx-27017) ready on 127.0.0.1:$port, pid $pid"
-      return 0
-    fi
-    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
-      _om_log "mongo exited during start (attempt $attempt, port $port); retrying on other ports"
-      _om_tail mongo "$run/mongo.out"
-      continue
-    fi
-    if [ "$rc" = 2 ]; then _om_log "mongo exited during start"; else _om_log "mongo not ready after ${READY_TIMEOUT}s"; fi
-    _om_tail mongo "$run/mongo.out"
-    return 1
+    _om_started "$run" mongo "$attempt" "$pid" "$port" "$run/mongo.out" mongo "port $port" mongo \
+      "mongo (nx-27017) ready on 127.0.0.1:$port, pid $pid" \
+      _om_wait_mongo "$port" "$pid" "$READY_TIMEOUT" || rc=$?
+    [ "$rc" = 2 ] || return "$rc"
   done
 }
 
@@ -421,8 +443,7 @@ _om_start_s3() { # RUN
   for attempt in 1 2 3; do
     ports="$(_om_free_ports 5 pairs)"
     read -r m v f s a <<<"$ports"
-    rm -rf "$run/s3"
-    mkdir -p "$run/s3"
+    _om_fresh_dir "$run" s3
     printf '{"identities":[{"name":"t","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
       "$_OM_S3_ACCESS_KEY" "$_OM_S3_SECRET_KEY" >"$run/s3.json"
     # Unix sockets in the run dir when the path fits (sun_path is 108 bytes); otherwise weed's
@@ -448,22 +469,11 @@ _om_start_s3() { # RUN
       -s3.config="$run/s3.json" "${sock_opts[@]}" \
       >"$run/weed.log" 2>&1 </dev/null &
     pid=$!
-    echo "$pid" >"$run/s3.pid"
     rc=0
-    _om_wait_s3 "$s" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
-    if [ "$rc" = 0 ]; then
-      echo "$s" >"$run/s3.port"
-      _om_log "s3 (weed mini) ready on 127.0.0.1:$s, pid $pid (master $m, volume $v, filer $f, admin $a; gRPC each +10000)"
-      return 0
-    fi
-    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
-      _om_log "weed exited during start (attempt $attempt, ports $ports); retrying on other ports"
-      _om_tail weed "$run/weed.log"
-      continue
-    fi
-    if [ "$rc" = 2 ]; then _om_log "weed exited during start"; else _om_log "s3 (weed) not ready after ${READY_TIMEOUT}s"; fi
-    _om_tail weed "$run/weed.log"
-    return 1
+    _om_started "$run" s3 "$attempt" "$pid" "$s" "$run/weed.log" weed "ports $ports" "s3 (weed)" \
+      "s3 (weed mini) ready on 127.0.0.1:$s, pid $pid (master $m, volume $v, filer $f, admin $a; gRPC each +10000)" \
+      _om_wait_s3 "$s" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
+    [ "$rc" = 2 ] || return "$rc"
   done
 }
 
@@ -471,8 +481,7 @@ _om_start_redis() { # RUN
   local run="$1" attempt port pid rc
   for attempt in 1 2 3; do
     port="$(_om_free_ports 1)"
-    rm -rf "$run/redis"
-    mkdir -p "$run/redis"
+    _om_fresh_dir "$run" redis
     # Foreground (--daemonize no) under nohup: $! is the server's own pid (the wrapper execs it).
     # --set-proc-title no keeps the command line as given, so it keeps naming $run (in --dir),
     # which `down` checks before it kills the pid; no snapshots, no AOF.
@@ -480,22 +489,11 @@ _om_start_redis() { # RUN
       --appendonly no --dir "$run/redis" --set-proc-title no --daemonize no --protected-mode yes \
       >"$run/redis.log" 2>&1 </dev/null &
     pid=$!
-    echo "$pid" >"$run/redis.pid"
     rc=0
-    _om_wait_redis "$port" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
-    if [ "$rc" = 0 ]; then
-      echo "$port" >"$run/redis.port"
-      _om_log "redis (redis-server) ready on 127.0.0.1:$port, pid $pid"
-      return 0
-    fi
-    if [ "$rc" = 2 ] && [ "$attempt" -lt 3 ]; then
-      _om_log "redis exited during start (attempt $attempt, port $port); retrying on other ports"
-      _om_tail redis "$run/redis.log"
-      continue
-    fi
-    if [ "$rc" = 2 ]; then _om_log "redis exited during start"; else _om_log "redis not ready after ${READY_TIMEOUT}s"; fi
-    _om_tail redis "$run/redis.log"
-    return 1
+    _om_started "$run" redis "$attempt" "$pid" "$port" "$run/redis.log" redis "port $port" redis \
+      "redis (redis-server) ready on 127.0.0.1:$port, pid $pid" \
+      _om_wait_redis "$port" "$pid" "$READY_TIMEOUT" "$run" || rc=$?
+    [ "$rc" = 2 ] || return "$rc"
   done
 }
 

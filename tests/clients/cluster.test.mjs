@@ -9,9 +9,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { io } from 'socket.io-client';
-import WebSocket from 'ws';
-import { WAIT_MS, joinBody, pair, startServer } from './server.mjs';
+import { bounded, call, connect, next, seen, wsConnect } from './clients.mjs';
+import { joinBody, pair, startServer } from './server.mjs';
 
 const SERVICES = ['OM_TEST_MONGODB_URI', 'OM_TEST_REDIS_URL'];
 const missing = SERVICES.filter((name) => !process.env[name]);
@@ -51,270 +50,151 @@ function logs() {
   return instances.map((s, i) => `--- instance ${i + 1} ---\n${s.logs.join('\n')}`).join('\n');
 }
 
-/** Waits for `found()` to return something other than `undefined`, woken by `waiters`. */
-async function until(waiters, found, what) {
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const value = found();
-    if (value !== undefined) return value;
-    const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`no ${what} within ${WAIT_MS} ms`);
-    await new Promise((wake) => {
-      const timer = setTimeout(wake, left);
-      waiters.push(() => (clearTimeout(timer), wake()));
-    });
-  }
-}
-
-/** A socket.io-client socket over WebSocket only (no sticky sessions in a cluster), connected
- * to `base`. Every event is buffered from the start, so none is missed. */
-async function connect(base, options = {}) {
-  const socket = io(base, {
-    transports: ['websocket'],
-    reconnection: false,
-    forceNew: true,
-    autoConnect: false,
-    ...options,
-  });
-  socket.buffered = [];
-  socket.waiters = [];
-  socket.onAny((event, body) => {
-    socket.buffered.push([event, body]);
-    socket.waiters.splice(0).forEach((wake) => wake());
-  });
-  socket.on('disconnect', (reason) => {
-    socket.buffered.push(['disconnect', reason]);
-    socket.waiters.splice(0).forEach((wake) => wake());
-  });
-  socket.connect();
-  const error = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error('neither connect nor connect_error')), WAIT_MS);
-    socket.once('connect', () => (clearTimeout(timer), ok(null)));
-    socket.once('connect_error', (e) => (clearTimeout(timer), ok(e)));
-  });
-  assert.equal(error, null, `connect to ${base}: ${error?.message}`);
-  return socket;
-}
-
-/** The next `event` on a socket.io `socket` (buffered or still to come). */
-function next(socket, event) {
-  return until(
-    socket.waiters,
-    () => {
-      const i = socket.buffered.findIndex(([e]) => e === event);
-      return i >= 0 ? socket.buffered.splice(i, 1)[0][1] : undefined;
-    },
-    `${event} on the Socket.IO socket`,
-  );
-}
-
-/** The events named `event` a socket.io `socket` has buffered (without taking them). */
-function seen(socket, event) {
-  return socket.buffered.filter(([e]) => e === event).map(([, body]) => body);
-}
-
-/** Emits with a callback and resolves with its answer (a timeout names what was sent). */
-async function call(socket, event, body) {
-  try {
-    return await socket.timeout(WAIT_MS).emitWithAck(event, body);
-  } catch (e) {
-    e.message = `${event} ${JSON.stringify(body)} from ${socket.io.uri}: ${e.message}`;
-    throw e;
-  }
-}
-
-/** Connects `device` to `base` over Socket.IO and joins with a callback. */
+/** Connects `device` to `base` over Socket.IO, WebSocket only (no sticky sessions in a
+ * cluster), and joins with a callback. */
 async function joined(base, couple, device, lastSeq) {
-  const socket = await connect(base);
+  const { socket, error } = await connect(base, { transports: ['websocket'] });
+  assert.equal(error, null, `connect to ${base}: ${error?.message}`);
   const answer = await call(socket, 'join-couple', joinBody(couple, device, lastSeq));
   assert.equal(answer.error, undefined, `join ${device}: ${JSON.stringify(answer.error)}`);
   return { socket, answer };
 }
 
-/** A JSON WebSocket (`/ws`) to `base`, open, its frames buffered; `closed` resolves with the
- * close code. */
-async function wsConnect(base) {
-  const ws = new WebSocket(`${base.replace('http', 'ws')}/ws`);
-  const frames = [];
-  const waiters = [];
-  const wake = () => waiters.splice(0).forEach((w) => w());
-  ws.on('message', (data) => {
-    frames.push(JSON.parse(data.toString()));
-    wake();
-  });
-  ws.closed = new Promise((ok) => ws.once('close', (code, reason) => ok({ code, reason: reason.toString() })));
-  await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error('/ws did not open')), WAIT_MS);
-    ws.once('open', () => (clearTimeout(timer), ok()));
-    ws.once('error', (e) => (clearTimeout(timer), fail(e)));
-  });
-  ws.json = (message) => ws.send(JSON.stringify(message));
-  ws.frames = frames;
-  /** The next frame of `type` (buffered or still to come). */
-  ws.frame = (type) =>
-    until(
-      waiters,
-      () => {
-        const i = frames.findIndex((f) => f.type === type);
-        return i >= 0 ? frames.splice(i, 1)[0] : undefined;
-      },
-      `${type} frame on /ws`,
-    );
-  return ws;
-}
-
-/** Waits for `promise`, at most WAIT_MS (for promises with no timeout of their own). */
-function bounded(promise, what) {
-  let timer;
-  const timeout = new Promise((_, fail) => {
-    timer = setTimeout(() => fail(new Error(`no ${what} within ${WAIT_MS} ms`)), WAIT_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-test('Socket.IO devices on two instances: relay both ways with acks, presence across', async (t) => {
-  const bases = cluster(t);
-  if (!bases) return;
-  const [one, two] = bases;
-  const couple = await pair(one);
-  const sockets = [];
-  try {
-    const { socket: a, answer: aJoined } = await joined(one, couple, 'a');
-    sockets.push(a);
-    assert.deepEqual(aJoined, { coupleId: couple.id, deviceId: 'a', peers: [], recovered: true });
-    const bJoined = await joined(two, couple, 'b');
-    const b = bJoined.socket;
-    sockets.push(b);
-    // b (instance 2) sees a (instance 1) as connected; a hears that b came.
-    assert.deepEqual(bJoined.answer, { coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
-    assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
-
-    // a -> b: every signal answered with its id and seq, delivered in order with the same seqs.
-    const n = 20;
-    const toB = [];
-    const answers = [];
-    for (let i = 0; i < n; i += 1) {
-      answers.push(call(a, 'webrtc-signal', { to: 'b', payload: { n: i }, id: `a-${i}` }));
+/** A test on the two instances (skipped loudly without the services, see `cluster`):
+ * `body({ one, two, couple, joined, wsConnect })` with the instances' base URLs, a couple paired
+ * on instance 1, and `joined` / `wsConnect` as above and in clients.mjs, whose sockets are
+ * closed when the test ends. A failure carries both instances' logs. */
+function scenario(name, body) {
+  test(name, async (t) => {
+    const bases = cluster(t);
+    if (!bases) return;
+    const [one, two] = bases;
+    const couple = await pair(one);
+    const sockets = [];
+    const wss = [];
+    try {
+      await body({
+        one,
+        two,
+        couple,
+        joined: async (...args) => {
+          const done = await joined(...args);
+          sockets.push(done.socket);
+          return done;
+        },
+        wsConnect: async (base) => {
+          const ws = await wsConnect(base);
+          wss.push(ws);
+          return ws;
+        },
+      });
+    } catch (e) {
+      e.message += `\n${logs()}`;
+      throw e;
+    } finally {
+      sockets.forEach((s) => s.disconnect());
+      wss.forEach((ws) => ws.terminate());
     }
-    const acks = await Promise.all(answers);
-    acks.forEach((ack, i) => {
-      assert.equal(ack.error, undefined, JSON.stringify(ack.error));
-      assert.equal(ack.id, `a-${i}`);
-      assert.equal(typeof ack.seq, 'number');
-    });
-    const seqs = acks.map((ack) => ack.seq);
-    assert.deepEqual([...seqs].sort((x, y) => x - y), seqs, 'seqs grow in send order');
-    for (let i = 0; i < n; i += 1) toB.push(await next(b, 'webrtc-signal'));
-    assert.deepEqual(
-      toB,
-      seqs.map((seq, i) => ({ from: 'a', payload: { n: i }, seq, id: `a-${i}` })),
-    );
+  });
+}
 
-    // b -> a, with an id, and without one (the server names it in the answer).
-    const back = await call(b, 'webrtc-signal', { to: 'a', payload: { type: 'answer' }, id: 'b-0' });
-    assert.equal(back.id, 'b-0');
-    assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: { type: 'answer' }, seq: back.seq, id: 'b-0' });
-    const unnamed = await call(b, 'webrtc-signal', { to: 'a', payload: 'candidate' });
-    assert.equal(typeof unnamed.id, 'string');
-    assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: 'candidate', seq: unnamed.seq, id: unnamed.id });
-    // Cumulative acks through the callback.
-    assert.deepEqual(await call(b, 'ack', { seq: seqs.at(-1) }), { seq: seqs.at(-1) });
-    assert.deepEqual(await call(a, 'ack', { seq: unnamed.seq }), { seq: unnamed.seq });
+scenario('Socket.IO devices on two instances: relay both ways with acks, presence across', async ({ one, two, couple, joined }) => {
+  const { socket: a, answer: aJoined } = await joined(one, couple, 'a');
+  assert.deepEqual(aJoined, { coupleId: couple.id, deviceId: 'a', peers: [], recovered: true });
+  const bJoined = await joined(two, couple, 'b');
+  const b = bJoined.socket;
+  // b (instance 2) sees a (instance 1) as connected; a hears that b came.
+  assert.deepEqual(bJoined.answer, { coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
+  assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
 
-    // b leaves instance 2: a, on instance 1, is told.
-    b.disconnect();
-    assert.deepEqual(await next(a, 'peer-left'), { deviceId: 'b' });
-    // Nobody was told anything went wrong.
-    assert.deepEqual([...seen(a, 'error'), ...seen(b, 'error')], []);
-  } catch (e) {
-    e.message += `\n${logs()}`;
-    throw e;
-  } finally {
-    sockets.forEach((s) => s.disconnect());
+  // a -> b: every signal answered with its id and seq, delivered in order with the same seqs.
+  const n = 20;
+  const toB = [];
+  const answers = [];
+  for (let i = 0; i < n; i += 1) {
+    answers.push(call(a, 'webrtc-signal', { to: 'b', payload: { n: i }, id: `a-${i}` }));
   }
+  const acks = await Promise.all(answers);
+  acks.forEach((ack, i) => {
+    assert.equal(ack.error, undefined, JSON.stringify(ack.error));
+    assert.equal(ack.id, `a-${i}`);
+    assert.equal(typeof ack.seq, 'number');
+  });
+  const seqs = acks.map((ack) => ack.seq);
+  assert.deepEqual([...seqs].sort((x, y) => x - y), seqs, 'seqs grow in send order');
+  for (let i = 0; i < n; i += 1) toB.push(await next(b, 'webrtc-signal'));
+  assert.deepEqual(
+    toB,
+    seqs.map((seq, i) => ({ from: 'a', payload: { n: i }, seq, id: `a-${i}` })),
+  );
+
+  // b -> a, with an id, and without one (the server names it in the answer).
+  const back = await call(b, 'webrtc-signal', { to: 'a', payload: { type: 'answer' }, id: 'b-0' });
+  assert.equal(back.id, 'b-0');
+  assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: { type: 'answer' }, seq: back.seq, id: 'b-0' });
+  const unnamed = await call(b, 'webrtc-signal', { to: 'a', payload: 'candidate' });
+  assert.equal(typeof unnamed.id, 'string');
+  assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: 'candidate', seq: unnamed.seq, id: unnamed.id });
+  // Cumulative acks through the callback.
+  assert.deepEqual(await call(b, 'ack', { seq: seqs.at(-1) }), { seq: seqs.at(-1) });
+  assert.deepEqual(await call(a, 'ack', { seq: unnamed.seq }), { seq: unnamed.seq });
+
+  // b leaves instance 2: a, on instance 1, is told.
+  b.disconnect();
+  assert.deepEqual(await next(a, 'peer-left'), { deviceId: 'b' });
+  // Nobody was told anything went wrong.
+  assert.deepEqual([...seen(a, 'error'), ...seen(b, 'error')], []);
 });
 
-test('one socket per device across instances and transports: Socket.IO on 2 replaces /ws on 1', async (t) => {
-  const bases = cluster(t);
-  if (!bases) return;
-  const [one, two] = bases;
-  const couple = await pair(one);
-  const sockets = [];
-  let ws;
-  try {
-    const { socket: a } = await joined(one, couple, 'a');
-    sockets.push(a);
-    // b over /ws on instance 1, relaying with a before it is replaced.
-    ws = await wsConnect(one);
-    ws.json({ type: 'join-couple', ...joinBody(couple, 'b') });
-    assert.deepEqual(await ws.frame('joined'), { type: 'joined', coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
-    assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
-    const first = await call(a, 'webrtc-signal', { to: 'b', payload: 'to ws', id: 'a-ws' });
-    assert.deepEqual(await ws.frame('webrtc-signal'), { type: 'webrtc-signal', from: 'a', payload: 'to ws', seq: first.seq, id: 'a-ws' });
-    ws.json({ type: 'webrtc-signal', to: 'a', payload: 'from ws', id: 'b-ws' });
-    assert.deepEqual(await ws.frame('accepted'), { type: 'accepted', id: 'b-ws' });
-    assert.equal((await next(a, 'webrtc-signal')).payload, 'from ws');
+scenario('one socket per device across instances and transports: Socket.IO on 2 replaces /ws on 1', async ({ one, two, couple, joined, wsConnect }) => {
+  const { socket: a } = await joined(one, couple, 'a');
+  // b over /ws on instance 1, relaying with a before it is replaced.
+  const ws = await wsConnect(one);
+  ws.json({ type: 'join-couple', ...joinBody(couple, 'b') });
+  assert.deepEqual(await ws.frame('joined'), { type: 'joined', coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
+  assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
+  const first = await call(a, 'webrtc-signal', { to: 'b', payload: 'to ws', id: 'a-ws' });
+  assert.deepEqual(await ws.frame('webrtc-signal'), { type: 'webrtc-signal', from: 'a', payload: 'to ws', seq: first.seq, id: 'a-ws' });
+  ws.json({ type: 'webrtc-signal', to: 'a', payload: 'from ws', id: 'b-ws' });
+  assert.deepEqual(await ws.frame('accepted'), { type: 'accepted', id: 'b-ws' });
+  assert.equal((await next(a, 'webrtc-signal')).payload, 'from ws');
 
-    // The same device joins over Socket.IO on instance 2: the /ws socket on instance 1 is
-    // closed with 4000, and the new socket is joined (a is still there, b's signal is acked).
-    const { socket: b, answer } = await joined(two, couple, 'b', first.seq);
-    sockets.push(b);
-    assert.deepEqual(answer, { coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
-    assert.deepEqual(await bounded(ws.closed, '/ws close'), { code: 4000, reason: 'replaced by a newer connection' });
-    assert.deepEqual(ws.frames.filter((f) => f.type !== 'pong'), [], 'nothing else reached the replaced /ws socket');
+  // The same device joins over Socket.IO on instance 2: the /ws socket on instance 1 is
+  // closed with 4000, and the new socket is joined (a is still there, b's signal is acked).
+  const { socket: b, answer } = await joined(two, couple, 'b', first.seq);
+  assert.deepEqual(answer, { coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
+  assert.deepEqual(await bounded(ws.closed, '/ws close'), { code: 4000, reason: 'replaced by a newer connection' });
+  assert.deepEqual(ws.frames.filter((f) => f.type !== 'pong'), [], 'nothing else reached the replaced /ws socket');
 
-    // Signals now reach the Socket.IO socket on instance 2, both ways.
-    const ack = await call(a, 'webrtc-signal', { to: 'b', payload: 'to socket.io', id: 'a-sio' });
-    assert.equal(ack.id, 'a-sio');
-    assert.ok(ack.seq > first.seq, `seq ${ack.seq} after ${first.seq}`);
-    assert.deepEqual(await next(b, 'webrtc-signal'), { from: 'a', payload: 'to socket.io', seq: ack.seq, id: 'a-sio' });
-    const back = await call(b, 'webrtc-signal', { to: 'a', payload: 'from socket.io', id: 'b-sio' });
-    assert.equal(back.id, 'b-sio');
-    assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: 'from socket.io', seq: back.seq, id: 'b-sio' });
-    // A device replacing its own socket is not a peer leaving or joining (§5.2, §5.6):
-    // by the time b's later signal reached a, no presence change for b had.
-    assert.deepEqual(seen(a, 'peer-left'), [], 'a was told b left when b only replaced its socket');
-    assert.deepEqual(seen(a, 'peer-joined'), [], 'a was told b joined again when b only replaced its socket');
-    // The new socket was not kicked, and a was told nothing went wrong.
-    assert.deepEqual([...seen(a, 'error'), ...seen(b, 'error'), ...seen(b, 'disconnect')], []);
-  } catch (e) {
-    e.message += `\n${logs()}`;
-    throw e;
-  } finally {
-    sockets.forEach((s) => s.disconnect());
-    ws?.terminate();
-  }
+  // Signals now reach the Socket.IO socket on instance 2, both ways.
+  const ack = await call(a, 'webrtc-signal', { to: 'b', payload: 'to socket.io', id: 'a-sio' });
+  assert.equal(ack.id, 'a-sio');
+  assert.ok(ack.seq > first.seq, `seq ${ack.seq} after ${first.seq}`);
+  assert.deepEqual(await next(b, 'webrtc-signal'), { from: 'a', payload: 'to socket.io', seq: ack.seq, id: 'a-sio' });
+  const back = await call(b, 'webrtc-signal', { to: 'a', payload: 'from socket.io', id: 'b-sio' });
+  assert.equal(back.id, 'b-sio');
+  assert.deepEqual(await next(a, 'webrtc-signal'), { from: 'b', payload: 'from socket.io', seq: back.seq, id: 'b-sio' });
+  // A device replacing its own socket is not a peer leaving or joining (§5.2, §5.6):
+  // by the time b's later signal reached a, no presence change for b had.
+  assert.deepEqual(seen(a, 'peer-left'), [], 'a was told b left when b only replaced its socket');
+  assert.deepEqual(seen(a, 'peer-joined'), [], 'a was told b joined again when b only replaced its socket');
+  // The new socket was not kicked, and a was told nothing went wrong.
+  assert.deepEqual([...seen(a, 'error'), ...seen(b, 'error'), ...seen(b, 'disconnect')], []);
 });
 
-test('and the other way round: /ws on 1 replaces Socket.IO on 2 (error `replaced`, disconnected)', async (t) => {
-  const bases = cluster(t);
-  if (!bases) return;
-  const [one, two] = bases;
-  const couple = await pair(one);
-  const sockets = [];
-  let ws;
-  try {
-    const { socket: a } = await joined(one, couple, 'a');
-    sockets.push(a);
-    const { socket: b } = await joined(two, couple, 'b');
-    sockets.push(b);
-    assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
-    ws = await wsConnect(one);
-    ws.json({ type: 'join-couple', ...joinBody(couple, 'b') });
-    assert.deepEqual(await ws.frame('joined'), { type: 'joined', coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
-    // The Socket.IO socket on instance 2 is told, then disconnected by the server.
-    assert.equal((await next(b, 'error')).code, 'replaced');
-    assert.equal(await next(b, 'disconnect'), 'io server disconnect');
-    // Signals reach the /ws socket now.
-    const ack = await call(a, 'webrtc-signal', { to: 'b', payload: 'to ws', id: 'a-ws' });
-    assert.deepEqual(await ws.frame('webrtc-signal'), { type: 'webrtc-signal', from: 'a', payload: 'to ws', seq: ack.seq, id: 'a-ws' });
-    assert.deepEqual(seen(b, 'webrtc-signal'), [], 'the replaced Socket.IO socket got the signal');
-    assert.deepEqual(seen(a, 'peer-left'), [], 'a was told b left when b only replaced its socket');
-  } catch (e) {
-    e.message += `\n${logs()}`;
-    throw e;
-  } finally {
-    sockets.forEach((s) => s.disconnect());
-    ws?.terminate();
-  }
+scenario('and the other way round: /ws on 1 replaces Socket.IO on 2 (error `replaced`, disconnected)', async ({ one, two, couple, joined, wsConnect }) => {
+  const { socket: a } = await joined(one, couple, 'a');
+  const { socket: b } = await joined(two, couple, 'b');
+  assert.deepEqual(await next(a, 'peer-joined'), { deviceId: 'b' });
+  const ws = await wsConnect(one);
+  ws.json({ type: 'join-couple', ...joinBody(couple, 'b') });
+  assert.deepEqual(await ws.frame('joined'), { type: 'joined', coupleId: couple.id, deviceId: 'b', peers: ['a'], recovered: true });
+  // The Socket.IO socket on instance 2 is told, then disconnected by the server.
+  assert.equal((await next(b, 'error')).code, 'replaced');
+  assert.equal(await next(b, 'disconnect'), 'io server disconnect');
+  // Signals reach the /ws socket now.
+  const ack = await call(a, 'webrtc-signal', { to: 'b', payload: 'to ws', id: 'a-ws' });
+  assert.deepEqual(await ws.frame('webrtc-signal'), { type: 'webrtc-signal', from: 'a', payload: 'to ws', seq: ack.seq, id: 'a-ws' });
+  assert.deepEqual(seen(b, 'webrtc-signal'), [], 'the replaced Socket.IO socket got the signal');
+  assert.deepEqual(seen(a, 'peer-left'), [], 'a was told b left when b only replaced its socket');
 });

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { io } from 'socket.io-client';
 import WebSocket from 'ws';
+import { call, connect as connectTo, next, signals, wsConnect } from './clients.mjs';
 import { WAIT_MS, joinBody, metric, pair, restSignal, startServer } from './server.mjs';
 
 let server;
@@ -21,50 +22,9 @@ before(async () => {
 });
 after(async () => server?.stop());
 
-/** A socket.io-client socket, connected (or refused: then `error` is the connect_error).
- * Every event is buffered from the start, so none is missed before a test looks for it. */
-async function connect(options = {}) {
-  const socket = io(server.base, { reconnection: false, forceNew: true, autoConnect: false, ...options });
-  socket.buffered = [];
-  socket.waiters = [];
-  socket.onAny((event, body) => {
-    socket.buffered.push([event, body]);
-    socket.waiters.splice(0).forEach((wake) => wake());
-  });
-  socket.connect();
-  const error = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error('neither connect nor connect_error')), WAIT_MS);
-    socket.once('connect', () => (clearTimeout(timer), ok(null)));
-    socket.once('connect_error', (e) => (clearTimeout(timer), ok(e)));
-  });
-  return { socket, error };
-}
-
-/** The next `event` on `socket` (buffered or still to come). */
-async function next(socket, event) {
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const i = socket.buffered.findIndex(([e]) => e === event);
-    if (i >= 0) return socket.buffered.splice(i, 1)[0][1];
-    const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`no ${event} within ${WAIT_MS} ms`);
-    await new Promise((wake) => {
-      socket.waiters.push(wake);
-      setTimeout(wake, left);
-    });
-  }
-}
-
-/** The next `n` `webrtc-signal` events on `socket`. */
-async function signals(socket, n) {
-  const got = [];
-  while (got.length < n) got.push(await next(socket, 'webrtc-signal'));
-  return got;
-}
-
-/** Emits with a callback and resolves with its answer. */
-function call(socket, event, body) {
-  return socket.timeout(WAIT_MS).emitWithAck(event, body);
+/** A socket.io-client socket to the test server (see clients.mjs). */
+function connect(options = {}) {
+  return connectTo(server.base, options);
 }
 
 /** Joins over `join-couple` with a callback; resolves with the answer. */
@@ -143,21 +103,8 @@ test('a dropped socket resumes with lastSeq: nothing lost, nothing doubled', asy
 test('interop: a /ws device and a REST sender share the mailbox and the order', async () => {
   const couple = await pair(server.base, 'c');
   const { socket: a } = await joined(couple, 'a');
-  const ws = new WebSocket(`${server.base.replace('http', 'ws')}/ws`);
-  await new Promise((ok) => ws.once('open', ok));
-  const frames = [];
-  const waiters = [];
-  ws.on('message', (data) => {
-    frames.push(JSON.parse(data.toString()));
-    waiters.splice(0).forEach((w) => w());
-  });
-  const frame = async (type) => {
-    for (;;) {
-      const i = frames.findIndex((f) => f.type === type);
-      if (i >= 0) return frames.splice(i, 1)[0];
-      await new Promise((ok) => waiters.push(ok));
-    }
-  };
+  const ws = await wsConnect(server.base);
+  const { frame } = ws;
   ws.send(JSON.stringify({ type: 'join-couple', ...joinBody(couple, 'b') }));
   assert.equal((await frame('joined')).recovered, true);
   // Socket.IO -> /ws, then REST -> /ws: one mailbox, one order.
