@@ -81,7 +81,7 @@ impl App {
                     metrics.domain(),
                 )
                 .await?;
-                tracing::info!(instance = %c.instance, prefix = %c.prefix, "cluster mode: rooms are shared through Redis");
+                tracing::info!(instance = %actors::cluster::Bus::instance(bus.as_ref()), prefix = %c.prefix, "cluster mode: rooms are shared through Redis");
                 Some(bus as Arc<dyn actors::cluster::Bus>)
             }
         };

@@ -61,6 +61,8 @@ struct Scripts {
     revoke: Script,
     lease: Script,
     unlock: Script,
+    sweep: Script,
+    touch: Script,
 }
 
 macro_rules! script {
@@ -73,7 +75,7 @@ macro_rules! script {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.append,
             &self.join,
@@ -84,6 +86,8 @@ impl Scripts {
             &self.revoke,
             &self.lease,
             &self.unlock,
+            &self.sweep,
+            &self.touch,
         ]
     }
 
@@ -98,6 +102,8 @@ impl Scripts {
             revoke: script!("revoke.lua"),
             lease: script!("lease.lua"),
             unlock: script!("unlock.lua"),
+            sweep: script!("sweep.lua"),
+            touch: script!("touch.lua"),
         }
     }
 }
@@ -115,7 +121,9 @@ pub struct RedisBus {
     config: AsyncConnectionConfig,
     prefix: String,
     instance: String,
-    link: tokio::sync::Mutex<Option<Link>>,
+    link: std::sync::Mutex<Option<Link>>,
+    /// Held by the one caller that is reconnecting.
+    reconnecting: tokio::sync::Mutex<()>,
     scripts: Scripts,
     subs: Arc<Subscriptions>,
     live: Arc<RwLock<Option<Arc<HashSet<String>>>>>,
@@ -166,14 +174,18 @@ impl RedisBus {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let subs = Arc::new(Subscriptions::default());
+        let subs = Arc::new(Subscriptions::new(timeout));
         let live = Arc::new(RwLock::new(None));
+        // A per-start suffix: a restarted instance (same INSTANCE_ID, connection ids from 1
+        // again) never takes over the owners, and so the presence, of its previous run.
+        let boot = actors::SignalId::generate();
         let bus = Self {
             client: client.clone(),
             config,
             prefix: prefix.to_owned(),
-            instance: instance.to_owned(),
-            link: tokio::sync::Mutex::new(None),
+            instance: format!("{instance}-{}", &boot.as_str()[..8]),
+            link: std::sync::Mutex::new(None),
+            reconnecting: tokio::sync::Mutex::new(()),
             scripts: Scripts::load(),
             subs: Arc::clone(&subs),
             live: Arc::clone(&live),
@@ -209,9 +221,16 @@ impl RedisBus {
 
     /// The command connection, opened (and its server's `run_id` read) if needed.
     async fn link(&self) -> Result<Link, BusError> {
-        let mut slot = self.link.lock().await;
-        if let Some(link) = slot.as_ref() {
-            return Ok(link.clone());
+        if let Some(link) = self.current_link() {
+            return Ok(link);
+        }
+        // One caller reconnects; the others fail at once instead of queueing behind it
+        // (each step may take the whole storage timeout when Redis does not answer).
+        let Ok(_reconnecting) = self.reconnecting.try_lock() else {
+            return Err(BusError::Unavailable("reconnecting to Redis".to_owned()));
+        };
+        if let Some(link) = self.current_link() {
+            return Ok(link);
         }
         let mut conn = self
             .client
@@ -237,8 +256,23 @@ impl RedisBus {
                 .map_err(|e| unavailable(&e))?;
         }
         let link = Link { conn, run_id };
-        *slot = Some(link.clone());
+        *self.slot() = Some(link.clone());
         Ok(link)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Link>> {
+        self.link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current_link(&self) -> Option<Link> {
+        self.slot().clone()
+    }
+
+    /// Forgets the command connection after a connection error: the next call reconnects.
+    fn drop_link(&self) {
+        *self.slot() = None;
     }
 
     /// Runs a prepared script on `link`, timed as storage operation `op`. A connection
@@ -255,10 +289,8 @@ impl RedisBus {
         self.metrics
             .storage_op("redis", op, started.elapsed(), result.is_ok());
         result.map_err(|e| {
-            if (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
-                && let Ok(mut slot) = self.link.try_lock()
-            {
-                *slot = None;
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                self.drop_link();
             }
             unavailable(&e)
         })
@@ -266,6 +298,10 @@ impl RedisBus {
 
     fn key(&self, couple: &CoupleId, suffix: &str) -> String {
         format!("{}:{{{couple}}}:{suffix}", self.prefix)
+    }
+
+    fn leases_key(&self) -> String {
+        format!("{}:{{n}}:live", self.prefix)
     }
 
     fn channel(&self, couple: &CoupleId) -> String {
@@ -279,7 +315,8 @@ impl RedisBus {
 }
 
 /// Renews the instance's lease every [`LEASE_RENEW`] and keeps the live set (`None` after a
-/// failure: nobody is swept on stale knowledge). Ends when the bus is dropped.
+/// failure), and checks that the subscriber connection still answers. Ends when the bus is
+/// dropped.
 async fn renew_lease(bus: std::sync::Weak<RedisBus>) {
     let mut every = tokio::time::interval(LEASE_RENEW);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,6 +327,7 @@ async fn renew_lease(bus: std::sync::Weak<RedisBus>) {
         if let Ok(mut slot) = bus.live.write() {
             *slot = live;
         }
+        bus.subs.check().await;
     }
 }
 
@@ -297,7 +335,7 @@ impl RedisBus {
     async fn renew(&self) -> Result<HashSet<String>, BusError> {
         let link = self.link().await?;
         let mut inv = self.scripts.lease.prepare_invoke();
-        inv.key(format!("{}:{{n}}:live", self.prefix))
+        inv.key(self.leases_key())
             .arg(&self.instance)
             .arg(ms(LEASE));
         let reply = self.run("lease", link, &inv).await?;
@@ -334,10 +372,12 @@ impl Bus for RedisBus {
         let link = self.link().await?;
         let mut inv = self.scripts.seed.prepare_invoke();
         inv.key(self.key(couple, "m"))
+            .key(self.key(couple, "p"))
             .arg(epoch)
             .arg(&link.run_id)
             .arg(self.key(couple, "s:"))
-            .arg(Self::keep_ms(None));
+            .arg(Self::keep_ms(None))
+            .arg(self.channel(couple));
         for d in devices {
             inv.arg(d.device.as_str()).arg(d.paired_at.0);
         }
@@ -430,6 +470,33 @@ impl Bus for RedisBus {
             .arg(self.channel(couple));
         let reply = self.run("leave", link, &inv).await?;
         Ok(int(Some(&reply))? == 1)
+    }
+
+    async fn sweep(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        owner: &str,
+    ) -> Result<bool, BusError> {
+        let link = self.link().await?;
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        inv.key(self.key(couple, "p"))
+            .key(self.leases_key())
+            .arg(device.as_str())
+            .arg(owner)
+            .arg(actors::cluster::owner_instance(owner))
+            .arg(self.channel(couple));
+        let reply = self.run("sweep", link, &inv).await?;
+        Ok(int(Some(&reply))? == 1)
+    }
+
+    async fn touch(&self, couple: &CoupleId) -> Result<(), BusError> {
+        let link = self.link().await?;
+        let mut inv = self.scripts.touch.prepare_invoke();
+        inv.key(self.key(couple, "m"))
+            .key(self.key(couple, "p"))
+            .arg(Self::keep_ms(None));
+        self.run("touch", link, &inv).await.map(|_| ())
     }
 
     async fn ack(&self, couple: &CoupleId, device: &DeviceId, up_to: Seq) -> Result<(), BusError> {
@@ -542,7 +609,7 @@ impl Bus for RedisBus {
         if let Err(e) = &pong
             && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
         {
-            *self.link.lock().await = None;
+            self.drop_link();
         }
         pong.map(|_| ()).map_err(|e| unavailable(&e))
     }

@@ -842,7 +842,9 @@ mod tests {
             "{err}"
         );
         let mongo = ("MONGODB_URI", "mongodb://m/db");
-        let err = from(&[mongo, ("REDIS_URL", "redis://r")]).unwrap_err().to_string();
+        let err = from(&[mongo, ("REDIS_URL", "redis://r")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("SIGNALING_SECRET"), "{err}");
         let secret = ("SIGNALING_SECRET", "0123456789abcdef0123456789abcdef");
         let c = from(&[mongo, secret, ("REDIS_URL", "redis://:pw@r:6379/2")]).unwrap();

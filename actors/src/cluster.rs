@@ -167,9 +167,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn unsubscribe(&self, couple: &CoupleId, subscription: u64);
 
     /// Installs `epoch` (only if above the current one; 0 keeps it) and the couple's paired
-    /// devices, as the store has them. Rooms call it when the bus answers
-    /// [`BusError::NeedsEpoch`] or [`BusError::UnknownDevice`]: a newly paired device is
-    /// learnt this way, and one that is new to the list starts with an empty mailbox.
+    /// devices, as the store has them: one new to the list starts with an empty mailbox, one
+    /// gone from it is revoked. Called when a device is paired, and by rooms when the bus
+    /// answers [`BusError::NeedsEpoch`] or [`BusError::UnknownDevice`].
     async fn seed(
         &self,
         couple: &CoupleId,
@@ -200,6 +200,19 @@ pub trait Bus: Send + Sync + 'static {
         device: &DeviceId,
         owner: &str,
     ) -> Result<bool, BusError>;
+
+    /// Removes the device's presence if `owner` still holds it and its instance's lease has
+    /// run out (checked by the bus itself, not on a possibly stale view), publishing that it
+    /// left; whether it did.
+    async fn sweep(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        owner: &str,
+    ) -> Result<bool, BusError>;
+
+    /// Keeps the couple's shared state alive while its sockets are quiet.
+    async fn touch(&self, couple: &CoupleId) -> Result<(), BusError>;
 
     /// Cumulative acknowledgement (clamped to the newest seq handed out).
     async fn ack(&self, couple: &CoupleId, device: &DeviceId, up_to: Seq) -> Result<(), BusError>;
@@ -238,7 +251,7 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// The instance part of an owner (`<instance>.<connection>`).
-pub(crate) fn owner_instance(owner: &str) -> &str {
+pub fn owner_instance(owner: &str) -> &str {
     owner
         .rsplit_once('.')
         .map_or(owner, |(instance, _)| instance)

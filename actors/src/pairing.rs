@@ -280,6 +280,8 @@ impl PairingArgs {
         };
         pairing.consumed = true;
         pairing.unconfirmed = false;
+        let mut devices = devices;
+        devices.push(record.clone());
         self.writer
             .write(Write::DeviceAndPairing {
                 device: record,
@@ -287,7 +289,9 @@ impl PairingArgs {
             })
             .await
             .map_err(storage_failed)?;
-        self.rooms.device_added(couple.clone(), device.clone());
+        self.rooms
+            .device_added(couple.clone(), device.clone(), &devices)
+            .await;
         let device_token = self.secret.issue(&couple, &device, &nonce);
         Ok(Confirmed {
             couple,

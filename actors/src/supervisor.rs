@@ -28,6 +28,9 @@ use crate::settings::Settings;
 use crate::store::Store;
 use crate::store::group_commit::GroupCommit;
 
+/// Attempts (backing off to 30 s) to publish a revocation the bus refused: about an hour.
+const REVOKE_RETRIES: u32 = 130;
+
 /// Requests to the supervisor.
 #[derive(Debug)]
 pub(crate) enum SupervisorMsg {
@@ -292,12 +295,22 @@ impl Rooms {
             .await;
     }
 
-    /// Tells the couple's room, if it is running, that `device` was paired into the couple.
-    /// (A cluster room learns it from the store the first time the bus does not know the
-    /// device.)
-    pub(crate) fn device_added(&self, couple: CoupleId, device: DeviceId) {
-        if self.bus.is_none() {
+    /// Tells the couple's room, if it is running, that `device` was paired into the couple
+    /// (`devices`: all of them now). In cluster mode the bus learns the new list at once, so
+    /// a broadcast sent right after the pairing reaches the new device too; if that fails,
+    /// rooms learn it from the store the first time the bus does not know the device.
+    pub(crate) async fn device_added(
+        &self,
+        couple: CoupleId,
+        device: DeviceId,
+        devices: &[crate::store::DeviceRecord],
+    ) {
+        let Some(bus) = &self.bus else {
             self.forward(couple, RoomMsg::DeviceAdded(device));
+            return;
+        };
+        if let Err(e) = bus.seed(&couple, 0, devices).await {
+            tracing::warn!(couple_id = %couple, device_id = %device, cause = %e, "the cluster bus does not know the new device yet");
         }
     }
 
@@ -309,9 +322,25 @@ impl Rooms {
             self.forward(couple, RoomMsg::DeviceRevoked(device));
             return;
         };
-        if let Err(e) = bus.device_revoked(&couple, &device).await {
-            tracing::error!(couple_id = %couple, device_id = %device, cause = %e, "revocation not published to the cluster; the device's open socket stays until it reconnects");
+        if bus.device_revoked(&couple, &device).await.is_ok() {
+            return;
         }
+        // The store has revoked it (its token is dead), but its open socket, wherever it is,
+        // only closes once the bus knows: keep trying in the background.
+        tracing::error!(couple_id = %couple, device_id = %device, "revocation not yet on the cluster bus; retrying");
+        let bus = Arc::clone(bus);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            for _ in 0..REVOKE_RETRIES {
+                tokio::time::sleep(pause).await;
+                if bus.device_revoked(&couple, &device).await.is_ok() {
+                    tracing::info!(couple_id = %couple, device_id = %device, "revocation reached the cluster bus");
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            tracing::error!(couple_id = %couple, device_id = %device, "revocation never reached the cluster bus; the next refresh of the couple's devices removes it");
+        });
     }
 
     /// Runs `work` holding the couple's cluster-wide lock (at once, without a bus: the
@@ -328,7 +357,9 @@ impl Rooms {
         let Some(bus) = &self.bus else {
             return Some(work.await);
         };
-        let token = match bus.lock(couple, self.timeout).await {
+        // Half the call timeout, so a caller waiting behind a busy couple hears 503 before
+        // its own call times out (and never after the work was done).
+        let token = match bus.lock(couple, self.timeout / 2).await {
             Ok(token) => token,
             Err(e) => {
                 tracing::warn!(couple_id = %couple, cause = %e, "could not take the couple's cluster lock");

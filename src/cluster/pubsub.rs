@@ -24,14 +24,40 @@ struct Entry {
 }
 
 /// Channel → room, and the live subscriber connection.
-#[derive(Default)]
 pub(super) struct Subscriptions {
     rooms: Mutex<HashMap<String, Entry>>,
     next_id: std::sync::atomic::AtomicU64,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// Bound on every call on the subscriber connection.
+    timeout: Duration,
+    /// Tells the reader to drop the connection and reconnect (it stopped answering pings).
+    reset: tokio::sync::Notify,
 }
 
 impl Subscriptions {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+            sink: tokio::sync::Mutex::default(),
+            timeout,
+            reset: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Pings Redis over the subscriber connection; one that does not answer in time is
+    /// dropped and opened again (a half-open connection would otherwise never end, and the
+    /// rooms would stop hearing their channels without knowing).
+    pub(super) async fn check(&self) {
+        let mut slot = self.sink.lock().await;
+        let Some(sink) = slot.as_mut() else { return };
+        let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
+        if !matches!(pong, Ok(Ok(_))) {
+            *slot = None;
+            self.reset.notify_one();
+        }
+    }
+
     /// Opens the subscriber connection (failing if Redis does not answer) and spawns the
     /// task that reads it and reconnects.
     pub(super) async fn start(
@@ -44,8 +70,14 @@ impl Subscriptions {
         Ok(tokio::spawn(async move {
             let mut stream = stream;
             loop {
-                while let Some(msg) = stream.next().await {
-                    subs.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => subs.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
+                            None => break,
+                        },
+                        () = subs.reset.notified() => break,
+                    }
                 }
                 *subs.sink.lock().await = None;
                 tracing::warn!("lost the Redis subscriber connection; reconnecting");
@@ -67,7 +99,12 @@ impl Subscriptions {
             let (mut sink, stream) = pubsub.split();
             let mut slot = self.sink.lock().await;
             let channels: Vec<String> = self.rooms().keys().cloned().collect();
-            if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
+            if !channels.is_empty()
+                && !matches!(
+                    tokio::time::timeout(self.timeout, sink.subscribe(&channels)).await,
+                    Ok(Ok(()))
+                )
+            {
                 continue;
             }
             *slot = Some(sink);
@@ -113,10 +150,14 @@ impl Subscriptions {
         self.rooms().insert(channel.clone(), entry);
         let mut slot = self.sink.lock().await;
         let subscribed = match slot.as_mut() {
-            Some(sink) => sink
-                .subscribe(&channel)
-                .await
-                .map_err(|e| BusError::Unavailable(e.to_string())),
+            Some(sink) => {
+                match tokio::time::timeout(self.timeout, sink.subscribe(&channel)).await {
+                    Ok(done) => done.map_err(|e| BusError::Unavailable(e.to_string())),
+                    Err(_) => Err(BusError::Unavailable(
+                        "Redis did not confirm the subscription in time".to_owned(),
+                    )),
+                }
+            }
             None => Err(BusError::Unavailable(
                 "the Redis subscriber connection is down".to_owned(),
             )),
@@ -136,7 +177,7 @@ impl Subscriptions {
         if self.forget(channel, id)
             && let Some(sink) = slot.as_mut()
         {
-            let _ = sink.unsubscribe(channel).await;
+            let _ = tokio::time::timeout(self.timeout, sink.unsubscribe(channel)).await;
         }
     }
 

@@ -82,6 +82,12 @@ impl Cluster {
 
     /// Pairs `a` (through instance 0) and `b` (through instance 1).
     async fn pair(&self) -> Couple {
+        let (started, a) = self.initiate().await;
+        self.confirm(&started, a).await
+    }
+
+    /// Starts a couple with device `a` on instance 0: its pairing answer and `a`.
+    async fn initiate(&self) -> (Value, Device) {
         let res = self
             .http
             .post(self.url(0, "/api/pair/initiate"))
@@ -90,9 +96,18 @@ impl Cluster {
             .await
             .unwrap();
         let started = ok_json(res, StatusCode::CREATED).await;
-        let field = |v: &Value, k: &str| v[k].as_str().unwrap().to_owned();
-        let id = field(&started, "coupleId");
-        let confirm = json!({ "coupleId": id, "pairingToken": field(&started, "pairingToken"), "deviceId": "b" });
+        let a = Device {
+            id: "a".to_owned(),
+            token: started["deviceToken"].as_str().unwrap().to_owned(),
+        };
+        (started, a)
+    }
+
+    /// Confirms `b` into the couple `started` (an initiate's answer) on instance 1.
+    async fn confirm(&self, started: &Value, a: Device) -> Couple {
+        let id = started["coupleId"].as_str().unwrap().to_owned();
+        let confirm =
+            json!({ "coupleId": id, "pairingToken": started["pairingToken"], "deviceId": "b" });
         let res = self
             .http
             .post(self.url(1, "/api/pair/confirm"))
@@ -101,15 +116,11 @@ impl Cluster {
             .await
             .unwrap();
         let confirmed = ok_json(res, StatusCode::OK).await;
-        let device = |id: &str, v: &Value| Device {
-            id: id.to_owned(),
-            token: field(v, "deviceToken"),
+        let b = Device {
+            id: "b".to_owned(),
+            token: confirmed["deviceToken"].as_str().unwrap().to_owned(),
         };
-        Couple {
-            a: device("a", &started),
-            b: device("b", &confirmed),
-            id,
-        }
+        Couple { id, a, b }
     }
 
     /// `n` instances (or `None`: a loud skip, see [`cluster_env`]) and a couple whose `a` is
@@ -338,6 +349,32 @@ async fn a_killed_instance_loses_nothing_and_its_peers_see_it_leave() {
     // Nothing more is waiting: the next message a sees is a fresh one.
     send_acked(&mut b, "a", &json!("after"), "after").await;
     assert_eq!(recv_signal(&mut a).await.0, json!("after"));
+}
+
+#[tokio::test]
+async fn a_device_paired_while_its_couple_is_live_gets_broadcasts_at_once() {
+    let Some(env) = cluster_env() else { return };
+    let c = Cluster::start(2, &env);
+    let (started, a_device) = c.initiate().await;
+    // a alone: the couple's state on Redis knows one device.
+    let mut a = Ws::connect(&c.servers[0].addr).await;
+    a.send(json!({ "type": "join-couple", "coupleId": started["coupleId"], "deviceId": "a", "token": a_device.token })).await;
+    a.recv_type("joined").await;
+    let couple = c.confirm(&started, a_device).await;
+    // A broadcast right after the pairing reaches the new device, offline, through REST on
+    // the other instance.
+    a.send(json!({ "type": "webrtc-signal", "payload": "hello b", "id": "hi" }))
+        .await;
+    a.recv_type("accepted").await;
+    let res = c
+        .http
+        .get(c.url(1, &format!("/api/signals/{}/b", couple.id)))
+        .bearer_auth(&couple.b.token)
+        .send()
+        .await
+        .unwrap();
+    let polled = ok_json(res, StatusCode::OK).await;
+    assert_eq!(polled["signals"][0]["signalPayload"], "hello b", "{polled}");
 }
 
 #[tokio::test]

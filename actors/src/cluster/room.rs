@@ -32,6 +32,9 @@ use crate::supervisor::SupervisorMsg;
 /// 3 s lease renewed every second, a killed (SIGKILL) instance's devices are reported gone within
 /// about 5 s, inside the protocol's 10 s.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often a room with sockets renews its couple's keys on the bus (they expire two hours
+/// after their last write, so a quiet connected couple's presence must not).
+const TOUCH_EVERY: Duration = Duration::from_mins(10);
 
 /// The instant a signal published at `published_ms` (wall clock) was received, on this
 /// host's monotonic clock; `None` if the clocks disagree (it would be in the future).
@@ -82,8 +85,11 @@ pub(crate) struct ClusterState {
     last_active: Instant,
     closing: bool,
     ticker: Option<JoinHandle<()>>,
-    /// This room's subscription to the couple's channel.
-    subscription: u64,
+    /// When the couple's keys were last renewed.
+    touched: Instant,
+    /// This room's subscription to the couple's channel (`None`: the bus was down when the
+    /// room started; the next join subscribes).
+    subscription: Option<u64>,
     _running: GaugeShare,
 }
 
@@ -105,28 +111,20 @@ impl Actor for ClusterRoom {
             last_active: Instant::now(),
             closing: false,
             ticker: None,
-            subscription: 0,
+            touched: Instant::now(),
+            subscription: None,
         })
     }
 
     /// Subscribes to the couple's channel before anything else, so no event published after
-    /// this room's first bus call is missed.
+    /// this room's first bus call is missed. (If the bus is down, the room starts anyway and
+    /// its first join subscribes or answers `storage_unavailable`.)
     async fn post_start(
         &self,
         me: ActorRef<RoomMsg>,
         st: &mut ClusterState,
     ) -> Result<(), ActorProcessingErr> {
-        let sink = me.clone();
-        st.subscription = st
-            .args
-            .bus
-            .subscribe(
-                &st.args.couple,
-                Box::new(move |event| {
-                    let _ = sink.cast(RoomMsg::Bus(event));
-                }),
-            )
-            .await?;
+        let _ = st.subscribed(&me).await;
         let every = SWEEP_EVERY.min(st.args.settings.room_tick);
         st.ticker = Some(me.send_interval(every, || RoomMsg::Tick));
         Ok(())
@@ -160,10 +158,9 @@ impl Actor for ClusterRoom {
         if let Some(t) = st.ticker.take() {
             t.abort();
         }
-        st.args
-            .bus
-            .unsubscribe(&st.args.couple, st.subscription)
-            .await;
+        if let Some(subscription) = st.subscription {
+            st.args.bus.unsubscribe(&st.args.couple, subscription).await;
+        }
         Ok(())
     }
 }
@@ -179,6 +176,34 @@ impl From<BusError> for RoomError {
 }
 
 impl ClusterState {
+    /// Subscribes to the couple's channel unless it already is.
+    async fn subscribed(&mut self, me: &ActorRef<RoomMsg>) -> Result<(), RoomError> {
+        if self.subscription.is_some() {
+            return Ok(());
+        }
+        let sink = me.clone();
+        let subscribed = self
+            .args
+            .bus
+            .subscribe(
+                &self.args.couple,
+                Box::new(move |event| {
+                    let _ = sink.cast(RoomMsg::Bus(event));
+                }),
+            )
+            .await;
+        match subscribed {
+            Ok(id) => {
+                self.subscription = Some(id);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(couple_id = %self.args.couple, cause = %e, "cannot subscribe to the couple's channel");
+                Err(RoomError::StorageUnavailable)
+            }
+        }
+    }
+
     async fn handle(&mut self, me: &ActorRef<RoomMsg>, msg: RoomMsg) {
         if self.closing {
             crate::room::refuse(msg);
@@ -194,7 +219,11 @@ impl ClusterState {
                 last_seq,
                 reply,
             } => {
-                let _ = reply.send(self.join(device, conn, last_seq).await);
+                let joined = match self.subscribed(me).await {
+                    Ok(()) => self.join(device, conn, last_seq).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(joined);
             }
             RoomMsg::Leave { device, conn } => {
                 if self.local.get(&device).is_some_and(|l| l.conn.id == conn) {
@@ -261,8 +290,18 @@ impl ClusterState {
                 other => return other,
             };
             refreshed_devices = true;
-            let devices = store.devices(couple).await.map_err(unavailable)?;
-            self.args.bus.seed(couple, epoch, &devices).await?;
+            // Under the couple's lock, so a revocation on another instance cannot fall
+            // between this read and the seed (and bring the device back).
+            let bus = &self.args.bus;
+            let lock = bus
+                .lock(couple, self.args.settings.call_timeout / 2)
+                .await?;
+            let seeded = match store.devices(couple).await {
+                Ok(devices) => bus.seed(couple, epoch, &devices).await,
+                Err(e) => Err(unavailable(e)),
+            };
+            bus.unlock(couple, &lock).await;
+            seeded?;
             if epoch > 0 {
                 tracing::info!(couple_id = %couple, epoch, "took a new epoch for the cluster bus");
             }
@@ -288,7 +327,8 @@ impl ClusterState {
         if let Some(old) = self.local.remove(&device) {
             let _ = old.conn.kick.send(Kick::Replaced);
         }
-        self.present = state.present.into_iter().collect();
+        self.apply_presence(state.present.into_iter().collect(), Some(&device))
+            .await;
         let peers = self
             .present
             .keys()
@@ -460,9 +500,11 @@ impl ClusterState {
                 }
             }
             BusEvent::Joined { device, owner } => {
-                self.present.insert(device.clone(), owner);
-                self.broadcast(&device, &RoomEvent::PeerJoined(device.clone()))
-                    .await;
+                // A join's presence snapshot may have announced it already.
+                if self.present.insert(device.clone(), owner.clone()) != Some(owner) {
+                    self.broadcast(&device, &RoomEvent::PeerJoined(device.clone()))
+                        .await;
+                }
             }
             BusEvent::Replaced { device, old, new } => {
                 self.present.insert(device.clone(), new);
@@ -555,6 +597,24 @@ impl ClusterState {
         // Redis lost its data) is let go: its client joins again (protocol §5.7).
         self.local
             .retain(|d, l| present.get(d).is_some_and(|owner| *owner == l.owner));
+        self.apply_presence(present, None).await;
+    }
+
+    /// Takes the bus's view of who is present, telling the local sockets what changed since
+    /// this room's view (events queued behind a join, or lost with a subscription, would
+    /// otherwise never be told). `except` is the joining device: its own event (a join or a
+    /// replacement, queued behind) announces it, so its entry stays as it was until then.
+    async fn apply_presence(
+        &mut self,
+        mut present: HashMap<DeviceId, String>,
+        except: Option<&DeviceId>,
+    ) {
+        if let Some(d) = except {
+            match self.present.get(d) {
+                Some(owner) => present.insert(d.clone(), owner.clone()),
+                None => present.remove(d),
+            };
+        }
         let gone: Vec<DeviceId> = self
             .present
             .keys()
@@ -575,25 +635,41 @@ impl ClusterState {
         }
     }
 
-    /// Removes presences whose instance lost its lease (the bus publishes the `peer-left`),
-    /// and reports idleness.
+    /// Removes presences that no socket holds any more (the bus publishes the `peer-left`):
+    /// those of an instance whose lease ran out (the bus checks the lease itself), and those
+    /// of this instance that no local socket owns (a leave that failed). Keeps the couple's
+    /// state alive while sockets are quiet, and reports idleness.
     async fn tick(&mut self, me: &ActorRef<RoomMsg>) {
-        if let Some(live) = self.args.bus.live_instances() {
-            let dead: Vec<(DeviceId, String)> = self
-                .present
-                .iter()
-                .filter(|(_, owner)| !live.contains(owner_instance(owner)))
-                .map(|(d, o)| (d.clone(), o.clone()))
-                .collect();
-            for (device, owner) in dead {
-                if let Ok(true) = self
-                    .args
-                    .bus
-                    .leave(&self.args.couple, &device, &owner)
-                    .await
-                {
-                    tracing::info!(couple_id = %self.args.couple, device_id = %device, "removed the presence of a device whose instance is gone");
+        let here = self.args.bus.instance().to_owned();
+        let live = self.args.bus.live_instances();
+        let stale: Vec<(DeviceId, String)> = self
+            .present
+            .iter()
+            .filter(|(d, owner)| {
+                let instance = owner_instance(owner);
+                if instance == here {
+                    self.local.get(*d).is_none_or(|l| l.owner != **owner)
+                } else {
+                    live.as_ref().is_some_and(|live| !live.contains(instance))
                 }
+            })
+            .map(|(d, o)| (d.clone(), o.clone()))
+            .collect();
+        for (device, owner) in stale {
+            let (bus, couple) = (&self.args.bus, &self.args.couple);
+            let removed = if owner_instance(&owner) == here {
+                bus.leave(couple, &device, &owner).await
+            } else {
+                bus.sweep(couple, &device, &owner).await
+            };
+            if let Ok(true) = removed {
+                tracing::info!(couple_id = %couple, device_id = %device, "removed the presence of a socket that is gone");
+            }
+        }
+        if !self.local.is_empty() && self.touched.elapsed() >= TOUCH_EVERY {
+            self.touched = Instant::now();
+            if let Err(e) = self.args.bus.touch(&self.args.couple).await {
+                tracing::warn!(couple_id = %self.args.couple, cause = %e, "could not renew the couple's keys");
             }
         }
         if self.local.is_empty() && self.last_active.elapsed() >= self.args.settings.room_idle_after

@@ -102,6 +102,7 @@ for i, d in ipairs(rcpt) do
 end
 redis.call('HSET', m, unpack(sets))
 redis.call('PEXPIRE', m, keep)
+redis.call('PEXPIRE', p, keep)
 if window > 0 then redis.call('SET', idk, seq, 'PX', window) end
 redis.call('PUBLISH', chan, table.concat({'S', seq, from, sid, now, expires, table.concat(rcpt, ','), wall, payload}, '|'))
 return {'OK', seq, expired, evicted}

@@ -1,7 +1,7 @@
 -- Makes `owner` the device's one socket: acknowledges through lastSeq, expires, marks the
 -- whole mailbox delivered, and publishes a join (or a replacement of the old socket).
 -- KEYS: meta, presence
--- ARGV: device, owner, lastSeq ('' = none), now, streams prefix, channel, meta keep ms
+-- ARGV: device, owner, lastSeq ('' = none), now, streams prefix, channel, keep ms (both hashes)
 -- Reply: {'OK', head, recovered 0/1, expired, presence (flat device/owner pairs), entries}
 --        | {'EPOCH'} | {'UNKNOWN'}
 local m, p = KEYS[1], KEYS[2]
@@ -19,6 +19,7 @@ redis.call('HSET', m, 'dv:' .. d, seqstr(top))
 local old = redis.call('HGET', p, d)
 redis.call('HSET', p, d, owner)
 redis.call('PEXPIRE', m, keep)
+redis.call('PEXPIRE', p, keep)
 if old and old ~= owner then
   redis.call('PUBLISH', chan, 'K|' .. d .. '|' .. old .. '|' .. owner)
 elseif not old then
