@@ -229,6 +229,35 @@ pub struct StorageConfig {
     pub timeout: Duration,
 }
 
+/// The ICE servers handed to paired devices (`GET /api/ice-servers`).
+#[derive(Debug, Clone)]
+pub struct IceConfig {
+    /// `STUN_URLS`: `stun:`/`stuns:` URLs, given as they are.
+    pub stun_urls: Vec<String>,
+    /// `TURN_URLS` + `TURN_SECRET`: TURN servers that check credentials with the TURN REST
+    /// scheme (coturn's `use-auth-secret`).
+    pub turn: Option<TurnConfig>,
+    /// `TURN_TTL_SECS`: how long a credential (and so the answer) is valid; default one day.
+    pub ttl: Duration,
+}
+
+/// TURN servers and how their ephemeral credentials are made.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// `TURN_URLS`: `turn:`/`turns:` URLs.
+    pub urls: Vec<String>,
+    /// `TURN_SECRET`: the TURN server's `static-auth-secret`.
+    pub secret: Secret,
+}
+
+/// Default `TURN_TTL_SECS`: one day, as the TURN REST draft suggests.
+const DEFAULT_TURN_TTL: Duration = Duration::from_hours(24);
+/// Bounds of `TURN_TTL_SECS`: a credential shorter than a minute would expire during ICE, and
+/// one longer than a week outlives any call it was fetched for.
+const TURN_TTL_BOUNDS: (u64, u64) = (60, 7 * 24 * 3600);
+/// Shortest `TURN_SECRET`: it signs every credential.
+const MIN_TURN_SECRET_BYTES: usize = 16;
+
 /// Cluster mode (`REDIS_URL`): many instances share rooms through Redis.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -354,6 +383,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Cluster mode, when `REDIS_URL` is set.
     pub cluster: Option<ClusterConfig>,
+    /// STUN and TURN servers for `GET /api/ice-servers`.
+    pub ice: IceConfig,
 }
 
 /// A variable that is missing or wrong. Names the variable, so the operator knows what to fix.
@@ -449,6 +480,82 @@ fn key_part(var: &'static str, value: &str) -> Result<String, ConfigError> {
             reason: "expected 1 to 64 of A-Z a-z 0-9 _ -".to_owned(),
         })
     }
+}
+
+/// A comma-separated list of URLs that must each start with one of `schemes`.
+fn url_list<F: Fn(&str) -> Option<String>>(
+    v: &Vars<F>,
+    var: &'static str,
+    schemes: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = v
+        .get(var)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match urls
+        .iter()
+        .find(|u| !schemes.iter().any(|s| u.starts_with(s)))
+    {
+        Some(bad) => Err(ConfigError::Invalid {
+            var,
+            value: bad.clone(),
+            reason: format!("each URL must start with {}", schemes.join(" or ")),
+        }),
+        None => Ok(urls),
+    }
+}
+
+/// Reads `STUN_URLS`, `TURN_URLS`, `TURN_SECRET` and `TURN_TTL_SECS`.
+fn ice<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<IceConfig, ConfigError> {
+    let stun_urls = url_list(v, "STUN_URLS", &["stun:", "stuns:"])?;
+    let turn_urls = url_list(v, "TURN_URLS", &["turn:", "turns:"])?;
+    let secret = v.get("TURN_SECRET").map(|s| s.trim().to_owned());
+    let ttl = v.parse("TURN_TTL_SECS", DEFAULT_TURN_TTL.as_secs())?;
+    let (min, max) = TURN_TTL_BOUNDS;
+    if !(min..=max).contains(&ttl) {
+        return Err(ConfigError::Invalid {
+            var: "TURN_TTL_SECS",
+            value: ttl.to_string(),
+            reason: format!("must be between {min} and {max} seconds"),
+        });
+    }
+    let turn = match (turn_urls.is_empty(), secret) {
+        (true, None) => None,
+        (false, None) => {
+            return Err(ConfigError::Missing {
+                var: "TURN_SECRET",
+                because: "TURN_URLS is set (the TURN server's static-auth-secret signs the credentials)",
+            });
+        }
+        (true, Some(_)) => {
+            return Err(ConfigError::Missing {
+                var: "TURN_URLS",
+                because: "TURN_SECRET is set",
+            });
+        }
+        (false, Some(secret)) => {
+            if secret.len() < MIN_TURN_SECRET_BYTES {
+                return Err(ConfigError::Invalid {
+                    var: "TURN_SECRET",
+                    value: "<redacted>".to_owned(),
+                    reason: format!("must be at least {MIN_TURN_SECRET_BYTES} bytes"),
+                });
+            }
+            Some(TurnConfig {
+                urls: turn_urls,
+                secret: Secret(secret),
+            })
+        }
+    };
+    Ok(IceConfig {
+        stun_urls,
+        turn,
+        ttl: Duration::from_secs(ttl),
+    })
 }
 
 /// Reads `REDIS_URL`, `REDIS_KEY_PREFIX` and `INSTANCE_ID`.
@@ -696,6 +803,7 @@ impl Config {
             shutdown_timeout: v.secs("SHUTDOWN_TIMEOUT_SECS", DEFAULT_SHUTDOWN_TIMEOUT)?,
             metrics: metrics(&v)?,
             cluster: cluster(&v)?,
+            ice: ice(&v)?,
         };
         config.validate()?;
         Ok(config)
@@ -829,6 +937,40 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.secret, SecretSource::Env(_)));
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn turn_needs_urls_and_a_secret_together() {
+        let c = from(&[("STUN_URLS", "stun:stun.example:3478, stuns:s.example")]).unwrap();
+        assert_eq!(
+            c.ice.stun_urls,
+            ["stun:stun.example:3478", "stuns:s.example"]
+        );
+        assert!(c.ice.turn.is_none());
+        let secret = ("TURN_SECRET", "a-turn-secret-of-some-length");
+        let urls = (
+            "TURN_URLS",
+            "turn:t.example:3478?transport=udp,turns:t.example:5349",
+        );
+        let ice = from(&[urls, secret]).unwrap().ice;
+        let turn = ice.turn.expect("turn");
+        assert_eq!((turn.urls.len(), ice.ttl.as_secs()), (2, 86_400));
+        assert!(!format!("{turn:?}").contains("some-length"));
+        for (vars, named) in [
+            (vec![urls], "TURN_SECRET"),
+            (vec![secret], "TURN_URLS"),
+            (vec![("TURN_URLS", "http://t"), secret], "TURN_URLS"),
+            (vec![("STUN_URLS", "turn:t")], "STUN_URLS"),
+            (vec![urls, ("TURN_SECRET", "short")], "TURN_SECRET"),
+            (vec![urls, secret, ("TURN_TTL_SECS", "30")], "TURN_TTL_SECS"),
+            (
+                vec![urls, secret, ("TURN_TTL_SECS", "9999999")],
+                "TURN_TTL_SECS",
+            ),
+        ] {
+            let err = from(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod devices;
 pub mod health;
+pub mod ice;
 pub mod metrics;
 pub mod pairing;
 pub mod signals;

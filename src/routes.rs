@@ -30,6 +30,7 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
             .or(http::signals::routes(&state))
             .or(http::backup::routes(&state))
             .or(http::devices::routes(&state))
+            .or(http::ice::route(&state))
             .or(ws::route(state)),
     );
     let api = probes

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actors::{Backups, ConnId, Domain, Pairing, Rooms, Storage};
 
-use crate::config::{AllowedOrigins, Config, MetricsConfig, WsConfig};
+use crate::config::{AllowedOrigins, Config, IceConfig, MetricsConfig, WsConfig};
 use crate::front::rate::RateLimits;
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownHandle;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Who may read `/metrics`, and whether it is served on the main port.
     pub metrics_config: Arc<MetricsConfig>,
+    /// STUN and TURN servers for `GET /api/ice-servers`.
+    pub ice: Arc<IceConfig>,
     next_conn: Arc<AtomicU64>,
     next_socket: Arc<AtomicU64>,
 }
@@ -66,6 +68,7 @@ impl AppState {
             shutdown,
             metrics,
             metrics_config: Arc::new(config.metrics.clone()),
+            ice: Arc::new(config.ice.clone()),
             next_conn: Arc::new(AtomicU64::new(1)),
             next_socket: Arc::new(AtomicU64::new(1)),
         }

@@ -10,6 +10,7 @@ mod dashboard;
 mod devices;
 mod full_disk;
 mod helpers;
+mod ice;
 mod limits;
 mod metrics;
 mod pairing;
