@@ -103,6 +103,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_panel_query_parses_and_reads_only_metrics_the_server_exports() {
+    crate::single_instance_only!("it counts the traffic of one instance");
     let Some(promtool) = tool("promtool") else {
         return;
     };

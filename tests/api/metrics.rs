@@ -497,6 +497,7 @@ async fn metrics_addr_serves_metrics_alone_and_removes_them_from_the_main_port()
 
 #[tokio::test]
 async fn promtool_check_metrics_accepts_the_exposition() {
+    crate::single_instance_only!("it counts the traffic of one instance");
     let Some(promtool) = tool("promtool") else {
         return;
     };
@@ -564,6 +565,7 @@ impl Drop for Reaped {
 
 #[tokio::test]
 async fn a_real_prometheus_server_scrapes_the_server_with_its_token() {
+    crate::single_instance_only!("it counts the traffic of one instance");
     let Some(prometheus) = tool("prometheus") else {
         return;
     };
