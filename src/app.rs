@@ -78,6 +78,7 @@ impl App {
                     &c.prefix,
                     &c.instance,
                     config.storage.timeout,
+                    &config.settings,
                     metrics.domain(),
                 )
                 .await?;

@@ -128,6 +128,9 @@ pub struct RedisBus {
     subs: Arc<Subscriptions>,
     live: Arc<RwLock<Option<Arc<HashSet<String>>>>>,
     metrics: DomainMetrics,
+    /// How long (ms) a couple's keys outlive their last write: [`KEEP_AFTER`] past the
+    /// longest a signal or a resend id is kept.
+    keep_ms: u64,
     /// The subscription and lease tasks, aborted when the bus is dropped.
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -160,13 +163,15 @@ fn unavailable(e: &redis::RedisError) -> BusError {
 }
 
 impl RedisBus {
-    /// Connects (failing within `timeout` if Redis does not answer), checks the eviction
+    /// Connects (failing within `timeout` if Redis does not answer; `settings` give the
+    /// signal and resend lifetimes the keys must outlive), checks the eviction
     /// policy, and starts the lease and subscription tasks.
     pub async fn connect(
         url: &str,
         prefix: &str,
         instance: &str,
         timeout: Duration,
+        settings: &Settings,
         metrics: DomainMetrics,
     ) -> Result<Arc<Self>, StoreError> {
         let down = |e: String| StoreError::Unavailable(format!("redis: {e}"));
@@ -190,6 +195,7 @@ impl RedisBus {
             subs: Arc::clone(&subs),
             live: Arc::clone(&live),
             metrics,
+            keep_ms: ms(settings.signal_ttl.max(settings.dedupe_window) + KEEP_AFTER),
             tasks: std::sync::Mutex::new(Vec::new()),
         };
         let link = bus.link().await.map_err(|e| down(e.to_string()))?;
@@ -275,8 +281,8 @@ impl RedisBus {
         *self.slot() = None;
     }
 
-    /// Runs a prepared script on `link`, timed as storage operation `op`. A connection
-    /// error drops the link, so the next call reconnects (and reads the `run_id` again).
+    /// Runs a prepared script on `link` (scripts that pass the link's `run_id` need it before
+    /// the call), timed as storage operation `op`.
     async fn run(
         &self,
         op: &'static str,
@@ -286,6 +292,29 @@ impl RedisBus {
         let started = Instant::now();
         let mut conn = link.conn;
         let result = invocation.invoke_async::<Value>(&mut conn).await;
+        self.settle(op, started, result)
+    }
+
+    /// Runs one command on the command connection, timed as storage operation `op`.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, BusError> {
+        let mut conn = self.link().await?.conn;
+        let started = Instant::now();
+        let result = cmd.query_async(&mut conn).await;
+        self.settle(op, started, result)
+    }
+
+    /// Records a call's duration and outcome; a connection error drops the link, so the next
+    /// call reconnects (and reads the `run_id` again).
+    fn settle<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        result: redis::RedisResult<T>,
+    ) -> Result<T, BusError> {
         self.metrics
             .storage_op("redis", op, started.elapsed(), result.is_ok());
         result.map_err(|e| {
@@ -306,11 +335,6 @@ impl RedisBus {
 
     fn channel(&self, couple: &CoupleId) -> String {
         self.key(couple, "ch")
-    }
-
-    fn keep_ms(settings: Option<&Settings>) -> u64 {
-        let longest = settings.map_or(Duration::ZERO, |s| s.signal_ttl.max(s.dedupe_window));
-        ms(longest + KEEP_AFTER)
     }
 }
 
@@ -376,7 +400,7 @@ impl Bus for RedisBus {
             .arg(epoch)
             .arg(&link.run_id)
             .arg(self.key(couple, "s:"))
-            .arg(Self::keep_ms(None))
+            .arg(self.keep_ms)
             .arg(self.channel(couple));
         for d in devices {
             inv.arg(d.device.as_str()).arg(d.paired_at.0);
@@ -408,7 +432,7 @@ impl Bus for RedisBus {
             .arg(self.key(couple, "s:"))
             .arg(self.channel(couple))
             .arg(signal.to.map_or("", DeviceId::as_str))
-            .arg(Self::keep_ms(Some(settings)))
+            .arg(self.keep_ms)
             .arg(wall_ms());
         let reply = self.run("append", link, &inv).await?;
         let parts = wire::array(&reply)?;
@@ -441,7 +465,7 @@ impl Bus for RedisBus {
             .arg(now.0)
             .arg(self.key(couple, "s:"))
             .arg(self.channel(couple))
-            .arg(Self::keep_ms(None));
+            .arg(self.keep_ms);
         let reply = self.run("join", link, &inv).await?;
         let parts = wire::array(&reply)?;
         if text(parts.first())? != "OK" {
@@ -495,7 +519,7 @@ impl Bus for RedisBus {
         let mut inv = self.scripts.touch.prepare_invoke();
         inv.key(self.key(couple, "m"))
             .key(self.key(couple, "p"))
-            .arg(Self::keep_ms(None));
+            .arg(self.keep_ms);
         self.run("touch", link, &inv).await.map(|_| ())
     }
 
@@ -531,16 +555,10 @@ impl Bus for RedisBus {
     }
 
     async fn presence(&self, couple: &CoupleId) -> Result<Vec<(DeviceId, String)>, BusError> {
-        let link = self.link().await?;
-        let started = Instant::now();
-        let mut conn = link.conn;
-        let reply: redis::RedisResult<Value> = redis::cmd("HGETALL")
-            .arg(self.key(couple, "p"))
-            .query_async(&mut conn)
-            .await;
-        self.metrics
-            .storage_op("redis", "presence", started.elapsed(), reply.is_ok());
-        presence(Some(&reply.map_err(|e| unavailable(&e))?))
+        let reply: Value = self
+            .query("presence", redis::cmd("HGETALL").arg(self.key(couple, "p")))
+            .await?;
+        presence(Some(&reply))
     }
 
     async fn device_revoked(&self, couple: &CoupleId, device: &DeviceId) -> Result<(), BusError> {
@@ -559,21 +577,15 @@ impl Bus for RedisBus {
         let key = self.key(couple, "lk");
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms(LOCK_HELD_AT_MOST));
         loop {
-            let link = self.link().await?;
-            let started = Instant::now();
-            let mut conn = link.conn;
-            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms(LOCK_HELD_AT_MOST))
-                .query_async(&mut conn)
-                .await;
-            self.metrics
-                .storage_op("redis", "lock", started.elapsed(), set.is_ok());
-            if set.map_err(|e| unavailable(&e))?.is_some() {
+            let answer: Option<String> = self.query("lock", &set).await?;
+            if answer.is_some() {
                 return Ok(token);
             }
             if Instant::now() + pause > deadline {
@@ -600,17 +612,8 @@ impl Bus for RedisBus {
     }
 
     async fn ping(&self) -> Result<(), BusError> {
-        let link = self.link().await?;
-        let started = Instant::now();
-        let mut conn = link.conn;
-        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-        self.metrics
-            .storage_op("redis", "ping", started.elapsed(), pong.is_ok());
-        if let Err(e) = &pong
-            && (e.is_io_error() || e.is_timeout() || e.is_connection_dropped())
-        {
-            self.drop_link();
-        }
-        pong.map(|_| ()).map_err(|e| unavailable(&e))
+        self.query::<String>("ping", &redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 }

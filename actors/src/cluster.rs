@@ -250,6 +250,20 @@ pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError>;
 }
 
+/// Runs `work` holding the couple's cluster-wide lock (waiting at most `wait` for it), and
+/// releases it after.
+pub(crate) async fn exclusive<T>(
+    bus: &dyn Bus,
+    couple: &CoupleId,
+    wait: Duration,
+    work: impl Future<Output = T>,
+) -> Result<T, BusError> {
+    let token = bus.lock(couple, wait).await?;
+    let out = work.await;
+    bus.unlock(couple, &token).await;
+    Ok(out)
+}
+
 /// The instance part of an owner (`<instance>.<connection>`).
 pub fn owner_instance(owner: &str) -> &str {
     owner

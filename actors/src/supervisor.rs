@@ -359,16 +359,12 @@ impl Rooms {
         };
         // Half the call timeout, so a caller waiting behind a busy couple hears 503 before
         // its own call times out (and never after the work was done).
-        let token = match bus.lock(couple, self.timeout / 2).await {
-            Ok(token) => token,
-            Err(e) => {
+        crate::cluster::exclusive(bus.as_ref(), couple, self.timeout / 2, work)
+            .await
+            .inspect_err(|e| {
                 tracing::warn!(couple_id = %couple, cause = %e, "could not take the couple's cluster lock");
-                return None;
-            }
-        };
-        let out = work.await;
-        bus.unlock(couple, &token).await;
-        Some(out)
+            })
+            .ok()
     }
 
     /// Whether the cluster bus answers (always, without one).

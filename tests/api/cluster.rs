@@ -147,6 +147,23 @@ impl Cluster {
             .1
     }
 
+    /// `GET /api/signals/:couple/:device{query}` on instance `i`, with `device`'s token.
+    async fn poll(
+        &self,
+        i: usize,
+        couple: &Couple,
+        device: &Device,
+        query: &str,
+    ) -> reqwest::Response {
+        let path = format!("/api/signals/{}/{}{query}", couple.id, device.id);
+        self.http
+            .get(self.url(i, &path))
+            .bearer_auth(&device.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `/ready`'s status on instance `i`.
     async fn ready(&self, i: usize) -> StatusCode {
         let res = self.http.get(self.url(i, "/ready")).send().await.unwrap();
@@ -228,13 +245,7 @@ async fn devices_on_different_instances_relay_both_ways() {
         (payload, json!(seq)),
         (json!("via-rest"), rest["seq"].clone())
     );
-    let res = c
-        .http
-        .get(c.url(0, &format!("/api/signals/{}/b?after={s1}", couple.id)))
-        .bearer_auth(&couple.b.token)
-        .send()
-        .await
-        .unwrap();
+    let res = c.poll(0, &couple, &couple.b, &format!("?after={s1}")).await;
     let polled = ok_json(res, StatusCode::OK).await;
     assert_eq!(
         polled["signals"].as_array().map(Vec::len),
@@ -366,13 +377,7 @@ async fn a_device_paired_while_its_couple_is_live_gets_broadcasts_at_once() {
     a.send(json!({ "type": "webrtc-signal", "payload": "hello b", "id": "hi" }))
         .await;
     a.recv_type("accepted").await;
-    let res = c
-        .http
-        .get(c.url(1, &format!("/api/signals/{}/b", couple.id)))
-        .bearer_auth(&couple.b.token)
-        .send()
-        .await
-        .unwrap();
+    let res = c.poll(1, &couple, &couple.b, "").await;
     let polled = ok_json(res, StatusCode::OK).await;
     assert_eq!(polled["signals"][0]["signalPayload"], "hello b", "{polled}");
 }
@@ -394,13 +399,7 @@ async fn a_revoked_device_is_closed_on_its_instance_and_its_token_dies_everywher
     assert_eq!(b.recv_close().await, Some(4003));
     assert_eq!(a.recv_type("peer-left").await["deviceId"], "b");
     for i in 0..3 {
-        let res = c
-            .http
-            .get(c.url(i, &format!("/api/signals/{}/b", couple.id)))
-            .bearer_auth(&couple.b.token)
-            .send()
-            .await
-            .unwrap();
+        let res = c.poll(i, &couple, &couple.b, "").await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "instance {i}");
     }
     // A signal to the revoked device is refused on every instance.

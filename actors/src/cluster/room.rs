@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Append, Appended, Bus, BusError, BusEvent, owner_instance};
+use super::{Append, Appended, Bus, BusError, BusEvent, exclusive, owner_instance};
 use crate::clock::Clock;
 use crate::error::RoomError;
 use crate::ids::{CoupleId, DeviceId, Seq, SignalId};
@@ -292,16 +292,12 @@ impl ClusterState {
             refreshed_devices = true;
             // Under the couple's lock, so a revocation on another instance cannot fall
             // between this read and the seed (and bring the device back).
-            let bus = &self.args.bus;
-            let lock = bus
-                .lock(couple, self.args.settings.call_timeout / 2)
-                .await?;
-            let seeded = match store.devices(couple).await {
-                Ok(devices) => bus.seed(couple, epoch, &devices).await,
-                Err(e) => Err(unavailable(e)),
+            let bus = self.args.bus.as_ref();
+            let refresh = async {
+                let devices = store.devices(couple).await.map_err(unavailable)?;
+                bus.seed(couple, epoch, &devices).await
             };
-            bus.unlock(couple, &lock).await;
-            seeded?;
+            exclusive(bus, couple, self.args.settings.call_timeout / 2, refresh).await??;
             if epoch > 0 {
                 tracing::info!(couple_id = %couple, epoch, "took a new epoch for the cluster bus");
             }
