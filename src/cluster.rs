@@ -163,8 +163,9 @@ fn unavailable(e: &redis::RedisError) -> BusError {
 }
 
 impl RedisBus {
-    /// Connects (failing within `timeout` if Redis does not answer; `settings` give the
-    /// signal and resend lifetimes the keys must outlive), checks the eviction
+    /// Connects (failing within `timeout`, at most half the actors' call timeout, if Redis
+    /// does not answer; `settings` give the signal and resend lifetimes the keys must
+    /// outlive), checks the eviction
     /// policy, and starts the lease and subscription tasks.
     pub async fn connect(
         url: &str,
@@ -175,6 +176,10 @@ impl RedisBus {
         metrics: DomainMetrics,
     ) -> Result<Arc<Self>, StoreError> {
         let down = |e: String| StoreError::Unavailable(format!("redis: {e}"));
+        // Each Redis call must give up well before the room's caller does (`call_timeout`),
+        // or a Redis that hangs (accepts, never answers) surfaces as the caller's generic
+        // `unavailable` instead of `storage_unavailable`.
+        let timeout = timeout.min(settings.call_timeout / 2);
         let client = Client::open(url).map_err(|e| down(e.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))

@@ -731,6 +731,18 @@ impl PrivateServer {
         }
     }
 
+    /// Freezes it (SIGSTOP; `false`: SIGCONT): it still accepts connections but answers
+    /// nothing, as a hung server does.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("started").id().to_string();
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
