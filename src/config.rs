@@ -117,10 +117,19 @@ impl AllowedOrigins {
         ))
     }
 
-    /// Whether a request with this `Origin` (if any) may proceed. No `Origin`: not a browser.
+    /// Whether a WebSocket upgrade with this `Origin` (if any) may proceed. No `Origin`: not
+    /// a browser. A listed origin, or a page of this server itself: an origin whose
+    /// `host[:port]` is the request's `Host` (the same-origin rule of gorilla/websocket's
+    /// default check), such as the demo page; another site's page cannot send our `Host`
+    /// with its own `Origin`.
     #[must_use]
-    pub fn permits(&self, origin: Option<&str>) -> bool {
-        origin.is_none_or(|o| self.0.contains(o))
+    pub fn permits(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        origin.is_none_or(|o| {
+            self.0.contains(o)
+                || o.split_once("://").is_some_and(|(_, authority)| {
+                    host.is_some_and(|h| authority.eq_ignore_ascii_case(h))
+                })
+        })
     }
 
     /// Whether this exact origin is in the list.
@@ -385,6 +394,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// STUN and TURN servers for `GET /api/ice-servers`.
     pub ice: IceConfig,
+    /// `DEMO`: serve the demo page at `/demo/` (default: on in development, off in
+    /// production).
+    pub demo: bool,
 }
 
 /// A variable that is missing or wrong. Names the variable, so the operator knows what to fix.
@@ -461,6 +473,20 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 
     fn secs(&self, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         Ok(Duration::from_secs(self.positive(var, default.as_secs())?))
+    }
+
+    /// `on`/`true`/`1` or `off`/`false`/`0`.
+    fn switch(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).as_deref().map(str::trim) {
+            None => Ok(default),
+            Some("on" | "true" | "1") => Ok(true),
+            Some("off" | "false" | "0") => Ok(false),
+            Some(other) => Err(ConfigError::Invalid {
+                var,
+                value: other.to_owned(),
+                reason: "expected on or off".to_owned(),
+            }),
+        }
     }
 }
 
@@ -639,18 +665,8 @@ fn storage<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<StorageConfig, 
 /// Reads `RATE_LIMIT`, `TRUST_PROXY` and the `RATE_LIMIT_*` sizes.
 fn rate<F: Fn(&str) -> Option<String>>(v: &Vars<F>) -> Result<RateConfig, ConfigError> {
     let d = RateConfig::default();
-    let switch = |var: &'static str, default: bool| match v.get(var).as_deref().map(str::trim) {
-        None => Ok(default),
-        Some("on" | "true" | "1") => Ok(true),
-        Some("off" | "false" | "0") => Ok(false),
-        Some(other) => Err(ConfigError::Invalid {
-            var,
-            value: other.to_owned(),
-            reason: "expected on or off".to_owned(),
-        }),
-    };
     Ok(RateConfig {
-        enabled: switch("RATE_LIMIT", d.enabled)?,
+        enabled: v.switch("RATE_LIMIT", d.enabled)?,
         trusted_proxies: match v.get("TRUST_PROXY").as_deref().map(str::trim) {
             None => d.trusted_proxies,
             Some("off" | "false") => 0,
@@ -804,6 +820,7 @@ impl Config {
             metrics: metrics(&v)?,
             cluster: cluster(&v)?,
             ice: ice(&v)?,
+            demo: v.switch("DEMO", environment == Environment::Development)?,
         };
         config.validate()?;
         Ok(config)
@@ -908,12 +925,20 @@ mod tests {
     #[test]
     fn origins_match_exactly_and_requests_without_origin_pass() {
         let o = AllowedOrigins::parse("https://app.example, http://localhost:5173/ ,");
-        assert!(o.permits(None));
-        assert!(o.permits(Some("https://app.example")));
-        assert!(o.permits(Some("http://localhost:5173")));
-        assert!(!o.permits(Some("https://evil.example")));
-        assert!(!o.permits(Some("https://app.example.evil")));
-        assert!(!AllowedOrigins::default().permits(Some("https://app.example")));
+        let host = Some("api.example:3000");
+        assert!(o.permits(None, host));
+        assert!(o.permits(Some("https://app.example"), host));
+        assert!(o.permits(Some("http://localhost:5173"), None));
+        assert!(!o.permits(Some("https://evil.example"), host));
+        assert!(!o.permits(Some("https://app.example.evil"), host));
+        assert!(!AllowedOrigins::default().permits(Some("https://app.example"), host));
+        // The server's own pages: the origin names the Host the request was sent to.
+        let none = AllowedOrigins::default();
+        assert!(none.permits(Some("http://api.example:3000"), host));
+        assert!(none.permits(Some("https://API.example:3000"), host));
+        assert!(!none.permits(Some("http://api.example"), host));
+        assert!(!none.permits(Some("http://api.example:3000"), None));
+        assert!(!none.permits(Some("null"), Some("null")));
     }
 
     #[test]
@@ -937,6 +962,21 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.secret, SecretSource::Env(_)));
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_demo_is_on_in_development_and_off_in_production_unless_asked_for() {
+        let prod = ("SIGNALING_SECRET", "0123456789abcdef0123456789abcdef");
+        assert!(from(&[]).unwrap().demo);
+        assert!(!from(&[("DEMO", "off")]).unwrap().demo);
+        assert!(!from(&[("NODE_ENV", "production"), prod]).unwrap().demo);
+        assert!(
+            from(&[("NODE_ENV", "production"), prod, ("DEMO", "on")])
+                .unwrap()
+                .demo
+        );
+        let err = from(&[("DEMO", "maybe")]).unwrap_err().to_string();
+        assert!(err.contains("DEMO") && err.contains("on or off"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a typed actor handle; errors, auth, limits and JSON helpers come from [`crate::front`].
 
 pub mod backup;
+pub mod demo;
 pub mod devices;
 pub mod health;
 pub mod ice;

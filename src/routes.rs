@@ -31,6 +31,7 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
             .or(http::backup::routes(&state))
             .or(http::devices::routes(&state))
             .or(http::ice::route(&state))
+            .or(http::demo::route(state.demo))
             .or(ws::route(state)),
     );
     let api = probes

@@ -102,9 +102,10 @@ where
         let origin = headers
             .get(header::ORIGIN)
             .map(|o| o.to_str().unwrap_or("\u{0}"));
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let refused = if let Some(Refused(reason)) = req.extensions().get::<Refused>() {
             Some(ApiError::TooManyConnections(*reason))
-        } else if !self.origins.permits(origin) {
+        } else if !self.origins.permits(origin, host) {
             Some(ApiError::OriginNotAllowed)
         } else {
             None

@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics_config: Arc<MetricsConfig>,
     /// STUN and TURN servers for `GET /api/ice-servers`.
     pub ice: Arc<IceConfig>,
+    /// Whether `/demo/` is served (`DEMO`).
+    pub demo: bool,
     next_conn: Arc<AtomicU64>,
     next_socket: Arc<AtomicU64>,
 }
@@ -69,6 +71,7 @@ impl AppState {
             metrics,
             metrics_config: Arc::new(config.metrics.clone()),
             ice: Arc::new(config.ice.clone()),
+            demo: config.demo,
             next_conn: Arc::new(AtomicU64::new(1)),
             next_socket: Arc::new(AtomicU64::new(1)),
         }

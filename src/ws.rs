@@ -76,6 +76,7 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
         .and(warp::get())
         .and(named("/ws"))
         .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
         .and(handshake)
         .and(warp::ext::optional::<UpgradeSlot>())
         .and(with(state))
@@ -84,11 +85,12 @@ pub fn route(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Re
 
 async fn upgrade(
     origin: Option<String>,
+    host: Option<String>,
     handshake: Handshake,
     slot: Option<UpgradeSlot>,
     state: AppState,
 ) -> Result<warp::reply::Response, Rejection> {
-    if !state.origins.permits(origin.as_deref()) {
+    if !state.origins.permits(origin.as_deref(), host.as_deref()) {
         return Err(reject(ApiError::OriginNotAllowed));
     }
     let accept = handshake

@@ -30,6 +30,20 @@ pub fn named(template: &'static str) -> impl Filter<Extract = (), Error = Infall
         .untuple_one()
 }
 
+/// Passes when `on`, else rejects as "not found": a route switched off by configuration
+/// looks like no route at all.
+pub fn enabled(on: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if on {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
 /// Injects a clone of `value` (a handle, a limit set) into a filter chain, so each filter
 /// and handler takes exactly what it needs.
 pub fn with<T: Clone + Send + Sync>(

@@ -11,7 +11,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::config::Secret;
 use crate::front::auth::strip_bearer;
 use crate::front::error::{ApiError, reject};
-use crate::front::wire::named;
+use crate::front::wire::{enabled, named};
 use crate::metrics::Metrics;
 
 /// The content type of the text exposition format 0.0.4.
@@ -31,14 +31,7 @@ pub fn route(
     let token = Arc::new(token);
     warp::path!("metrics")
         .and(warp::get())
-        .and_then(move || async move {
-            if served_here {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
-        .untuple_one()
+        .and(enabled(served_here))
         .and(named(ROUTE))
         .and(warp::header::optional::<String>("authorization"))
         .and_then(move |authorization: Option<String>| {

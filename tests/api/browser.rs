@@ -109,7 +109,7 @@ async fn cors_answers_allowed_origins_only() {
 #[tokio::test]
 async fn websocket_upgrades_check_the_browser_origin() {
     let app = spawn().await;
-    let connect = |origin: Option<&'static str>| {
+    let connect = |origin: Option<&str>| {
         let mut req = format!("ws://{}/ws", app.addr)
             .into_client_request()
             .unwrap();
@@ -120,6 +120,11 @@ async fn websocket_upgrades_check_the_browser_origin() {
     };
     assert!(connect(Some(APP)).await.is_ok());
     assert!(connect(None).await.is_ok(), "native apps send no Origin");
+    let own = format!("http://{}", app.addr);
+    assert!(
+        connect(Some(&own)).await.is_ok(),
+        "the server's own pages (the demo): Origin names the Host"
+    );
     match connect(Some(EVIL)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
             assert_eq!(res.status(), StatusCode::FORBIDDEN);
@@ -139,5 +144,66 @@ async fn websocket_upgrades_check_the_browser_origin() {
         .await
         .unwrap();
     assert_error(res, StatusCode::FORBIDDEN, "origin_not_allowed").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_demo_page_is_served_from_the_binary_under_the_security_headers() {
+    let app = spawn().await;
+    let get = |path: &str| app.http.get(app.url(path)).send();
+    let manual = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = manual.get(app.url("/demo")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(res.headers()["location"], "/demo/");
+    let res = get("/demo/").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(
+        res.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let html = res.text().await.unwrap();
+    assert!(html.contains(r#"<script type="module" src="demo.js">"#));
+    assert!(
+        !html.contains("<script>"),
+        "the CSP allows no inline script"
+    );
+    for (path, media) in [
+        ("/demo/demo.js", "text/javascript; charset=utf-8"),
+        ("/demo/demo.css", "text/css; charset=utf-8"),
+    ] {
+        let res = get(path).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        assert_eq!(res.headers()["content-type"], media, "{path}");
+    }
+    // The page runs the reference client itself, not a copy of it.
+    let client = get("/demo/our-memories.js")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(client, include_str!("../../web/our-memories.js"));
+    assert_error(
+        get("/demo/nothing.js").await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_demo_every_path_under_it_is_not_found() {
+    let app = TestApp::spawn_with(|c| c.demo = false).await;
+    for path in ["/demo", "/demo/", "/demo/demo.js", "/demo/our-memories.js"] {
+        let res = app.http.get(app.url(path)).send().await.unwrap();
+        assert_error(res, StatusCode::NOT_FOUND, "not_found").await;
+    }
     app.stop().await;
 }
