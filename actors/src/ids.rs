@@ -171,6 +171,20 @@ impl BackupId {
     }
 }
 
+id_type!(
+    /// One resumable (tus) upload of a couple. Chosen by the server.
+    UploadId,
+    "uploadId"
+);
+
+impl UploadId {
+    /// A fresh, unguessable upload id.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self(random_id())
+    }
+}
+
 impl SignalId {
     /// A server-chosen id for a signal the client sent without one.
     #[must_use]

@@ -55,7 +55,7 @@ pub use clock::{Clock, Timestamp};
 pub use digest::{DigestError, Sha256Digest};
 pub use domain::Domain;
 pub use error::{BackupError, PairingError, RoomError};
-pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId};
+pub use ids::{BackupId, CoupleId, DeviceId, IdError, Seq, SignalId, UploadId};
 pub use mailbox::{MailboxLimits, Payload, Signal};
 pub use metrics::{DomainMetrics, Transport};
 pub use pairing::{Confirmed, Initiated, PAIRING_KEPT_AFTER_EXPIRY, Pairing};

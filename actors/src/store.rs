@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::digest::Sha256Digest;
-use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId, UploadId};
 use crate::mailbox::Signal;
 use crate::token::{DeviceNonce, TokenHash};
 
@@ -222,6 +222,50 @@ pub struct BackupRecord {
     pub uploaded_by: DeviceId,
     /// When it was published; the newest is "latest".
     pub created_at: Timestamp,
+}
+
+/// A resumable (tus) upload that has not received all its bytes yet. Each `PATCH` that
+/// brought bytes added one part: a blob of its own (under a fresh [`BackupId`]) that was
+/// durable before the part was recorded here, so the offset only ever counts durable bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// Whose upload.
+    pub couple: CoupleId,
+    /// Which one.
+    pub id: UploadId,
+    /// The device that created it; the backup's `uploaded_by`.
+    pub device: DeviceId,
+    /// `Upload-Length`: the whole backup's size in bytes.
+    pub length: u64,
+    /// The parts received so far, in order.
+    pub parts: Vec<UploadPart>,
+    /// The backup's metadata (JSON text), from `Upload-Metadata`.
+    pub meta: Option<String>,
+    /// The whole backup's SHA-256, when the client declared it; checked at the end.
+    pub sha256: Option<Sha256Digest>,
+    /// The id the backup gets when it is published.
+    pub backup: BackupId,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When the janitor deletes it (and its parts) if it is still incomplete.
+    pub expires_at: Timestamp,
+}
+
+/// One part of an [`UploadRecord`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadPart {
+    /// The part's blob, under the upload's couple.
+    pub blob: BackupId,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl UploadRecord {
+    /// Bytes received so far (`Upload-Offset`).
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
 }
 
 /// What one purge deleted.
@@ -491,6 +535,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Unpublishes a backup (retention); its blob is deleted afterwards.
     async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError>;
+
+    /// Records a new resumable upload.
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError>;
+
+    /// One upload of a couple, if recorded.
+    async fn upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError>;
+
+    /// Replaces an upload's record if its offset is still `expected_offset` (compare and
+    /// set: of two `PATCH`es at the same offset, on any instance, one wins). `false`: the
+    /// offset had moved, or the upload is gone.
+    async fn update_upload(
+        &self,
+        upload: &UploadRecord,
+        expected_offset: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets an upload (its parts are deleted by the caller). Idempotent.
+    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError>;
+
+    /// A couple's uploads, for its quota and its list.
+    async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError>;
+
+    /// Uploads whose `expires_at` is before `now`, at most `limit` of them, for the janitor.
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>, StoreError>;
 }
 
 /// Handle to the storage backends' health, for `/health` and logs.

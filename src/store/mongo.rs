@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use actors::store::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord,
-    ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal, fill,
+    ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal, UploadRecord, fill,
 };
-use actors::{BackupId, CoupleId, DeviceId, Seq, Sha256Digest, Timestamp};
+use actors::{BackupId, CoupleId, DeviceId, Seq, Sha256Digest, Timestamp, UploadId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -117,6 +117,35 @@ struct BackupDoc {
     created_at: DateTime,
 }
 
+/// A resumable upload: the record as JSON, with the fields queries need beside it (the
+/// offset for the compare-and-set of `update_upload`, the expiry for the janitor).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    couple_id: CoupleId,
+    offset: i64,
+    expires_at: DateTime,
+    record: String,
+}
+
+impl UploadDoc {
+    fn new(u: &UploadRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: format!("{}/{}", u.couple, u.id),
+            couple_id: u.couple.clone(),
+            offset: to_i64(u.offset()),
+            expires_at: dt(u.expires_at),
+            record: serde_json::to_string(u).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        })
+    }
+
+    fn record(&self) -> Result<UploadRecord, StoreError> {
+        serde_json::from_str(&self.record).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
 /// The MongoDB store. Cheap to clone.
 #[derive(Clone)]
 pub struct MongoStore {
@@ -190,6 +219,9 @@ impl MongoStore {
     fn backups_coll(&self) -> Collection<BackupDoc> {
         self.db.collection("backups")
     }
+    fn uploads_coll(&self) -> Collection<UploadDoc> {
+        self.db.collection("uploads")
+    }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
         let ttl = |field: &str, after: Duration| {
@@ -222,6 +254,14 @@ impl MongoStore {
         self.op(self
             .backups_coll()
             .create_index(keys(doc! { "coupleId": 1, "createdAt": -1 })))
+            .await?;
+        self.op(self
+            .uploads_coll()
+            .create_index(keys(doc! { "coupleId": 1 })))
+            .await?;
+        self.op(self
+            .uploads_coll()
+            .create_index(keys(doc! { "expiresAt": 1 })))
             .await?;
         Ok(())
     }
@@ -591,6 +631,73 @@ impl Store for MongoStore {
             .delete_one(doc! { "_id": format!("{couple}/{id}") }))
             .await?;
         Ok(())
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        self.op(self.uploads_coll().insert_one(UploadDoc::new(upload)?))
+            .await?;
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let found = self
+            .op(self
+                .uploads_coll()
+                .find_one(doc! { "_id": format!("{couple}/{id}") }))
+            .await?;
+        found.map(|d| d.record()).transpose()
+    }
+
+    async fn update_upload(
+        &self,
+        upload: &UploadRecord,
+        expected_offset: u64,
+    ) -> Result<bool, StoreError> {
+        let new = UploadDoc::new(upload)?;
+        let replaced = self
+            .op(self.uploads_coll().replace_one(
+                doc! { "_id": &new.id, "offset": to_i64(expected_offset) },
+                &new,
+            ))
+            .await?;
+        Ok(replaced.matched_count == 1)
+    }
+
+    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
+        self.op(self
+            .uploads_coll()
+            .delete_one(doc! { "_id": format!("{couple}/{id}") }))
+            .await?;
+        Ok(())
+    }
+
+    async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError> {
+        let cursor = self
+            .op(self
+                .uploads_coll()
+                .find(doc! { "coupleId": couple.as_str() }))
+            .await?;
+        let docs: Vec<UploadDoc> = self.op(cursor.try_collect()).await?;
+        docs.iter().map(UploadDoc::record).collect()
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>, StoreError> {
+        let cursor = self
+            .op(self
+                .uploads_coll()
+                .find(doc! { "expiresAt": { "$lt": dt(now) } })
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX)))
+            .await?;
+        let docs: Vec<UploadDoc> = self.op(cursor.try_collect()).await?;
+        docs.iter().map(UploadDoc::record).collect()
     }
 }
 

@@ -7,11 +7,11 @@ use futures_util::StreamExt;
 
 use super::{
     BackupRecord, BlobError, BlobKey, BlobStore, ByteStream, DeviceRecord, PairingRecord,
-    SignalWrite, Store, StoredSignal, Write,
+    SignalWrite, Store, StoredSignal, UploadPart, UploadRecord, Write,
 };
 use crate::clock::{Clock, Timestamp};
 use crate::digest::Sha256Digest;
-use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId, UploadId};
 use crate::token::{DeviceNonce, PairingToken};
 
 /// Instants are offsets in whole seconds from one base a minute in the real future: backends
@@ -86,6 +86,7 @@ pub async fn store_suite(store: &dyn Store) {
     purge(store).await;
     expire_unconfirmed(store).await;
     backups(store).await;
+    uploads(store).await;
 }
 
 async fn devices_and_pairings(store: &dyn Store) {
@@ -441,6 +442,83 @@ async fn expire_unconfirmed(store: &dyn Store) {
     assert!(expired.iter().any(|e| e.couple == open));
     assert!(!expired.iter().any(|e| e.couple == lonely));
     assert!(store.devices(&open).await.expect("read").is_empty());
+}
+
+async fn uploads(store: &dyn Store) {
+    let (c, other) = (CoupleId::generate(), CoupleId::generate());
+    let upload = |couple: &CoupleId, expires: u64| UploadRecord {
+        couple: couple.clone(),
+        id: UploadId::generate(),
+        device: DeviceId::parse("a").expect("valid id"),
+        length: 100,
+        parts: Vec::new(),
+        meta: Some("{\"v\":1}".to_owned()),
+        sha256: None,
+        backup: BackupId::generate(),
+        created_at: at(1_000),
+        expires_at: at(expires),
+    };
+    let (u, soon, elsewhere) = (upload(&c, 9_000), upload(&c, 2_000), upload(&other, 2_000));
+    for x in [&u, &soon, &elsewhere] {
+        store.create_upload(x).await.expect("create");
+    }
+    assert_eq!(
+        store.upload(&c, &u.id).await.expect("read"),
+        Some(u.clone())
+    );
+    assert_eq!(
+        store.upload(&other, &u.id).await.expect("read"),
+        None,
+        "per couple"
+    );
+    let mut grown = u.clone();
+    grown.parts.push(UploadPart {
+        blob: BackupId::generate(),
+        size: 40,
+    });
+    assert!(store.update_upload(&grown, 0).await.expect("update"));
+    assert!(
+        !store.update_upload(&grown, 0).await.expect("update"),
+        "the offset moved: a second PATCH at offset 0 loses"
+    );
+    assert_eq!(
+        store
+            .upload(&c, &u.id)
+            .await
+            .expect("read")
+            .map(|r| r.offset()),
+        Some(40)
+    );
+    let mut ids: Vec<_> = store
+        .uploads(&c)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    let mut want = vec![u.id.clone(), soon.id.clone()];
+    want.sort();
+    assert_eq!(ids, want, "one couple only");
+    let expired: Vec<_> = store
+        .expired_uploads(at(3_000), 1_000)
+        .await
+        .expect("expired")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(expired.contains(&soon.id) && expired.contains(&elsewhere.id));
+    assert!(!expired.contains(&u.id));
+    store.delete_upload(&c, &u.id).await.expect("delete");
+    store
+        .delete_upload(&c, &u.id)
+        .await
+        .expect("deleting twice is fine");
+    assert_eq!(store.upload(&c, &u.id).await.expect("read"), None);
+    assert!(
+        !store.update_upload(&grown, 40).await.expect("update"),
+        "gone"
+    );
 }
 
 async fn backups(store: &dyn Store) {

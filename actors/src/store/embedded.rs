@@ -13,10 +13,10 @@ use serde::de::DeserializeOwned;
 
 use super::{
     BackupRecord, Compacted, DeviceRecord, ExpiredCouple, PairingRecord, Purged, SignalWrite,
-    Store, StoreError, StoredSignal, Write, check_headroom,
+    Store, StoreError, StoredSignal, UploadRecord, Write, check_headroom,
 };
 use crate::clock::Timestamp;
-use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, SignalId, UploadId};
 
 /// (couple, device) -> `DeviceRecord` JSON.
 const DEVICES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("devices");
@@ -30,6 +30,8 @@ const SIGNALS: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new(
 const ACKS: TableDefinition<(&str, &str), u64> = TableDefinition::new("acks");
 /// (couple, backup) -> `BackupRecord` JSON.
 const BACKUPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("backups");
+/// (couple, upload) -> `UploadRecord` JSON.
+const UPLOADS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("uploads");
 /// One row the readiness probe rewrites to learn whether a write can commit (see
 /// [`EmbeddedStore::ping`]).
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -283,6 +285,7 @@ fn open_database(path: &Path) -> Result<Database, Fault> {
     txn.open_table(SIGNALS)?;
     txn.open_table(ACKS)?;
     txn.open_table(BACKUPS)?;
+    txn.open_table(UPLOADS)?;
     txn.open_table(PROBE)?;
     txn.commit()?;
     Ok(db)
@@ -799,6 +802,120 @@ impl Store for EmbeddedStore {
                 .remove((couple.as_str(), id.as_str()))?;
             txn.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        self.update_upload_where(upload.clone(), None)
+            .await
+            .map(drop)
+    }
+
+    async fn upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        let (couple, id) = (couple.clone(), id.clone());
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(UPLOADS)?;
+            let row = table.get((couple.as_str(), id.as_str()))?;
+            row.map(|v| decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn update_upload(
+        &self,
+        upload: &UploadRecord,
+        expected_offset: u64,
+    ) -> Result<bool, StoreError> {
+        self.update_upload_where(upload.clone(), Some(expected_offset))
+            .await
+    }
+
+    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
+        let (couple, id) = (couple.clone(), id.clone());
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(UPLOADS)?
+                .remove((couple.as_str(), id.as_str()))?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError> {
+        let couple = couple.clone();
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(UPLOADS)?;
+            let mut out = Vec::new();
+            for row in table.range((couple.as_str(), "")..)? {
+                let (k, v) = row?;
+                if k.value().0 != couple.as_str() {
+                    break;
+                }
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(UPLOADS)?;
+            let mut out = Vec::new();
+            // Few rows (each couple's quota bounds its uploads): a scan is enough.
+            for row in table.iter()? {
+                let upload: UploadRecord = decode(row?.1.value())?;
+                if upload.expires_at < now {
+                    out.push(upload);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes `upload` if the stored one's offset is `expected` (`None`: create, only if
+    /// absent); whether it did.
+    async fn update_upload_where(
+        &self,
+        upload: UploadRecord,
+        expected: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |db| {
+            let bytes = encode(&upload)?;
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(UPLOADS)?;
+                let key = (upload.couple.as_str(), upload.id.as_str());
+                let current = match table.get(key)? {
+                    Some(v) => Some(decode::<UploadRecord>(v.value())?.offset()),
+                    None => None,
+                };
+                if current != expected {
+                    return Ok(false);
+                }
+                table.insert(key, bytes.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -8,10 +8,11 @@ use async_trait::async_trait;
 
 use super::{
     BackupRecord, Blob, BlobEntry, BlobError, BlobKey, BlobStore, ByteStream, Compacted,
-    DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal, Write,
+    DeviceRecord, ExpiredCouple, PairingRecord, Purged, Store, StoreError, StoredSignal,
+    UploadRecord, Write,
 };
 use crate::clock::Timestamp;
-use crate::ids::{BackupId, CoupleId, DeviceId, Seq};
+use crate::ids::{BackupId, CoupleId, DeviceId, Seq, UploadId};
 use crate::metrics::DomainMetrics;
 
 /// A backend with its metrics.
@@ -190,6 +191,47 @@ impl Store for Measured<dyn Store> {
     async fn delete_backup(&self, couple: &CoupleId, id: &BackupId) -> Result<(), StoreError> {
         let work = self.inner.delete_backup(couple, id);
         self.op("delete_backup", work, always).await
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
+        let work = self.inner.create_upload(upload);
+        self.op("create_upload", work, always).await
+    }
+
+    async fn upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<Option<UploadRecord>, StoreError> {
+        self.op("upload", self.inner.upload(couple, id), always)
+            .await
+    }
+
+    async fn update_upload(
+        &self,
+        upload: &UploadRecord,
+        expected_offset: u64,
+    ) -> Result<bool, StoreError> {
+        let work = self.inner.update_upload(upload, expected_offset);
+        self.op("update_upload", work, always).await
+    }
+
+    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
+        let work = self.inner.delete_upload(couple, id);
+        self.op("delete_upload", work, always).await
+    }
+
+    async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError> {
+        self.op("uploads", self.inner.uploads(couple), always).await
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<UploadRecord>, StoreError> {
+        let work = self.inner.expired_uploads(now, limit);
+        self.op("expired_uploads", work, always).await
     }
 }
 
