@@ -789,6 +789,16 @@ impl Config {
             backup_idle_timeout: v.secs("BACKUP_IDLE_TIMEOUT_SECS", d.backup_idle_timeout)?,
             backup_upload_timeout: v.secs("BACKUP_UPLOAD_TIMEOUT_SECS", d.backup_upload_timeout)?,
             backup_max_concurrent: v.positive("BACKUP_MAX_CONCURRENT", d.backup_max_concurrent)?,
+            backup_quota: 0,
+            upload_ttl: v.secs("BACKUP_UPLOAD_TTL_SECS", d.upload_ttl)?,
+        };
+        // Four backups' worth by default, whatever the size limit.
+        let settings = Settings {
+            backup_quota: v.positive(
+                "BACKUP_QUOTA_BYTES",
+                settings.backup_max_bytes.saturating_mul(4),
+            )?,
+            ..settings
         };
         let config = Config {
             environment,
@@ -874,6 +884,16 @@ impl Config {
                 self.settings.backup_upload_timeout.as_secs().to_string(),
                 "must be under 3600 (unfinished uploads older than an hour are cleaned up)",
             ));
+        }
+        if self.settings.backup_quota < self.settings.backup_max_bytes {
+            return Err(ConfigError::Conflict {
+                first: "BACKUP_QUOTA_BYTES",
+                second: "BACKUP_MAX_BYTES",
+                reason: format!(
+                    "the quota ({}) must hold at least one backup of the largest size ({})",
+                    self.settings.backup_quota, self.settings.backup_max_bytes
+                ),
+            });
         }
         if self.ws.client_timeout <= self.ws.heartbeat {
             return Err(ConfigError::Conflict {
@@ -962,6 +982,28 @@ mod tests {
         .unwrap();
         assert!(matches!(ok.secret, SecretSource::Env(_)));
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_backup_quota_follows_the_size_limit_and_must_hold_one_backup() {
+        let c = from(&[("BACKUP_MAX_BYTES", "1000")]).unwrap();
+        assert_eq!(c.settings.backup_quota, 4000);
+        assert_eq!(c.settings.upload_ttl, Duration::from_hours(24));
+        let c = from(&[
+            ("BACKUP_MAX_BYTES", "1000"),
+            ("BACKUP_QUOTA_BYTES", "5000"),
+            ("BACKUP_UPLOAD_TTL_SECS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(c.settings.backup_quota, 5000);
+        assert_eq!(c.settings.upload_ttl, Duration::from_mins(1));
+        let err = from(&[("BACKUP_MAX_BYTES", "1000"), ("BACKUP_QUOTA_BYTES", "999")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BACKUP_QUOTA_BYTES") && err.contains("BACKUP_MAX_BYTES"),
+            "{err}"
+        );
     }
 
     #[test]

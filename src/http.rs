@@ -9,6 +9,7 @@ pub mod ice;
 pub mod metrics;
 pub mod pairing;
 pub mod signals;
+pub mod tus;
 
 /// Largest pairing body: two ids and a token, with generous room.
 pub const PAIRING_BODY_LIMIT: u64 = 4 * 1024;

@@ -28,6 +28,7 @@ pub fn public(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = I
         browser::preflight()
             .or(http::pairing::routes(&state))
             .or(http::signals::routes(&state))
+            .or(http::tus::routes(&state))
             .or(http::backup::routes(&state))
             .or(http::devices::routes(&state))
             .or(http::ice::route(&state))

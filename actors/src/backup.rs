@@ -22,6 +22,9 @@ use crate::store::{
     BackupRecord, Blob, BlobError, BlobKey, BlobStore, ByteStream, Store, StoreError,
 };
 
+mod resumable;
+pub use resumable::{ChecksumAlgorithm, ChunkChecksum, NewUpload, Progress, Usage};
+
 /// What a caller of the store answers when the store fails: the cause is logged here, at
 /// the failed call, and the client hears only `storage_unavailable`.
 #[expect(
@@ -43,6 +46,9 @@ pub struct Backups {
     limits: UploadLimits,
     uploads: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
+    quota: u64,
+    retention: usize,
+    upload_ttl: Duration,
 }
 
 /// What an upload declares besides its bytes.
@@ -83,6 +89,9 @@ impl Backups {
             },
             uploads: Arc::new(tokio::sync::Semaphore::new(settings.backup_max_concurrent)),
             timeout: settings.call_timeout,
+            quota: settings.backup_quota,
+            retention: settings.backup_retention,
+            upload_ttl: settings.upload_ttl,
         };
         Ok((handle, keeper))
     }
@@ -149,14 +158,19 @@ impl Backups {
             uploaded_by: device.clone(),
             created_at: self.clock.now(),
         };
-        if info
+        let refused = if info
             .expected_sha256
             .is_some_and(|want| want != record.sha256)
         {
+            Err(BackupError::ChecksumMismatch)
+        } else {
+            self.check_quota(couple, record.size).await
+        };
+        if let Err(e) = refused {
             if let Err(cause) = self.blobs.delete(&key).await {
                 tracing::warn!(cause = %cause, "failed to delete a rejected blob; the sweep will");
             }
-            return Err(BackupError::ChecksumMismatch);
+            return Err(e);
         }
         let publish = |reply| BackupMsg::Publish {
             record: record.clone(),
@@ -412,8 +426,8 @@ impl Actor for BackupActor {
     }
 }
 
-/// Deletes blobs that no published record points to: leftovers of uploads interrupted after
-/// their blob was written, or of a retention step cut short. With `older_than`, only blobs
+/// Deletes blobs that no published record or unfinished upload points to: leftovers of
+/// uploads interrupted after their blob was written, or of a retention step cut short. With `older_than`, only blobs
 /// written before that instant are considered (a younger one may be about to be published).
 pub(crate) async fn sweep_orphans(
     store: &dyn Store,
@@ -437,13 +451,18 @@ pub(crate) async fn sweep_orphans(
             tracing::warn!(couple_id = %couple, blobs = keys.len(), "blobs of a couple unknown to the metadata store; not deleting them");
             continue;
         }
-        let published: HashSet<_> = store
+        // Published backups, and the parts and future blob of each unfinished upload.
+        let mut live: HashSet<_> = store
             .backups(&couple)
             .await?
             .into_iter()
             .map(|b| b.id)
             .collect();
-        for key in keys.into_iter().filter(|k| !published.contains(&k.backup)) {
+        for upload in store.uploads(&couple).await? {
+            live.extend(upload.parts.into_iter().map(|p| p.blob));
+            live.insert(upload.backup);
+        }
+        for key in keys.into_iter().filter(|k| !live.contains(&k.backup)) {
             blobs.delete(&key).await?;
             deleted += 1;
         }

@@ -74,6 +74,7 @@ impl Domain {
         clean_after_restart(store.as_ref(), blobs.as_ref(), cutoff).await;
         let janitor = tokio::spawn(janitor(
             pairing.clone(),
+            backups.clone(),
             Arc::clone(&store),
             Arc::clone(&blobs),
             clock,
@@ -125,11 +126,13 @@ async fn clean_after_restart(store: &dyn Store, blobs: &dyn BlobStore, cutoff: O
 }
 
 /// Every [`PURGE_INTERVAL`]: deletes never-confirmed couples whose pairing expired (first,
-/// while their pairing record still marks them), expired records, gives the metadata store's
+/// while their pairing record still marks them), expired records and unfinished uploads
+/// (publishing those whose bytes had all arrived), gives the metadata store's
 /// free space back when much of it is free, and deletes blob leftovers older than
 /// [`ORPHAN_AGE`] (younger ones may belong to an upload still running).
 async fn janitor(
     pairing: Pairing,
+    backups: Backups,
     store: Arc<dyn Store>,
     blobs: Arc<dyn BlobStore>,
     clock: Clock,
@@ -173,6 +176,11 @@ async fn janitor(
             ),
             Ok(None) => {}
             Err(e) => tracing::warn!(cause = %e, "failed to compact the metadata store"),
+        }
+        match backups.expire_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "deleted expired unfinished uploads"),
+            Err(e) => tracing::warn!(cause = %e, "failed to expire unfinished uploads"),
         }
         let cutoff = Some(orphan_cutoff(now));
         match blobs.clean_partial_writes(cutoff).await {

@@ -110,4 +110,34 @@ pub enum BackupError {
     /// The backup actor did not answer in time.
     #[error("backup service is unavailable")]
     Unavailable,
+    /// No such resumable upload for this couple (never created, terminated, or completed).
+    #[error("no such upload")]
+    UploadNotFound,
+    /// The upload expired before it was completed; its bytes are being deleted.
+    #[error("the upload expired")]
+    UploadExpired,
+    /// `Upload-Offset` is not the upload's offset (tus: 409); nothing was written.
+    #[error("Upload-Offset must be {offset}, the bytes received so far")]
+    OffsetMismatch {
+        /// The upload's offset.
+        offset: u64,
+    },
+    /// The chunk would take the upload past its `Upload-Length`; nothing of it was kept.
+    #[error("the chunk goes past Upload-Length ({length} bytes)")]
+    PastLength {
+        /// The declared length.
+        length: u64,
+    },
+    /// The chunk's `Upload-Checksum` does not match its bytes (tus: 460); nothing of it was
+    /// kept.
+    #[error("the chunk does not match its Upload-Checksum")]
+    ChunkChecksumMismatch,
+    /// The couple's kept backups and unfinished uploads would pass its storage quota.
+    #[error("the couple's storage quota ({limit} bytes) would be exceeded: {used} bytes in use")]
+    QuotaExceeded {
+        /// `BACKUP_QUOTA_BYTES`.
+        limit: u64,
+        /// What counts against it now.
+        used: u64,
+    },
 }

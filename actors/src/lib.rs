@@ -50,7 +50,9 @@ pub mod store;
 mod supervisor;
 pub mod token;
 
-pub use backup::{Backups, ORPHAN_AGE, UploadInfo};
+pub use backup::{
+    Backups, ChecksumAlgorithm, ChunkChecksum, NewUpload, ORPHAN_AGE, Progress, UploadInfo, Usage,
+};
 pub use clock::{Clock, Timestamp};
 pub use digest::{DigestError, Sha256Digest};
 pub use domain::Domain;

@@ -39,6 +39,13 @@ pub struct Settings {
     /// Uploads in progress at once; more get 503 (8). Bounds the memory and disk that
     /// uploads in flight can hold.
     pub backup_max_concurrent: usize,
+    /// Storage per couple, in bytes: its kept backups plus the declared length of its
+    /// unfinished resumable uploads (4 × `backup_max_bytes`: the kept backups and one upload
+    /// in flight, with room to spare).
+    pub backup_quota: u64,
+    /// How long a resumable upload may stay unfinished before the janitor deletes it and its
+    /// bytes (24 hours).
+    pub upload_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +69,8 @@ impl Default for Settings {
             backup_idle_timeout: Duration::from_mins(1),
             backup_upload_timeout: Duration::from_mins(30),
             backup_max_concurrent: 8,
+            backup_quota: 4 * 100 * 1024 * 1024,
+            upload_ttl: Duration::from_hours(24),
         }
     }
 }

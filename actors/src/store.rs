@@ -561,7 +561,8 @@ pub trait Store: Send + Sync + 'static {
     /// A couple's uploads, for its quota and its list.
     async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError>;
 
-    /// Uploads whose `expires_at` is before `now`, at most `limit` of them, for the janitor.
+    /// Uploads whose `expires_at` is `now` or earlier, at most `limit` of them, for the
+    /// janitor.
     async fn expired_uploads(
         &self,
         now: Timestamp,

@@ -9,12 +9,11 @@ use super::wire::named;
 use crate::config::AllowedOrigins;
 
 /// Methods a cross-origin browser may use.
-const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+const ALLOW_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE, OPTIONS";
 /// Request headers a cross-origin browser may send.
-const ALLOW_HEADERS: &str =
-    "authorization, content-type, if-none-match, x-backup-meta, x-content-sha256";
+const ALLOW_HEADERS: &str = "authorization, content-type, if-none-match, x-backup-meta, x-content-sha256, tus-resumable, upload-length, upload-offset, upload-metadata, upload-checksum, x-http-method-override";
 /// Response headers a cross-origin browser may read.
-const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy";
+const EXPOSE_HEADERS: &str = "etag, x-backup-id, x-backup-meta, x-backup-created-at, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy, location, tus-resumable, tus-version, tus-extension, tus-max-size, tus-checksum-algorithm, upload-offset, upload-length, upload-expires";
 /// How long a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 

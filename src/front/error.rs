@@ -89,6 +89,12 @@ pub enum ApiError {
     /// A Socket.IO socket did not join a couple in time (`/ws` closes with 4004).
     #[error("join a couple within the join timeout")]
     JoinTimeout,
+    /// A tus request without `Tus-Resumable: 1.0.0` (tus: 412, with `Tus-Version`).
+    #[error("Tus-Resumable must be 1.0.0 (the tus version this server speaks)")]
+    TusVersion,
+    /// A tus chunk without `Content-Type: application/offset+octet-stream` (tus: 415).
+    #[error("a chunk must have Content-Type: application/offset+octet-stream")]
+    UnsupportedMediaType,
     /// A bug or an unexpected failure; the cause (inside) is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -129,17 +135,28 @@ impl ApiError {
             Self::NotFound
             | Self::Pairing(P::NotFound | P::UnknownDevice)
             | Self::Room(R::UnknownDevice)
-            | Self::Backup(B::NotFound) => StatusCode::NOT_FOUND,
+            | Self::Backup(B::NotFound | B::UploadNotFound) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Kicked(Kick::Replaced)
             | Self::Pairing(
                 P::AlreadyUsed | P::DeviceTaken | P::CoupleFull { .. } | P::LastDevice,
-            ) => StatusCode::CONFLICT,
-            Self::Pairing(P::Expired | P::Burned) => StatusCode::GONE,
+            )
+            | Self::Backup(B::OffsetMismatch { .. }) => StatusCode::CONFLICT,
+            Self::Pairing(P::Expired | P::Burned) | Self::Backup(B::UploadExpired) => {
+                StatusCode::GONE
+            }
+            Self::TusVersion => StatusCode::PRECONDITION_FAILED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            // tus checksum extension: 460 Checksum Mismatch.
+            Self::Backup(B::ChunkChecksumMismatch) => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::BodyTooLarge
             | Self::Room(R::PayloadTooLarge { .. })
-            | Self::Backup(B::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            | Self::Backup(B::TooLarge { .. } | B::PastLength { .. } | B::QuotaExceeded { .. }) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::Backup(B::ChecksumMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Backup(B::TooSlow) | Self::BodyTimeout | Self::JoinTimeout => {
                 StatusCode::REQUEST_TIMEOUT
@@ -201,6 +218,14 @@ impl ApiError {
             Self::Backup(B::TooSlow) => "upload_too_slow",
             Self::Backup(B::Busy) => "uploads_busy",
             Self::Backup(B::NotFound) => "backup_not_found",
+            Self::Backup(B::UploadNotFound) => "upload_not_found",
+            Self::Backup(B::UploadExpired) => "upload_expired",
+            Self::Backup(B::OffsetMismatch { .. }) => "offset_mismatch",
+            Self::Backup(B::PastLength { .. }) => "upload_length_exceeded",
+            Self::Backup(B::ChunkChecksumMismatch) => "chunk_checksum_mismatch",
+            Self::Backup(B::QuotaExceeded { .. }) => "quota_exceeded",
+            Self::TusVersion => "tus_version_unsupported",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Pairing(P::StorageUnavailable)
             | Self::Room(R::StorageUnavailable)
             | Self::Backup(B::StorageUnavailable) => "storage_unavailable",

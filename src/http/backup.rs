@@ -56,6 +56,26 @@ impl<'a> WireBackup<'a> {
 #[derive(Serialize)]
 struct BackupList<'a> {
     backups: Vec<WireBackup<'a>>,
+    quota: WireQuota,
+    uploads: Vec<WireUpload<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireQuota {
+    limit_bytes: u64,
+    used_bytes: u64,
+}
+
+/// An unfinished resumable upload (docs/protocol.md §6.5).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireUpload<'a> {
+    upload_id: &'a actors::UploadId,
+    length: u64,
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
 /// The backup routes.
@@ -103,7 +123,7 @@ pub fn routes(
 }
 
 /// Checks `X-Backup-Meta`: at most 4 KiB of JSON.
-fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
+pub(crate) fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
     let Some(meta) = meta else { return Ok(None) };
     if meta.len() > MAX_META_BYTES {
         return Err(ApiError::InvalidRequest(format!(
@@ -256,9 +276,24 @@ async fn list(
 ) -> Result<warp::reply::Response, Rejection> {
     let couple = CoupleId::parse(couple).map_err(reject)?;
     require_access(&claims, &couple, None).map_err(reject)?;
+    let usage = backups.usage(&couple).await.map_err(reject)?;
     let backups = backups.list(&couple).await.map_err(reject)?;
     let body = BackupList {
         backups: backups.iter().map(WireBackup::new).collect(),
+        quota: WireQuota {
+            limit_bytes: usage.limit,
+            used_bytes: usage.used,
+        },
+        uploads: usage
+            .uploads
+            .iter()
+            .map(|u| WireUpload {
+                upload_id: &u.id,
+                length: u.length,
+                offset: u.offset,
+                expires_at: u.expires_at.map(rfc3339),
+            })
+            .collect(),
     };
     Ok(warp::reply::json(&body).into_response())
 }

@@ -693,7 +693,7 @@ impl Store for MongoStore {
         let cursor = self
             .op(self
                 .uploads_coll()
-                .find(doc! { "expiresAt": { "$lt": dt(now) } })
+                .find(doc! { "expiresAt": { "$lte": dt(now) } })
                 .limit(i64::try_from(limit).unwrap_or(i64::MAX)))
             .await?;
         let docs: Vec<UploadDoc> = self.op(cursor.try_collect()).await?;

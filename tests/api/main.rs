@@ -20,3 +20,4 @@ mod security;
 mod signaling;
 mod storage_down;
 mod supervision;
+mod tus;

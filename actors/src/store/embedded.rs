@@ -878,7 +878,7 @@ impl Store for EmbeddedStore {
             // Few rows (each couple's quota bounds its uploads): a scan is enough.
             for row in table.iter()? {
                 let upload: UploadRecord = decode(row?.1.value())?;
-                if upload.expires_at < now {
+                if upload.expires_at <= now {
                     out.push(upload);
                     if out.len() == limit {
                         break;

@@ -1,0 +1,512 @@
+//! Resumable backup uploads: the domain side of the tus 1.0 protocol (core, creation,
+//! termination, checksum, expiration; <https://tus.io/protocols/resumable-upload>). The HTTP
+//! side (headers, status codes) is the front end's.
+//!
+//! An upload is a record in the metadata store plus one blob per `PATCH` that brought bytes
+//! (a *part*). A part is durable before it is recorded, and it is recorded with a
+//! compare-and-set on the offset, so the offset a `HEAD` reports only ever counts durable
+//! bytes, and of two `PATCH`es at one offset (on any instance) exactly one wins. A `PATCH` cut
+//! off mid-body keeps what arrived. When the last byte is recorded, the parts are streamed
+//! into the backup's blob (measured and hashed on the way), checked against the declared
+//! SHA-256, and published through the backup actor exactly like [`Backups::upload`]; only then
+//! are the parts and the record deleted, and only then does the `PATCH` succeed. An upload
+//! whose bytes all arrived but whose publish did not happen (a crash) is finished by the next
+//! `HEAD` or `PATCH`, or by the janitor.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+
+use super::{Backups, Meter, storage_failed};
+use crate::call::call_kept;
+use crate::clock::Timestamp;
+use crate::digest::Sha256Digest;
+use crate::error::BackupError;
+use crate::ids::{BackupId, CoupleId, DeviceId, UploadId};
+use crate::store::{BackupRecord, BlobError, BlobKey, ByteStream, UploadPart, UploadRecord};
+
+/// A chunk checksum algorithm of the tus checksum extension (`Tus-Checksum-Algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    /// `sha1`, which the extension requires servers to support.
+    Sha1,
+    /// `sha256`.
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    /// The names, as `Tus-Checksum-Algorithm` lists them.
+    pub const ALL: [(&'static str, Self); 2] = [("sha1", Self::Sha1), ("sha256", Self::Sha256)];
+}
+
+/// `Upload-Checksum`: what a chunk's digest must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkChecksum {
+    /// The algorithm.
+    pub algorithm: ChecksumAlgorithm,
+    /// The digest (decoded from base64).
+    pub digest: Vec<u8>,
+}
+
+/// What a `POST` declares.
+#[derive(Debug, Clone, Default)]
+pub struct NewUpload {
+    /// `Upload-Length`, in bytes.
+    pub length: u64,
+    /// The backup's metadata (JSON text, checked by the front end).
+    pub meta: Option<String>,
+    /// The whole backup's SHA-256, checked when the last byte arrived.
+    pub sha256: Option<Sha256Digest>,
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The upload.
+    pub id: UploadId,
+    /// Bytes received and durable (`Upload-Offset`).
+    pub offset: u64,
+    /// `Upload-Length`.
+    pub length: u64,
+    /// When an unfinished upload expires (`Upload-Expires`); `None` once published.
+    pub expires_at: Option<Timestamp>,
+    /// The backup, once the last byte arrived and it was published.
+    pub published: Option<BackupRecord>,
+}
+
+impl Progress {
+    fn of(upload: &UploadRecord) -> Self {
+        Self {
+            id: upload.id.clone(),
+            offset: upload.offset(),
+            length: upload.length,
+            expires_at: Some(upload.expires_at),
+            published: None,
+        }
+    }
+}
+
+/// What counts against a couple's quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// `BACKUP_QUOTA_BYTES`.
+    pub limit: u64,
+    /// Bytes of the kept backups plus the `Upload-Length` of the unfinished uploads.
+    pub used: u64,
+    /// The unfinished uploads.
+    pub uploads: Vec<Progress>,
+}
+
+impl Backups {
+    /// Records a new upload (tus creation). Refused when `Upload-Length` is over the size
+    /// limit, or when it would take the couple past its quota: the kept backups (but the
+    /// oldest, which retention drops when this one is published) plus every unfinished
+    /// upload's length plus this one must fit.
+    pub async fn create_upload(
+        &self,
+        couple: &CoupleId,
+        device: &DeviceId,
+        new: NewUpload,
+    ) -> Result<Progress, BackupError> {
+        if new.length > self.limits.max_bytes {
+            return Err(BackupError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        self.check_quota(couple, new.length).await?;
+        let now = self.clock.now();
+        let upload = UploadRecord {
+            couple: couple.clone(),
+            id: UploadId::generate(),
+            device: device.clone(),
+            length: new.length,
+            parts: Vec::new(),
+            meta: new.meta,
+            sha256: new.sha256,
+            backup: BackupId::generate(),
+            created_at: now,
+            expires_at: now.plus(self.upload_ttl),
+        };
+        self.store
+            .create_upload(&upload)
+            .await
+            .map_err(storage_failed)?;
+        Ok(Progress::of(&upload))
+    }
+
+    /// Fails with `QuotaExceeded` unless `adding` more bytes fit the couple's quota.
+    pub(super) async fn check_quota(
+        &self,
+        couple: &CoupleId,
+        adding: u64,
+    ) -> Result<(), BackupError> {
+        let kept = self.store.backups(couple).await.map_err(storage_failed)?;
+        let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
+        let pending: u64 = uploads.iter().map(|u| u.length).sum();
+        let size = |b: &BackupRecord| b.size;
+        let used = kept.iter().map(size).sum::<u64>() + pending;
+        let staying: u64 = kept
+            .iter()
+            .take(self.retention.saturating_sub(1))
+            .map(size)
+            .sum();
+        if staying + pending + adding > self.quota {
+            return Err(BackupError::QuotaExceeded {
+                limit: self.quota,
+                used,
+            });
+        }
+        Ok(())
+    }
+
+    /// The couple's quota, what counts against it, and its unfinished uploads.
+    pub async fn usage(&self, couple: &CoupleId) -> Result<Usage, BackupError> {
+        let kept = self.store.backups(couple).await.map_err(storage_failed)?;
+        let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
+        let used = kept.iter().map(|b| b.size).sum::<u64>()
+            + uploads.iter().map(|u| u.length).sum::<u64>();
+        Ok(Usage {
+            limit: self.quota,
+            used,
+            uploads: uploads.iter().map(Progress::of).collect(),
+        })
+    }
+
+    /// An upload's offset (tus `HEAD`). One whose bytes had all arrived but was not published
+    /// (a crash in between) is published first.
+    pub async fn upload_progress(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<Progress, BackupError> {
+        let upload = self.live_upload(couple, id).await?;
+        if upload.offset() == upload.length {
+            return self.finish(upload).await;
+        }
+        Ok(Progress::of(&upload))
+    }
+
+    /// Appends `body` at `offset` (tus `PATCH`). Whatever arrives is kept, also when the body
+    /// breaks off; past `Upload-Length` nothing of it is. With `checksum`, a chunk that does
+    /// not match (a cut-off one included) is dropped. The `PATCH` that brings the last byte
+    /// publishes the backup before it returns.
+    pub async fn append(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+        offset: u64,
+        checksum: Option<ChunkChecksum>,
+        body: ByteStream,
+    ) -> Result<Progress, BackupError> {
+        let _slot = Arc::clone(&self.uploads)
+            .try_acquire_owned()
+            .map_err(|_| BackupError::Busy)?;
+        let upload = self.live_upload(couple, id).await?;
+        if offset != upload.offset() {
+            return Err(BackupError::OffsetMismatch {
+                offset: upload.offset(),
+            });
+        }
+        if offset == upload.length {
+            return self.finish(upload).await;
+        }
+        let key = BlobKey {
+            couple: couple.clone(),
+            backup: BackupId::generate(),
+        };
+        let algorithm = checksum.as_ref().map(|c| c.algorithm);
+        let (stream, part) = Part::wrap(body, upload.length - offset, algorithm, self.limits);
+        let written = self.blobs.put(&key, stream).await;
+        let (size, past_length, digest) = {
+            let mut p = part.lock().map_err(|_| BackupError::StorageUnavailable)?;
+            (p.size, p.past_length, p.hasher.take().map(Hasher::finish))
+        };
+        match written {
+            Ok(()) => {}
+            Err(_) if past_length => {
+                return Err(BackupError::PastLength {
+                    length: upload.length,
+                });
+            }
+            Err(BlobError::Store(e)) => return Err(storage_failed(e)),
+            Err(BlobError::Body(_)) => return Err(BackupError::Interrupted),
+        }
+        let refused = checksum.is_some_and(|c| digest.is_some_and(|d| d != c.digest));
+        if size == 0 || refused {
+            self.delete_blob(&key).await;
+            if refused {
+                return Err(BackupError::ChunkChecksumMismatch);
+            }
+            return Ok(Progress::of(&upload));
+        }
+        let mut grown = upload.clone();
+        grown.parts.push(UploadPart {
+            blob: key.backup.clone(),
+            size,
+        });
+        let recorded = self.store.update_upload(&grown, offset).await;
+        if !matches!(recorded, Ok(true)) {
+            self.delete_blob(&key).await;
+            recorded.map_err(storage_failed)?;
+            // Another PATCH moved the offset first (or the upload was terminated).
+            let now = self.live_upload(couple, id).await?;
+            return Err(BackupError::OffsetMismatch {
+                offset: now.offset(),
+            });
+        }
+        if grown.offset() == grown.length {
+            return self.finish(grown).await;
+        }
+        Ok(Progress::of(&grown))
+    }
+
+    /// Terminates an upload (tus `DELETE`): the record first (its URL is 404 at once), then
+    /// its parts.
+    pub async fn terminate(&self, couple: &CoupleId, id: &UploadId) -> Result<(), BackupError> {
+        let upload = self.recorded_upload(couple, id).await?;
+        self.forget(&upload).await
+    }
+
+    /// The janitor's part: deletes uploads past their expiry and their bytes, and publishes
+    /// the ones whose bytes had all arrived. Returns how many were deleted.
+    pub async fn expire_uploads(&self) -> Result<usize, BackupError> {
+        let expired = self
+            .store
+            .expired_uploads(self.clock.now(), EXPIRE_BATCH)
+            .await
+            .map_err(storage_failed)?;
+        let mut deleted = 0;
+        for upload in expired {
+            if upload.offset() == upload.length {
+                if let Err(e) = self.finish(upload).await {
+                    tracing::warn!(cause = %e, "failed to publish a complete upload");
+                }
+            } else {
+                self.forget(&upload).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The upload, if it exists for this couple.
+    async fn recorded_upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<UploadRecord, BackupError> {
+        self.store
+            .upload(couple, id)
+            .await
+            .map_err(storage_failed)?
+            .ok_or(BackupError::UploadNotFound)
+    }
+
+    /// The upload, if it exists for this couple and has not expired.
+    async fn live_upload(
+        &self,
+        couple: &CoupleId,
+        id: &UploadId,
+    ) -> Result<UploadRecord, BackupError> {
+        let upload = self.recorded_upload(couple, id).await?;
+        if upload.expires_at <= self.clock.now() {
+            return Err(BackupError::UploadExpired);
+        }
+        Ok(upload)
+    }
+
+    /// Streams the parts into the backup's blob, checks it, publishes it, then forgets the
+    /// upload. Idempotent: an upload already published is only forgotten.
+    async fn finish(&self, upload: UploadRecord) -> Result<Progress, BackupError> {
+        let couple = upload.couple.clone();
+        let done = |record: BackupRecord| Progress {
+            id: upload.id.clone(),
+            offset: upload.length,
+            length: upload.length,
+            expires_at: None,
+            published: Some(record),
+        };
+        let kept = self.store.backups(&couple).await.map_err(storage_failed)?;
+        if let Some(record) = kept.into_iter().find(|b| b.id == upload.backup) {
+            self.forget(&upload).await?;
+            return Ok(done(record));
+        }
+        let key = BlobKey {
+            couple: couple.clone(),
+            backup: upload.backup.clone(),
+        };
+        let (body, meter) = Meter::wrap(self.parts_of(&upload), self.limits);
+        let written = self.blobs.put(&key, body).await;
+        let measured = meter
+            .lock()
+            .map_err(|_| BackupError::StorageUnavailable)?
+            .finish();
+        if let Err(e) = written {
+            tracing::error!(cause = %e, "failed to assemble an upload's parts");
+            return Err(BackupError::StorageUnavailable);
+        }
+        if measured.size != upload.length {
+            tracing::error!(
+                size = measured.size,
+                length = upload.length,
+                "an upload's parts do not add up to its length"
+            );
+            self.delete_blob(&key).await;
+            return Err(BackupError::StorageUnavailable);
+        }
+        if upload.sha256.is_some_and(|want| want != measured.sha256) {
+            self.delete_blob(&key).await;
+            self.forget(&upload).await?;
+            return Err(BackupError::ChecksumMismatch);
+        }
+        let record = BackupRecord {
+            couple,
+            id: upload.backup.clone(),
+            size: measured.size,
+            sha256: measured.sha256,
+            meta: upload.meta.clone(),
+            uploaded_by: upload.device.clone(),
+            created_at: self.clock.now(),
+        };
+        let publish = |reply| super::BackupMsg::Publish {
+            record: record.clone(),
+            reply,
+        };
+        call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
+        self.forget(&upload).await?;
+        Ok(done(record))
+    }
+
+    /// The upload's bytes, part after part.
+    fn parts_of(&self, upload: &UploadRecord) -> ByteStream {
+        let blobs = Arc::clone(&self.blobs);
+        let keys: Vec<BlobKey> = upload
+            .parts
+            .iter()
+            .map(|p| BlobKey {
+                couple: upload.couple.clone(),
+                backup: p.blob.clone(),
+            })
+            .collect();
+        Box::pin(
+            futures_util::stream::iter(keys)
+                .then(move |key| {
+                    let blobs = Arc::clone(&blobs);
+                    async move {
+                        match blobs.get(&key).await {
+                            Ok(Some(blob)) => Ok(blob.body),
+                            Ok(None) => Err(std::io::Error::other("a part of the upload is gone")),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        }
+                    }
+                })
+                .try_flatten(),
+        )
+    }
+
+    /// Deletes the record (its URL answers 404 from now on), then the parts; a part that
+    /// could not be deleted is left to the orphan sweep.
+    async fn forget(&self, upload: &UploadRecord) -> Result<(), BackupError> {
+        self.store
+            .delete_upload(&upload.couple, &upload.id)
+            .await
+            .map_err(storage_failed)?;
+        for part in &upload.parts {
+            self.delete_blob(&BlobKey {
+                couple: upload.couple.clone(),
+                backup: part.blob.clone(),
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn delete_blob(&self, key: &BlobKey) {
+        if let Err(e) = self.blobs.delete(key).await {
+            tracing::warn!(cause = %e, "failed to delete a blob; the orphan sweep will");
+        }
+    }
+}
+
+/// Expired uploads handled per janitor round.
+const EXPIRE_BATCH: usize = 100;
+
+/// A chunk hash in progress.
+enum Hasher {
+    Sha1(Sha1),
+    Sha256(Sha256),
+}
+
+impl Hasher {
+    fn new(algorithm: ChecksumAlgorithm) -> Self {
+        match algorithm {
+            ChecksumAlgorithm::Sha1 => Self::Sha1(Sha1::new()),
+            ChecksumAlgorithm::Sha256 => Self::Sha256(Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha1(h) => h.update(bytes),
+            Self::Sha256(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Self::Sha1(h) => h.finalize().to_vec(),
+            Self::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// One `PATCH` body on its way into a part: counted, hashed when a checksum was sent, ended
+/// cleanly where the client stopped (broke off, stalled, or ran past the upload deadline) so
+/// that what arrived is kept, and failed (nothing kept) past `Upload-Length`.
+struct Part {
+    size: u64,
+    past_length: bool,
+    hasher: Option<Hasher>,
+}
+
+impl Part {
+    fn wrap(
+        body: ByteStream,
+        room: u64,
+        algorithm: Option<ChecksumAlgorithm>,
+        limits: super::UploadLimits,
+    ) -> (ByteStream, Arc<Mutex<Self>>) {
+        let part = Arc::new(Mutex::new(Self {
+            size: 0,
+            past_length: false,
+            hasher: algorithm.map(Hasher::new),
+        }));
+        let deadline = tokio::time::Instant::now() + limits.total;
+        let state = (body, Arc::clone(&part));
+        let stream = futures_util::stream::unfold(state, move |(mut body, p)| async move {
+            let wait = deadline.min(tokio::time::Instant::now() + limits.idle);
+            // The client's end, however it came: keep what arrived.
+            let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(wait, body.next()).await else {
+                return None;
+            };
+            let item = match p.lock() {
+                Ok(mut part) if part.size + chunk.len() as u64 <= room => {
+                    part.size += chunk.len() as u64;
+                    if let Some(h) = part.hasher.as_mut() {
+                        h.update(&chunk);
+                    }
+                    Ok(chunk)
+                }
+                Ok(mut part) => {
+                    part.past_length = true;
+                    Err(std::io::Error::other("the chunk goes past Upload-Length"))
+                }
+                Err(_) => Err(std::io::Error::other("upload part state poisoned")),
+            };
+            Some((item, (body, p)))
+        });
+        (Box::pin(stream), part)
+    }
+}
