@@ -485,3 +485,93 @@ async fn the_healthcheck_command_passes_on_a_healthy_server_and_fails_otherwise(
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
 }
+
+/// A tus `PATCH` of `body` at `offset` to `at` (a path) on `server`.
+async fn tus_patch(
+    http: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    at: &str,
+    offset: usize,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    http.patch(server.url(at))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", offset)
+        .header("content-type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_server_killed_during_a_tus_patch_resumes_from_a_durable_offset() {
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1 << 20;
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let storage = storage_env().await;
+    let mut server = Server::start(data.path(), SECRET, &storage);
+    let started = server.initiate(&http).await;
+    let (couple, token) = (
+        started["coupleId"].as_str().unwrap().to_owned(),
+        started["deviceToken"].as_str().unwrap().to_owned(),
+    );
+    let backup: Vec<u8> = (0..3 * MIB).map(|i| u8::try_from(i % 253).unwrap()).collect();
+    let res = http
+        .post(server.url("/api/backup/uploads"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", backup.len())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let at = res.headers()["location"].to_str().unwrap().to_owned();
+    let res = tus_patch(&http, &server, &token, &at, 0, backup[..MIB].to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    // The second chunk is half sent when the server dies.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr.as_str())
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {at} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ntus-resumable: 1.0.0\r\nupload-offset: {MIB}\r\ncontent-type: application/offset+octet-stream\r\ncontent-length: {}\r\n\r\n",
+        2 * MIB
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&backup[MIB..2 * MIB]).await.unwrap();
+    if storage.is_empty() {
+        // Embedded: wait until part of it is on disk, so the kill is really mid-write.
+        wait_for_partial_upload(data.path(), 1).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(tcp);
+
+    let server = Server::start(data.path(), SECRET, &storage);
+    let res = http
+        .head(server.url(&at))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["upload-offset"],
+        MIB.to_string().as_str(),
+        "the acknowledged chunk, and nothing of the one cut by the kill"
+    );
+    let res = tus_patch(&http, &server, &token, &at, MIB, backup[MIB..].to_vec()).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = http
+        .get(server.url(&format!("/api/backup/{couple}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.bytes().await.unwrap().as_ref(), backup.as_slice());
+}
