@@ -203,6 +203,23 @@ export class Client extends EventTarget {
     data: Uint8Array | ArrayBuffer | ArrayBufferView | Blob,
     options?: { meta?: Json; sha256?: boolean },
   ): Promise<BackupRecord>;
+  /** §6.5: upload with tus 1.0.0, `chunkSize` bytes (1 MiB) per `PATCH`; after a failure, go on
+   * from the offset the server reports (`HEAD`), with backoff, up to `retries` (5) failures in a
+   * row. Keep the URL given to `onUploadUrl` and pass it as `uploadUrl` to resume after a
+   * restart (within 24 h). The whole backup's SHA-256 is declared when WebCrypto is available.
+   * A 404 `upload_not_found` on resuming after a lost answer to the last chunk may mean it was
+   * published: `listBackups()`. */
+  uploadBackupResumable(
+    data: Uint8Array | ArrayBuffer | ArrayBufferView | Blob,
+    options?: {
+      meta?: Json;
+      chunkSize?: number;
+      uploadUrl?: string;
+      onUploadUrl?: (url: string) => void;
+      onProgress?: (offset: number, length: number) => void;
+      retries?: number;
+    },
+  ): Promise<{ backupId: string | null; uploadUrl: string }>;
   /** §6.2: the latest backup, or the one named; `null` when `ifNoneMatch` (the sha256 held) is
    * still current (304). Throws `short_body` / `checksum_mismatch` on a damaged download. */
   downloadBackup(backupId?: string, options?: { ifNoneMatch?: string }): Promise<DownloadedBackup | null>;

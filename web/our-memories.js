@@ -89,6 +89,14 @@ function randomId() {
   return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_');
 }
 
+/** §6.1: the metadata as `X-Backup-Meta` (and tus `meta`) carry it: JSON, at most 4 KiB, printable
+ * ASCII (other characters as \uXXXX escapes). */
+function metaText(meta) {
+  const text = JSON.stringify(meta).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (text.length > MAX_META_BYTES) throw new OmError('invalid_request', `meta over ${MAX_META_BYTES} bytes`);
+  return text;
+}
+
 async function toBytes(data) {
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -235,15 +243,60 @@ export class Client extends EventTarget {
   async uploadBackup(data, { meta, sha256 = canHash() } = {}) {
     const body = await toBytes(data);
     const headers = { 'content-type': 'application/octet-stream' };
-    if (meta !== undefined) {
-      // §6.1: any JSON, at most 4 KiB, printable ASCII (other characters as \uXXXX escapes)
-      const text = JSON.stringify(meta).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-      if (text.length > MAX_META_BYTES) throw new OmError('invalid_request', `meta over ${MAX_META_BYTES} bytes`);
-      headers['x-backup-meta'] = text;
-    }
+    if (meta !== undefined) headers['x-backup-meta'] = metaText(meta);
     if (sha256) headers['x-content-sha256'] = await sha256Hex(body); // §6.1: nothing kept on a mismatch
     // §6.1: after a 503, list the backups (listBackups) before uploading again.
     return (await this.#http('/api/backup', { method: 'POST', headers, body })).json();
+  }
+
+  /** §6.5: uploads the (already encrypted) bytes with tus 1.0.0, `chunkSize` bytes per `PATCH`
+   * (1 MiB). After a failure it asks the server (`HEAD`) how much it kept and goes on from
+   * there, with backoff, up to `retries` failures in a row. `onUploadUrl(url)` gets the upload's
+   * URL as soon as it exists: keep it and pass it back as `uploadUrl` to resume after an app
+   * restart (within `Upload-Expires`, 24 h). Resolves once the backup is published. A 404
+   * `upload_not_found` on a resume after a lost answer to the last chunk may mean it was
+   * published: list the backups. */
+  async uploadBackupResumable(data, { meta, chunkSize = 1 << 20, uploadUrl, onUploadUrl, onProgress, retries = 5 } = {}) {
+    const body = await toBytes(data);
+    const tus = { 'tus-resumable': '1.0.0' };
+    const call = (url, init) => http(this.#fetch, url, { ...init, token: this.#o.token });
+    let url = uploadUrl;
+    if (!url) {
+      const b64 = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+      const metadata = [];
+      if (meta !== undefined) metadata.push(`meta ${b64(metaText(meta))}`);
+      if (canHash()) metadata.push(`sha256 ${b64(await sha256Hex(body))}`); // checked at the end
+      const headers = { ...tus, 'upload-length': String(body.length) };
+      if (metadata.length) headers['upload-metadata'] = metadata.join(',');
+      const created = await call(`${this.#base}/api/backup/uploads`, { method: 'POST', headers });
+      url = new URL(created.headers.get('location'), `${this.#base}/`).href;
+      onUploadUrl?.(url);
+    }
+    let offset = null; // null: ask the server
+    for (let failures = 0; ; ) {
+      try {
+        if (offset === null) {
+          // A HEAD answer has no body: name its error by the status, as §6.5 does.
+          const head = await call(url, { method: 'HEAD', headers: tus }).catch((e) => {
+            const code = { 404: 'upload_not_found', 410: 'upload_expired' }[e.status];
+            throw code ? new OmError(code, e.message, { status: e.status }) : e;
+          });
+          offset = Number(head.headers.get('upload-offset'));
+        }
+        const end = Math.min(offset + chunkSize, body.length);
+        const headers = { ...tus, 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' };
+        const res = await call(url, { method: 'PATCH', headers, body: body.subarray(offset, end) });
+        offset = Number(res.headers.get('upload-offset'));
+        failures = 0;
+        onProgress?.(offset, body.length);
+        if (offset >= body.length) return { backupId: res.headers.get('x-backup-id'), uploadUrl: url };
+      } catch (e) {
+        // 409: another attempt moved the offset; anything transient: the connection broke.
+        if (!(transient(e) || e.code === 'offset_mismatch') || ++failures > retries) throw e;
+        offset = null;
+        await new Promise((wake) => setTimeout(wake, backoff(failures, this.#o.backoff)));
+      }
+    }
   }
 
   /** §6.2: the latest backup, or `backupId`; `null` when `ifNoneMatch` (a sha256) is current. */

@@ -422,3 +422,84 @@ async fn a_patch_cut_off_mid_body_keeps_what_arrived_and_the_upload_resumes_ther
     assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn of_two_patches_at_one_offset_exactly_one_is_kept() {
+    let app = TestApp::spawn().await;
+    let couple = app.pair().await;
+    let at = create(&app, &couple.a, 1_000, None).await;
+    let chunk = bytes(100);
+    let (one, two) = tokio::join!(
+        patch(&app, &couple.a, &at, 0, &chunk),
+        patch(&app, &couple.b, &at, 0, &chunk),
+    );
+    let mut statuses = [one.status(), two.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::NO_CONTENT, StatusCode::CONFLICT]);
+    assert_eq!(offset(&app, &couple.a, &at).await, 100);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn browsers_may_send_and_read_the_tus_headers() {
+    const APP: &str = "https://app.example";
+    let app = TestApp::spawn_with(|c| {
+        c.allowed_origins = our_memories::config::AllowedOrigins::parse(APP);
+    })
+    .await;
+    let couple = app.pair().await;
+    let res = app
+        .http
+        .request(Method::OPTIONS, app.url(COLLECTION))
+        .header("origin", APP)
+        .header("access-control-request-method", "PATCH")
+        .header(
+            "access-control-request-headers",
+            "tus-resumable, upload-offset, upload-checksum",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let h = res.headers();
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH")
+    );
+    for name in [
+        "tus-resumable",
+        "upload-offset",
+        "upload-length",
+        "upload-metadata",
+        "upload-checksum",
+    ] {
+        assert!(
+            h["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains(name),
+            "{name}"
+        );
+    }
+    let res = tus(&app, Method::POST, COLLECTION, &couple.a)
+        .header("origin", APP)
+        .header("upload-length", 10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let exposed = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    for name in [
+        "location",
+        "tus-resumable",
+        "upload-offset",
+        "upload-expires",
+    ] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
+    app.stop().await;
+}

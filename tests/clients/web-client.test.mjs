@@ -452,6 +452,33 @@ test('backup upload then download round-trips the bytes', async () => {
   await assert.rejects(a.downloadBackup('AAAAAAAAAAAAAAAAAAAAAA'), { code: 'backup_not_found', status: 404 });
 });
 
+test('a resumable (tus) upload goes on from what the server kept after a lost answer', async () => {
+  const couple = await pair(server.base);
+  const MIB = 1 << 20;
+  const bytes = new Uint8Array(randomBytes(3 * MIB));
+  const patches = [];
+  // The second PATCH reaches the server with half its bytes, and its answer is lost.
+  const flaky = async (url, init) => {
+    if (init.method !== 'PATCH') return fetch(url, init);
+    patches.push(Number(init.headers['upload-offset']));
+    if (patches.length !== 2) return fetch(url, init);
+    await fetch(url, { ...init, body: init.body.subarray(0, MIB / 2) });
+    throw new TypeError('fetch failed');
+  };
+  const a = client(couple, 'a', { fetch: flaky });
+  const urls = [];
+  const done = await a.uploadBackupResumable(bytes, { meta: { v: 3 }, onUploadUrl: (u) => urls.push(u) });
+  assert.deepEqual(patches, [0, MIB, MIB + MIB / 2, 2 * MIB + MIB / 2], 'resumed at the offset the server kept');
+  assert.match(urls[0], /\/api\/backup\/uploads\/[A-Za-z0-9_-]+$/);
+  assert.equal(done.uploadUrl, urls[0]);
+  const latest = await client(couple, 'b').downloadBackup();
+  assert.equal(latest.backupId, done.backupId);
+  assert.deepEqual(latest.bytes, bytes);
+  assert.deepEqual(latest.meta, { v: 3 });
+  // Resuming a published upload: 404 (list the backups to see it was published).
+  await assert.rejects(a.uploadBackupResumable(bytes, { uploadUrl: urls[0], retries: 0 }), { code: 'upload_not_found' });
+});
+
 test('revocation: the revoked client gets 4003 and stops reconnecting', async () => {
   const { couple, ctl, a, b } = await joinedPair();
   await next(a, 'peer-joined');
