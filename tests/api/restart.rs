@@ -519,7 +519,9 @@ async fn a_server_killed_during_a_tus_patch_resumes_from_a_durable_offset() {
         started["coupleId"].as_str().unwrap().to_owned(),
         started["deviceToken"].as_str().unwrap().to_owned(),
     );
-    let backup: Vec<u8> = (0..3 * MIB).map(|i| u8::try_from(i % 253).unwrap()).collect();
+    let backup: Vec<u8> = (0..3 * MIB)
+        .map(|i| u8::try_from(i % 253).unwrap())
+        .collect();
     let res = http
         .post(server.url("/api/backup/uploads"))
         .bearer_auth(&token)
