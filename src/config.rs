@@ -791,6 +791,7 @@ impl Config {
             backup_max_concurrent: v.positive("BACKUP_MAX_CONCURRENT", d.backup_max_concurrent)?,
             backup_quota: 0,
             upload_ttl: v.secs("BACKUP_UPLOAD_TTL_SECS", d.upload_ttl)?,
+            upload_max_parts: d.upload_max_parts,
         };
         // Four backups' worth by default, whatever the size limit.
         let settings = Settings {

@@ -206,9 +206,8 @@ export class Client extends EventTarget {
   /** §6.5: upload with tus 1.0.0, `chunkSize` bytes (1 MiB) per `PATCH`; after a failure, go on
    * from the offset the server reports (`HEAD`), with backoff, up to `retries` (5) failures in a
    * row. Keep the URL given to `onUploadUrl` and pass it as `uploadUrl` to resume after a
-   * restart (within 24 h). The whole backup's SHA-256 is declared when WebCrypto is available.
-   * A 404 `upload_not_found` on resuming after a lost answer to the last chunk may mean it was
-   * published: `listBackups()`. */
+   * restart (within 24 h): an upload that was published meanwhile resolves at once with its
+   * backup. The whole backup's SHA-256 is declared when WebCrypto is available. */
   uploadBackupResumable(
     data: Uint8Array | ArrayBuffer | ArrayBufferView | Blob,
     options?: {

@@ -253,9 +253,8 @@ export class Client extends EventTarget {
    * (1 MiB). After a failure it asks the server (`HEAD`) how much it kept and goes on from
    * there, with backoff, up to `retries` failures in a row. `onUploadUrl(url)` gets the upload's
    * URL as soon as it exists: keep it and pass it back as `uploadUrl` to resume after an app
-   * restart (within `Upload-Expires`, 24 h). Resolves once the backup is published. A 404
-   * `upload_not_found` on a resume after a lost answer to the last chunk may mean it was
-   * published: list the backups. */
+   * restart (within `Upload-Expires`, 24 h). Resolves once the backup is published, also when
+   * resuming an upload that was (the server remembers it until then). */
   async uploadBackupResumable(data, { meta, chunkSize = 1 << 20, uploadUrl, onUploadUrl, onProgress, retries = 5 } = {}) {
     const body = await toBytes(data);
     const tus = { 'tus-resumable': '1.0.0' };
@@ -282,6 +281,8 @@ export class Client extends EventTarget {
             throw code ? new OmError(code, e.message, { status: e.status }) : e;
           });
           offset = Number(head.headers.get('upload-offset'));
+          // Complete already (the answer to the last chunk was lost): published.
+          if (offset >= body.length) return { backupId: head.headers.get('x-backup-id'), uploadUrl: url };
         }
         const end = Math.min(offset + chunkSize, body.length);
         const headers = { ...tus, 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' };

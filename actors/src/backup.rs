@@ -49,6 +49,8 @@ pub struct Backups {
     quota: u64,
     retention: usize,
     upload_ttl: Duration,
+    max_parts: usize,
+    quota_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What an upload declares besides its bytes.
@@ -92,6 +94,8 @@ impl Backups {
             quota: settings.backup_quota,
             retention: settings.backup_retention,
             upload_ttl: settings.upload_ttl,
+            max_parts: settings.upload_max_parts,
+            quota_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         Ok((handle, keeper))
     }
@@ -158,6 +162,8 @@ impl Backups {
             uploaded_by: device.clone(),
             created_at: self.clock.now(),
         };
+        // The quota is decided, and the backup published, one upload at a time in this process.
+        let _deciding = self.quota_lock.lock().await;
         let refused = if info
             .expected_sha256
             .is_some_and(|want| want != record.sha256)
@@ -460,7 +466,7 @@ pub(crate) async fn sweep_orphans(
             .collect();
         for upload in store.uploads(&couple).await? {
             live.extend(upload.parts.into_iter().map(|p| p.blob));
-            live.insert(upload.backup);
+            live.extend(upload.completed.map(|c| c.backup));
         }
         for key in keys.into_iter().filter(|k| !live.contains(&k.backup)) {
             blobs.delete(&key).await?;

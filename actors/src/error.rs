@@ -132,6 +132,13 @@ pub enum BackupError {
     /// kept.
     #[error("the chunk does not match its Upload-Checksum")]
     ChunkChecksumMismatch,
+    /// The upload already has `Settings::upload_max_parts` parts; nothing of this chunk was
+    /// kept.
+    #[error("the upload already has {limit} parts; send larger chunks")]
+    TooManyParts {
+        /// The limit.
+        limit: usize,
+    },
     /// The couple's kept backups and unfinished uploads would pass its storage quota.
     #[error("the couple's storage quota ({limit} bytes) would be exceeded: {used} bytes in use")]
     QuotaExceeded {

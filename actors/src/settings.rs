@@ -46,6 +46,11 @@ pub struct Settings {
     /// How long a resumable upload may stay unfinished before the janitor deletes it and its
     /// bytes (24 hours).
     pub upload_ttl: Duration,
+    /// Most parts one resumable upload may have, one per `PATCH` that brought bytes (4096).
+    /// Every `PATCH` rewrites the upload's record, which lists its parts: this bounds the
+    /// record (about 250 KiB) and what a client sending tiny chunks makes the server write.
+    /// 100 MiB in 1 MiB chunks is 100 parts.
+    pub upload_max_parts: usize,
 }
 
 impl Default for Settings {
@@ -71,6 +76,7 @@ impl Default for Settings {
             backup_max_concurrent: 8,
             backup_quota: 4 * 100 * 1024 * 1024,
             upload_ttl: Duration::from_hours(24),
+            upload_max_parts: 4096,
         }
     }
 }

@@ -224,9 +224,11 @@ pub struct BackupRecord {
     pub created_at: Timestamp,
 }
 
-/// A resumable (tus) upload that has not received all its bytes yet. Each `PATCH` that
-/// brought bytes added one part: a blob of its own (under a fresh [`BackupId`]) that was
-/// durable before the part was recorded here, so the offset only ever counts durable bytes.
+/// A resumable (tus) upload. Each `PATCH` that brought bytes added one part: a blob of its own
+/// (under a fresh [`BackupId`]) that was durable before the part was recorded here, so the
+/// offset only ever counts durable bytes. Once every byte arrived, `completed` names the
+/// backup the parts were assembled into; the record then stays, without parts, until it
+/// expires, so that a client asking again learns the upload is done.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UploadRecord {
     /// Whose upload.
@@ -243,12 +245,30 @@ pub struct UploadRecord {
     pub meta: Option<String>,
     /// The whole backup's SHA-256, when the client declared it; checked at the end.
     pub sha256: Option<Sha256Digest>,
-    /// The id the backup gets when it is published.
-    pub backup: BackupId,
+    /// The backup the parts were assembled into, once every byte arrived.
+    pub completed: Option<Completion>,
+    /// Bumped by every change: the key of [`Store::update_upload`]'s compare-and-set.
+    pub version: u64,
     /// When it was created.
     pub created_at: Timestamp,
     /// When the janitor deletes it (and its parts) if it is still incomplete.
     pub expires_at: Timestamp,
+}
+
+/// The backup an upload became: claimed (by compare-and-set, so one assembly wins) before it
+/// is published, so a crash in between is finished later with the same id and time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Completion {
+    /// The assembled blob, and the backup's id.
+    pub backup: BackupId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: Sha256Digest,
+    /// When the last byte was assembled: the backup's `created_at`.
+    pub at: Timestamp,
+    /// Whether the backup's record is written.
+    pub published: bool,
 }
 
 /// One part of an [`UploadRecord`].
@@ -261,9 +281,12 @@ pub struct UploadPart {
 }
 
 impl UploadRecord {
-    /// Bytes received so far (`Upload-Offset`).
+    /// Bytes received so far (`Upload-Offset`): all of them once completed.
     #[must_use]
     pub fn offset(&self) -> u64 {
+        if self.completed.is_some() {
+            return self.length;
+        }
         self.parts.iter().map(|p| p.size).sum()
     }
 }
@@ -546,13 +569,13 @@ pub trait Store: Send + Sync + 'static {
         id: &UploadId,
     ) -> Result<Option<UploadRecord>, StoreError>;
 
-    /// Replaces an upload's record if its offset is still `expected_offset` (compare and
-    /// set: of two `PATCH`es at the same offset, on any instance, one wins). `false`: the
-    /// offset had moved, or the upload is gone.
+    /// Replaces an upload's record if its `version` is still `expected_version` (compare and
+    /// set: of two `PATCH`es at the same offset, or two assemblies, on any instance, one
+    /// wins). `false`: it had changed, or the upload is gone.
     async fn update_upload(
         &self,
         upload: &UploadRecord,
-        expected_offset: u64,
+        expected_version: u64,
     ) -> Result<bool, StoreError>;
 
     /// Forgets an upload (its parts are deleted by the caller). Idempotent.

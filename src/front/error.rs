@@ -118,7 +118,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_)
             | Self::InvalidHost
-            | Self::Backup(B::Interrupted)
+            | Self::Backup(B::Interrupted | B::TooManyParts { .. })
             | Self::UnknownMessageType
             | Self::BinaryFrame
             | Self::NotJoined
@@ -224,6 +224,7 @@ impl ApiError {
             Self::Backup(B::PastLength { .. }) => "upload_length_exceeded",
             Self::Backup(B::ChunkChecksumMismatch) => "chunk_checksum_mismatch",
             Self::Backup(B::QuotaExceeded { .. }) => "quota_exceeded",
+            Self::Backup(B::TooManyParts { .. }) => "too_many_parts",
             Self::TusVersion => "tus_version_unsupported",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Pairing(P::StorageUnavailable)

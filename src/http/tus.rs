@@ -209,24 +209,41 @@ async fn create(
     metrics: &Metrics,
 ) -> Result<Response, ApiError> {
     let length = number(&req.headers, "upload-length")?
-        .ok_or_else(|| ApiError::InvalidRequest("Upload-Length is required".to_owned()))?;
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            ApiError::InvalidRequest("Upload-Length is required, at least 1".to_owned())
+        })?;
     let new = parse_metadata(&req.headers, length)?;
-    let with_bytes = content_length(&req.headers)? != Some(0) && is_chunk(&req.headers);
-    if !with_bytes && content_length(&req.headers)?.is_some_and(|n| n > 0) {
+    let has_body = content_length(&req.headers)?.is_some_and(|n| n > 0)
+        || req.headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && !is_chunk(&req.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
     let (couple, device) = (req.claims.couple.clone(), req.claims.device.clone());
     let started = backups.create_upload(&couple, &device, new).await?;
-    let progress = if with_bytes {
+    let progress = if has_body {
         match append(req, &started.id, 0, backups, metrics).await {
             Ok(p) => p,
-            Err(e) => {
-                // Refused bytes (not a cut-off body, whose bytes are kept): no upload either.
+            // The bytes were refused (a cut-off body's bytes are kept, and not an error):
+            // no upload either.
+            Err(
+                e @ ApiError::Backup(
+                    BackupError::ChunkChecksumMismatch
+                    | BackupError::PastLength { .. }
+                    | BackupError::Busy,
+                ),
+            ) => {
                 if let Err(cause) = backups.terminate(&couple, &started.id).await {
                     tracing::warn!(cause = %cause, "failed to drop an upload whose first chunk was refused");
                 }
                 return Err(e);
             }
+            // Anything else may have kept bytes (or published them): the client gets the
+            // upload's URL and asks it (HEAD) where it stands.
+            Err(e) => match backups.upload_progress(&couple, &started.id).await {
+                Ok(p) => p,
+                Err(_) => return Err(e),
+            },
         }
     } else {
         started
@@ -272,10 +289,10 @@ async fn append(
         .append(&req.claims.couple, id, offset, checksum, req.body)
         .await;
     match &appended {
-        Ok(Progress {
-            published: Some(record),
-            ..
-        }) => metrics.backup_completed(Direction::Upload, record.size, started.elapsed()),
+        // This request brought the last bytes (not a retry after the publish).
+        Ok(p) if p.backup.is_some() && offset < p.length => {
+            metrics.backup_completed(Direction::Upload, p.length, started.elapsed());
+        }
         Ok(_) => {}
         Err(e) => {
             let outcome = ApiError::Backup(e.clone()).outcome();
@@ -303,8 +320,8 @@ fn progress_headers(h: &mut HeaderMap, p: &Progress) {
     {
         h.insert("upload-expires", v);
     }
-    if let Some(record) = &p.published
-        && let Ok(v) = HeaderValue::from_str(record.id.as_str())
+    if let Some(backup) = &p.backup
+        && let Ok(v) = HeaderValue::from_str(backup.as_str())
     {
         h.insert("x-backup-id", v);
     }
@@ -394,5 +411,12 @@ fn parse_checksum(h: &HeaderMap) -> Result<Option<ChunkChecksum>, ApiError> {
     let digest = base64::engine::general_purpose::STANDARD
         .decode(digest.trim())
         .map_err(|_| bad("the digest is not base64"))?;
+    let size = match algorithm {
+        ChecksumAlgorithm::Sha1 => 20,
+        ChecksumAlgorithm::Sha256 => 32,
+    };
+    if digest.len() != size {
+        return Err(bad(&format!("a {name} digest has {size} bytes")));
+    }
     Ok(Some(ChunkChecksum { algorithm, digest }))
 }

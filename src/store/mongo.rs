@@ -118,14 +118,14 @@ struct BackupDoc {
 }
 
 /// A resumable upload: the record as JSON, with the fields queries need beside it (the
-/// offset for the compare-and-set of `update_upload`, the expiry for the janitor).
+/// version for the compare-and-set of `update_upload`, the expiry for the janitor).
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UploadDoc {
     #[serde(rename = "_id")]
     id: String,
     couple_id: CoupleId,
-    offset: i64,
+    version: i64,
     expires_at: DateTime,
     record: String,
 }
@@ -135,7 +135,7 @@ impl UploadDoc {
         Ok(Self {
             id: format!("{}/{}", u.couple, u.id),
             couple_id: u.couple.clone(),
-            offset: to_i64(u.offset()),
+            version: to_i64(u.version),
             expires_at: dt(u.expires_at),
             record: serde_json::to_string(u).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         })
@@ -655,12 +655,12 @@ impl Store for MongoStore {
     async fn update_upload(
         &self,
         upload: &UploadRecord,
-        expected_offset: u64,
+        expected_version: u64,
     ) -> Result<bool, StoreError> {
         let new = UploadDoc::new(upload)?;
         let replaced = self
             .op(self.uploads_coll().replace_one(
-                doc! { "_id": &new.id, "offset": to_i64(expected_offset) },
+                doc! { "_id": &new.id, "version": to_i64(expected_version) },
                 &new,
             ))
             .await?;

@@ -179,13 +179,27 @@ async fn a_backup_uploaded_in_chunks_with_checksums_is_published_and_downloads_w
     assert_eq!(list["backups"][0]["uploadedBy"], "a");
     assert_eq!(list["uploads"], serde_json::json!([]));
     assert_eq!(list["quota"]["usedBytes"], 700_000);
-    // Published: the upload itself is gone.
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+    // Published: asked again (a lost answer, a retry), the upload says so, and nothing is
+    // published twice.
     let res = tus(&app, Method::HEAD, &at, &couple.a)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["upload-offset"], "700000");
+    assert_eq!(res.headers()["x-backup-id"], backup_id.as_str());
+    assert!(!res.headers().contains_key("upload-expires"));
+    let res = patch(&app, &couple.b, &at, 700_000, &[]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(res.headers()["x-backup-id"], backup_id.as_str());
+    assert_eq!(
+        listed(&app, &couple).await["backups"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     app.stop().await;
 }
 
@@ -319,11 +333,14 @@ async fn creation_refuses_a_length_over_the_limit_or_missing_and_bad_metadata() 
         .await
         .unwrap();
     assert_error(res, StatusCode::PAYLOAD_TOO_LARGE, "backup_too_large").await;
-    let res = tus(&app, Method::POST, COLLECTION, &couple.a)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, StatusCode::BAD_REQUEST, "invalid_request").await;
+    for length in [None, Some(0)] {
+        let mut req = tus(&app, Method::POST, COLLECTION, &couple.a);
+        if let Some(n) = length {
+            req = req.header("upload-length", n);
+        }
+        let res = req.send().await.unwrap();
+        assert_error(res, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
     let res = tus(&app, Method::POST, COLLECTION, &couple.a)
         .header("upload-length", 10)
         .header("upload-metadata", format!("meta {}", b64(b"not json")))
@@ -501,5 +518,20 @@ async fn browsers_may_send_and_read_the_tus_headers() {
     ] {
         assert!(exposed.contains(name), "{name} in {exposed}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_takes_a_bounded_number_of_parts() {
+    let app = TestApp::spawn_with(|c| c.settings.upload_max_parts = 2).await;
+    let couple = app.pair().await;
+    let at = create(&app, &couple.a, 1_000, None).await;
+    for n in 0..2 {
+        let res = patch(&app, &couple.a, &at, n * 10, &bytes(10)).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    let res = patch(&app, &couple.a, &at, 20, &bytes(10)).await;
+    assert_error(res, StatusCode::BAD_REQUEST, "too_many_parts").await;
+    assert_eq!(offset(&app, &couple.a, &at).await, 20);
     app.stop().await;
 }

@@ -3,15 +3,20 @@
 //! side (headers, status codes) is the front end's.
 //!
 //! An upload is a record in the metadata store plus one blob per `PATCH` that brought bytes
-//! (a *part*). A part is durable before it is recorded, and it is recorded with a
-//! compare-and-set on the offset, so the offset a `HEAD` reports only ever counts durable
+//! (a *part*). A part is durable before it is recorded, and every change of the record is a
+//! compare-and-set on its version, so the offset a `HEAD` reports only ever counts durable
 //! bytes, and of two `PATCH`es at one offset (on any instance) exactly one wins. A `PATCH` cut
-//! off mid-body keeps what arrived. When the last byte is recorded, the parts are streamed
-//! into the backup's blob (measured and hashed on the way), checked against the declared
-//! SHA-256, and published through the backup actor exactly like [`Backups::upload`]; only then
-//! are the parts and the record deleted, and only then does the `PATCH` succeed. An upload
-//! whose bytes all arrived but whose publish did not happen (a crash) is finished by the next
-//! `HEAD` or `PATCH`, or by the janitor.
+//! off mid-body keeps what arrived.
+//!
+//! When the last byte is recorded, the parts are streamed into a new blob (measured and hashed
+//! on the way) and checked against the declared SHA-256. Then the record *claims* that blob as
+//! its backup (compare-and-set: of two assemblies, say a `PATCH` and a `HEAD` after a timeout,
+//! one wins and the other deletes its copy), the backup is published through the backup actor
+//! exactly like [`Backups::upload`] with the claimed id and time, and the parts are deleted.
+//! Only then does the `PATCH` succeed. The record stays, without parts, until it expires: a
+//! `HEAD` then says the upload is complete (tus clients that get a 404 start over). A crash
+//! after the claim is finished by the next `HEAD` or `PATCH`, or by the janitor, with the same
+//! id and time, so a backup is never published twice and never comes back as the latest.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +30,9 @@ use crate::clock::Timestamp;
 use crate::digest::Sha256Digest;
 use crate::error::BackupError;
 use crate::ids::{BackupId, CoupleId, DeviceId, UploadId};
-use crate::store::{BackupRecord, BlobError, BlobKey, ByteStream, UploadPart, UploadRecord};
+use crate::store::{
+    BackupRecord, BlobError, BlobKey, ByteStream, Completion, UploadPart, UploadRecord,
+};
 
 /// A chunk checksum algorithm of the tus checksum extension (`Tus-Checksum-Algorithm`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,20 +77,21 @@ pub struct Progress {
     pub offset: u64,
     /// `Upload-Length`.
     pub length: u64,
-    /// When an unfinished upload expires (`Upload-Expires`); `None` once published.
+    /// When an unfinished upload expires (`Upload-Expires`); `None` once complete.
     pub expires_at: Option<Timestamp>,
-    /// The backup, once the last byte arrived and it was published.
-    pub published: Option<BackupRecord>,
+    /// The backup, once every byte arrived and it was published.
+    pub backup: Option<BackupId>,
 }
 
 impl Progress {
     fn of(upload: &UploadRecord) -> Self {
+        let backup = upload.completed.as_ref().map(|c| c.backup.clone());
         Self {
             id: upload.id.clone(),
             offset: upload.offset(),
             length: upload.length,
-            expires_at: Some(upload.expires_at),
-            published: None,
+            expires_at: backup.is_none().then_some(upload.expires_at),
+            backup,
         }
     }
 }
@@ -115,6 +123,9 @@ impl Backups {
                 limit: self.limits.max_bytes,
             });
         }
+        // One decision at a time in this process, so two creations cannot both take the last
+        // room (between instances the race stays: docs/protocol.md §6.5).
+        let _deciding = self.quota_lock.lock().await;
         self.check_quota(couple, new.length).await?;
         let now = self.clock.now();
         let upload = UploadRecord {
@@ -125,7 +136,8 @@ impl Backups {
             parts: Vec::new(),
             meta: new.meta,
             sha256: new.sha256,
-            backup: BackupId::generate(),
+            completed: None,
+            version: 0,
             created_at: now,
             expires_at: now.plus(self.upload_ttl),
         };
@@ -143,8 +155,7 @@ impl Backups {
         adding: u64,
     ) -> Result<(), BackupError> {
         let kept = self.store.backups(couple).await.map_err(storage_failed)?;
-        let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
-        let pending: u64 = uploads.iter().map(|u| u.length).sum();
+        let pending = pending_bytes(&self.store.uploads(couple).await.map_err(storage_failed)?);
         let size = |b: &BackupRecord| b.size;
         let used = kept.iter().map(size).sum::<u64>() + pending;
         let staying: u64 = kept
@@ -165,27 +176,34 @@ impl Backups {
     pub async fn usage(&self, couple: &CoupleId) -> Result<Usage, BackupError> {
         let kept = self.store.backups(couple).await.map_err(storage_failed)?;
         let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
-        let used = kept.iter().map(|b| b.size).sum::<u64>()
-            + uploads.iter().map(|u| u.length).sum::<u64>();
+        let used = kept.iter().map(|b| b.size).sum::<u64>() + pending_bytes(&uploads);
         Ok(Usage {
             limit: self.quota,
             used,
-            uploads: uploads.iter().map(Progress::of).collect(),
+            uploads: uploads
+                .iter()
+                .filter(|u| u.completed.is_none())
+                .map(Progress::of)
+                .collect(),
         })
     }
 
     /// An upload's offset (tus `HEAD`). One whose bytes had all arrived but was not published
-    /// (a crash in between) is published first.
+    /// (a crash, or an answer lost while it was) is published first.
     pub async fn upload_progress(
         &self,
         couple: &CoupleId,
         id: &UploadId,
     ) -> Result<Progress, BackupError> {
         let upload = self.live_upload(couple, id).await?;
-        if upload.offset() == upload.length {
-            return self.finish(upload).await;
+        if upload.offset() < upload.length || upload.completed.as_ref().is_some_and(|c| c.published)
+        {
+            return Ok(Progress::of(&upload));
         }
-        Ok(Progress::of(&upload))
+        let _slot = Arc::clone(&self.uploads)
+            .try_acquire_owned()
+            .map_err(|_| BackupError::Busy)?;
+        self.finish(upload).await
     }
 
     /// Appends `body` at `offset` (tus `PATCH`). Whatever arrives is kept, also when the body
@@ -211,6 +229,11 @@ impl Backups {
         }
         if offset == upload.length {
             return self.finish(upload).await;
+        }
+        if upload.parts.len() >= self.max_parts {
+            return Err(BackupError::TooManyParts {
+                limit: self.max_parts,
+            });
         }
         let key = BlobKey {
             couple: couple.clone(),
@@ -246,7 +269,8 @@ impl Backups {
             blob: key.backup.clone(),
             size,
         });
-        let recorded = self.store.update_upload(&grown, offset).await;
+        grown.version += 1;
+        let recorded = self.store.update_upload(&grown, upload.version).await;
         if !matches!(recorded, Ok(true)) {
             self.delete_blob(&key).await;
             recorded.map_err(storage_failed)?;
@@ -269,8 +293,10 @@ impl Backups {
         self.forget(&upload).await
     }
 
-    /// The janitor's part: deletes uploads past their expiry and their bytes, and publishes
-    /// the ones whose bytes had all arrived. Returns how many were deleted.
+    /// The janitor's part, for uploads past their expiry: an unfinished one is deleted with
+    /// its bytes; a complete one that was not published (a crash) is published first, or
+    /// deleted if that fails; the record of a published one goes. A failure is logged and
+    /// the others still handled. Returns how many unfinished uploads were deleted.
     pub async fn expire_uploads(&self) -> Result<usize, BackupError> {
         let expired = self
             .store
@@ -279,12 +305,26 @@ impl Backups {
             .map_err(storage_failed)?;
         let mut deleted = 0;
         for upload in expired {
-            if upload.offset() == upload.length {
-                if let Err(e) = self.finish(upload).await {
-                    tracing::warn!(cause = %e, "failed to publish a complete upload");
+            let unfinished = upload.offset() < upload.length;
+            let pending = upload.completed.as_ref().is_some_and(|c| !c.published);
+            if !unfinished
+                && upload.completed.as_ref().is_none_or(|c| !c.published)
+                && let Err(e) = self.finish(upload.clone()).await
+            {
+                tracing::error!(cause = %e, upload_id = %upload.id, "could not publish a complete upload before it expired; deleting it");
+            }
+            // Re-read: the finish above (or another instance) may have changed it.
+            let now = match self.store.upload(&upload.couple, &upload.id).await {
+                Ok(Some(now)) => now,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "failed to read an expired upload");
+                    continue;
                 }
-            } else {
-                self.forget(&upload).await?;
+            };
+            if let Err(e) = self.forget(&now).await {
+                tracing::warn!(cause = %e, "failed to delete an expired upload");
+            } else if unfinished || pending {
                 deleted += 1;
             }
         }
@@ -317,25 +357,17 @@ impl Backups {
         Ok(upload)
     }
 
-    /// Streams the parts into the backup's blob, checks it, publishes it, then forgets the
-    /// upload. Idempotent: an upload already published is only forgotten.
+    /// Assembles the parts into a new blob, claims it as the upload's backup, publishes it
+    /// and deletes the parts (see the module's doc). Idempotent: a claimed backup is published
+    /// (again) with its id and time; a published one is only reported.
     async fn finish(&self, upload: UploadRecord) -> Result<Progress, BackupError> {
-        let couple = upload.couple.clone();
-        let done = |record: BackupRecord| Progress {
-            id: upload.id.clone(),
-            offset: upload.length,
-            length: upload.length,
-            expires_at: None,
-            published: Some(record),
-        };
-        let kept = self.store.backups(&couple).await.map_err(storage_failed)?;
-        if let Some(record) = kept.into_iter().find(|b| b.id == upload.backup) {
-            self.forget(&upload).await?;
-            return Ok(done(record));
+        if upload.completed.is_some() {
+            return self.publish_claimed(upload).await;
         }
+        let couple = upload.couple.clone();
         let key = BlobKey {
             couple: couple.clone(),
-            backup: upload.backup.clone(),
+            backup: BackupId::generate(),
         };
         let (body, meter) = Meter::wrap(self.parts_of(&upload), self.limits);
         let written = self.blobs.put(&key, body).await;
@@ -361,22 +393,68 @@ impl Backups {
             self.forget(&upload).await?;
             return Err(BackupError::ChecksumMismatch);
         }
-        let record = BackupRecord {
-            couple,
-            id: upload.backup.clone(),
+        let mut claimed = upload.clone();
+        claimed.completed = Some(Completion {
+            backup: key.backup.clone(),
             size: measured.size,
             sha256: measured.sha256,
-            meta: upload.meta.clone(),
-            uploaded_by: upload.device.clone(),
-            created_at: self.clock.now(),
+            at: self.clock.now(),
+            published: false,
+        });
+        claimed.version += 1;
+        let won = self.store.update_upload(&claimed, upload.version).await;
+        if !matches!(won, Ok(true)) {
+            // Another assembly claimed it first (or the store failed): this copy goes.
+            self.delete_blob(&key).await;
+            won.map_err(storage_failed)?;
+            let now = self.recorded_upload(&couple, &upload.id).await?;
+            if now.completed.is_none() {
+                return Err(BackupError::UploadNotFound);
+            }
+            return Box::pin(self.publish_claimed(now)).await;
+        }
+        self.publish_claimed(claimed).await
+    }
+
+    /// Publishes the claimed backup unless it is already (its id and time are the claim's),
+    /// marks it published and deletes the parts.
+    async fn publish_claimed(&self, upload: UploadRecord) -> Result<Progress, BackupError> {
+        let Some(done) = upload.completed.clone() else {
+            return Err(BackupError::StorageUnavailable);
         };
-        let publish = |reply| super::BackupMsg::Publish {
-            record: record.clone(),
-            reply,
-        };
-        call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
-        self.forget(&upload).await?;
-        Ok(done(record))
+        if done.published {
+            return Ok(Progress::of(&upload));
+        }
+        if !self.is_published(&upload.couple, &done.backup).await? {
+            let record = BackupRecord {
+                couple: upload.couple.clone(),
+                id: done.backup.clone(),
+                size: done.size,
+                sha256: done.sha256,
+                meta: upload.meta.clone(),
+                uploaded_by: upload.device.clone(),
+                created_at: done.at,
+            };
+            let publish = |reply| super::BackupMsg::Publish {
+                record: record.clone(),
+                reply,
+            };
+            call_kept(&self.actor, publish, self.timeout, BackupError::Unavailable).await?;
+        }
+        let mut published = upload.clone();
+        if let Some(c) = published.completed.as_mut() {
+            c.published = true;
+        }
+        published.parts.clear();
+        published.version += 1;
+        // Lost to a concurrent finish of the same claim: that one did the same.
+        if matches!(
+            self.store.update_upload(&published, upload.version).await,
+            Ok(true)
+        ) {
+            self.delete_parts(&upload).await;
+        }
+        Ok(Progress::of(&published))
     }
 
     /// The upload's bytes, part after part.
@@ -406,13 +484,34 @@ impl Backups {
         )
     }
 
-    /// Deletes the record (its URL answers 404 from now on), then the parts; a part that
-    /// could not be deleted is left to the orphan sweep.
+    /// Deletes the record (its URL answers 404 from now on), then the parts and an assembled
+    /// blob that was never published; a blob that could not be deleted is left to the orphan
+    /// sweep.
     async fn forget(&self, upload: &UploadRecord) -> Result<(), BackupError> {
         self.store
             .delete_upload(&upload.couple, &upload.id)
             .await
             .map_err(storage_failed)?;
+        self.delete_parts(upload).await;
+        if let Some(c) = upload.completed.as_ref().filter(|c| !c.published)
+            && !self.is_published(&upload.couple, &c.backup).await?
+        {
+            self.delete_blob(&BlobKey {
+                couple: upload.couple.clone(),
+                backup: c.backup.clone(),
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Whether the couple has a published backup with this id.
+    async fn is_published(&self, couple: &CoupleId, id: &BackupId) -> Result<bool, BackupError> {
+        let kept = self.store.backups(couple).await.map_err(storage_failed)?;
+        Ok(kept.iter().any(|b| b.id == *id))
+    }
+
+    async fn delete_parts(&self, upload: &UploadRecord) {
         for part in &upload.parts {
             self.delete_blob(&BlobKey {
                 couple: upload.couple.clone(),
@@ -420,7 +519,6 @@ impl Backups {
             })
             .await;
         }
-        Ok(())
     }
 
     async fn delete_blob(&self, key: &BlobKey) {
@@ -428,6 +526,16 @@ impl Backups {
             tracing::warn!(cause = %e, "failed to delete a blob; the orphan sweep will");
         }
     }
+}
+
+/// What unfinished uploads hold against the quota: their declared length (a complete one's
+/// backup counts as a backup).
+fn pending_bytes(uploads: &[UploadRecord]) -> u64 {
+    uploads
+        .iter()
+        .filter(|u| u.completed.is_none())
+        .map(|u| u.length)
+        .sum()
 }
 
 /// Expired uploads handled per janitor round.

@@ -454,7 +454,8 @@ async fn uploads(store: &dyn Store) {
         parts: Vec::new(),
         meta: Some("{\"v\":1}".to_owned()),
         sha256: None,
-        backup: BackupId::generate(),
+        completed: None,
+        version: 0,
         created_at: at(1_000),
         expires_at: at(expires),
     };
@@ -476,10 +477,11 @@ async fn uploads(store: &dyn Store) {
         blob: BackupId::generate(),
         size: 40,
     });
+    grown.version = 1;
     assert!(store.update_upload(&grown, 0).await.expect("update"));
     assert!(
         !store.update_upload(&grown, 0).await.expect("update"),
-        "the offset moved: a second PATCH at offset 0 loses"
+        "the version moved: a second PATCH at offset 0 loses"
     );
     assert_eq!(
         store
@@ -516,7 +518,7 @@ async fn uploads(store: &dyn Store) {
         .expect("deleting twice is fine");
     assert_eq!(store.upload(&c, &u.id).await.expect("read"), None);
     assert!(
-        !store.update_upload(&grown, 40).await.expect("update"),
+        !store.update_upload(&grown, 1).await.expect("update"),
         "gone"
     );
 }

@@ -830,9 +830,9 @@ impl Store for EmbeddedStore {
     async fn update_upload(
         &self,
         upload: &UploadRecord,
-        expected_offset: u64,
+        expected_version: u64,
     ) -> Result<bool, StoreError> {
-        self.update_upload_where(upload.clone(), Some(expected_offset))
+        self.update_upload_where(upload.clone(), Some(expected_version))
             .await
     }
 
@@ -892,7 +892,7 @@ impl Store for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Writes `upload` if the stored one's offset is `expected` (`None`: create, only if
+    /// Writes `upload` if the stored one's version is `expected` (`None`: create, only if
     /// absent); whether it did.
     async fn update_upload_where(
         &self,
@@ -906,7 +906,7 @@ impl EmbeddedStore {
                 let mut table = txn.open_table(UPLOADS)?;
                 let key = (upload.couple.as_str(), upload.id.as_str());
                 let current = match table.get(key)? {
-                    Some(v) => Some(decode::<UploadRecord>(v.value())?.offset()),
+                    Some(v) => Some(decode::<UploadRecord>(v.value())?.version),
                     None => None,
                 };
                 if current != expected {

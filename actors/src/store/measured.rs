@@ -210,9 +210,9 @@ impl Store for Measured<dyn Store> {
     async fn update_upload(
         &self,
         upload: &UploadRecord,
-        expected_offset: u64,
+        expected_version: u64,
     ) -> Result<bool, StoreError> {
-        let work = self.inner.update_upload(upload, expected_offset);
+        let work = self.inner.update_upload(upload, expected_version);
         self.op("update_upload", work, always).await
     }
 
