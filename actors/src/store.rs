@@ -578,8 +578,10 @@ pub trait Store: Send + Sync + 'static {
         expected_version: u64,
     ) -> Result<bool, StoreError>;
 
-    /// Forgets an upload (its parts are deleted by the caller). Idempotent.
-    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError>;
+    /// Forgets an upload if its version is still `upload.version` (its parts are deleted by
+    /// the caller): a `PATCH` or an assembly that changed it meanwhile is not lost. `false`:
+    /// it had changed, or was gone already.
+    async fn delete_upload(&self, upload: &UploadRecord) -> Result<bool, StoreError>;
 
     /// A couple's uploads, for its quota and its list.
     async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError>;

@@ -667,12 +667,14 @@ impl Store for MongoStore {
         Ok(replaced.matched_count == 1)
     }
 
-    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
-        self.op(self
-            .uploads_coll()
-            .delete_one(doc! { "_id": format!("{couple}/{id}") }))
+    async fn delete_upload(&self, upload: &UploadRecord) -> Result<bool, StoreError> {
+        let deleted = self
+            .op(self.uploads_coll().delete_one(doc! {
+                "_id": format!("{}/{}", upload.couple, upload.id),
+                "version": to_i64(upload.version),
+            }))
             .await?;
-        Ok(())
+        Ok(deleted.deleted_count == 1)
     }
 
     async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError> {

@@ -289,8 +289,15 @@ impl Backups {
     /// Terminates an upload (tus `DELETE`): the record first (its URL is 404 at once), then
     /// its parts.
     pub async fn terminate(&self, couple: &CoupleId, id: &UploadId) -> Result<(), BackupError> {
-        let upload = self.recorded_upload(couple, id).await?;
-        self.forget(&upload).await
+        // A PATCH or an assembly may change it between the read and the delete: read again.
+        for _ in 0..3 {
+            let upload = self.recorded_upload(couple, id).await?;
+            // A claimed backup's blob stays: an assembly in flight publishes it.
+            if self.forget(&upload, false).await? {
+                return Ok(());
+            }
+        }
+        Err(BackupError::Unavailable)
     }
 
     /// The janitor's part, for uploads past their expiry: an unfinished one is deleted with
@@ -322,10 +329,10 @@ impl Backups {
                     continue;
                 }
             };
-            if let Err(e) = self.forget(&now).await {
-                tracing::warn!(cause = %e, "failed to delete an expired upload");
-            } else if unfinished || pending {
-                deleted += 1;
+            match self.forget(&now, true).await {
+                Ok(true) if unfinished || pending => deleted += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(cause = %e, "failed to delete an expired upload"),
             }
         }
         Ok(deleted)
@@ -390,7 +397,7 @@ impl Backups {
         }
         if upload.sha256.is_some_and(|want| want != measured.sha256) {
             self.delete_blob(&key).await;
-            self.forget(&upload).await?;
+            self.forget(&upload, false).await?;
             return Err(BackupError::ChecksumMismatch);
         }
         let mut claimed = upload.clone();
@@ -484,16 +491,24 @@ impl Backups {
         )
     }
 
-    /// Deletes the record (its URL answers 404 from now on), then the parts and an assembled
-    /// blob that was never published; a blob that could not be deleted is left to the orphan
-    /// sweep.
-    async fn forget(&self, upload: &UploadRecord) -> Result<(), BackupError> {
-        self.store
-            .delete_upload(&upload.couple, &upload.id)
+    /// Deletes the record if nothing changed it since it was read (its URL answers 404 from
+    /// then on), then the parts, and with `claimed` an assembled blob that was never
+    /// published; a blob that could not be deleted is left to the orphan sweep. `false`: it
+    /// had changed (or was gone), and nothing was deleted.
+    async fn forget(&self, upload: &UploadRecord, claimed: bool) -> Result<bool, BackupError> {
+        let deleted = self
+            .store
+            .delete_upload(upload)
             .await
             .map_err(storage_failed)?;
+        if !deleted {
+            return Ok(false);
+        }
         self.delete_parts(upload).await;
-        if let Some(c) = upload.completed.as_ref().filter(|c| !c.published)
+        if let Some(c) = upload
+            .completed
+            .as_ref()
+            .filter(|c| claimed && !c.published)
             && !self.is_published(&upload.couple, &c.backup).await?
         {
             self.delete_blob(&BlobKey {
@@ -502,7 +517,7 @@ impl Backups {
             })
             .await;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Whether the couple has a published backup with this id.

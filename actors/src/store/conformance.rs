@@ -511,11 +511,15 @@ async fn uploads(store: &dyn Store) {
         .collect();
     assert!(expired.contains(&soon.id) && expired.contains(&elsewhere.id));
     assert!(!expired.contains(&u.id));
-    store.delete_upload(&c, &u.id).await.expect("delete");
-    store
-        .delete_upload(&c, &u.id)
-        .await
-        .expect("deleting twice is fine");
+    assert!(
+        !store.delete_upload(&u).await.expect("delete"),
+        "version 0 is gone: a PATCH changed it meanwhile"
+    );
+    assert!(store.delete_upload(&grown).await.expect("delete"));
+    assert!(
+        !store.delete_upload(&grown).await.expect("delete"),
+        "deleting twice is fine, and says so"
+    );
     assert_eq!(store.upload(&c, &u.id).await.expect("read"), None);
     assert!(
         !store.update_upload(&grown, 1).await.expect("update"),

@@ -836,14 +836,24 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
-        let (couple, id) = (couple.clone(), id.clone());
+    async fn delete_upload(&self, upload: &UploadRecord) -> Result<bool, StoreError> {
+        let (couple, id, version) = (upload.couple.clone(), upload.id.clone(), upload.version);
         self.write(move |db| {
             let txn = db.begin_write()?;
-            txn.open_table(UPLOADS)?
-                .remove((couple.as_str(), id.as_str()))?;
+            {
+                let mut table = txn.open_table(UPLOADS)?;
+                let key = (couple.as_str(), id.as_str());
+                let current = match table.get(key)? {
+                    Some(v) => Some(decode::<UploadRecord>(v.value())?.version),
+                    None => None,
+                };
+                if current != Some(version) {
+                    return Ok(false);
+                }
+                table.remove(key)?;
+            }
             txn.commit()?;
-            Ok(())
+            Ok(true)
         })
         .await
     }

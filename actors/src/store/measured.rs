@@ -216,8 +216,8 @@ impl Store for Measured<dyn Store> {
         self.op("update_upload", work, always).await
     }
 
-    async fn delete_upload(&self, couple: &CoupleId, id: &UploadId) -> Result<(), StoreError> {
-        let work = self.inner.delete_upload(couple, id);
+    async fn delete_upload(&self, upload: &UploadRecord) -> Result<bool, StoreError> {
+        let work = self.inner.delete_upload(upload);
         self.op("delete_upload", work, always).await
     }
 
