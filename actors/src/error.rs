@@ -90,7 +90,9 @@ pub enum BackupError {
         limit: u64,
     },
     /// The body's SHA-256 is not the one the client announced; nothing was kept.
-    #[error("the upload's SHA-256 does not match X-Content-SHA256")]
+    #[error(
+        "the backup's SHA-256 does not match the one declared (X-Content-SHA256, or tus sha256)"
+    )]
     ChecksumMismatch,
     /// The upload stream broke off (the client went away); nothing was kept.
     #[error("the upload was interrupted")]

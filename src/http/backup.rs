@@ -122,17 +122,18 @@ pub fn routes(
     upload.or(download).unify().or(list).unify()
 }
 
-/// Checks `X-Backup-Meta`: at most 4 KiB of JSON.
-pub(crate) fn check_meta(meta: Option<String>) -> Result<Option<String>, ApiError> {
+/// Checks a backup's metadata, named `what` in errors (`X-Backup-Meta`, or tus
+/// `Upload-Metadata`'s `meta`): at most 4 KiB of JSON.
+pub(crate) fn check_meta(meta: Option<String>, what: &str) -> Result<Option<String>, ApiError> {
     let Some(meta) = meta else { return Ok(None) };
     if meta.len() > MAX_META_BYTES {
         return Err(ApiError::InvalidRequest(format!(
-            "{META_HEADER} is larger than {MAX_META_BYTES} bytes"
+            "{what} is larger than {MAX_META_BYTES} bytes"
         )));
     }
     let json = serde_json::from_str::<&RawValue>(&meta)
-        .map_err(|e| json_error(META_HEADER, meta.as_bytes(), &e))?;
-    check_depth(json, META_HEADER)?;
+        .map_err(|e| json_error(what, meta.as_bytes(), &e))?;
+    check_depth(json, what)?;
     Ok(Some(meta))
 }
 
@@ -171,7 +172,7 @@ async fn store_upload(
     body: impl Stream<Item = Result<impl Buf, warp::Error>> + Send + Sync + 'static,
 ) -> Result<BackupRecord, ApiError> {
     let info = UploadInfo {
-        meta: check_meta(meta)?,
+        meta: check_meta(meta, META_HEADER)?,
         expected_sha256: parse_sha256(sha256.as_deref())?,
     };
     let limit = backups.max_bytes();

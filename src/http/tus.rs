@@ -379,7 +379,7 @@ fn parse_metadata(h: &HeaderMap, length: u64) -> Result<NewUpload, ApiError> {
         let text =
             || String::from_utf8(value.clone()).map_err(|_| bad(&format!("{key} is not UTF-8")));
         match key {
-            "meta" => new.meta = check_meta(Some(text()?))?,
+            "meta" => new.meta = check_meta(Some(text()?), "Upload-Metadata meta")?,
             "sha256" => {
                 new.sha256 = Some(
                     Sha256Digest::parse(&text()?)

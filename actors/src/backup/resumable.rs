@@ -177,14 +177,13 @@ impl Backups {
         let kept = self.store.backups(couple).await.map_err(storage_failed)?;
         let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
         let used = kept.iter().map(|b| b.size).sum::<u64>() + pending_bytes(&uploads);
+        let mut unfinished: Vec<&UploadRecord> =
+            uploads.iter().filter(|u| u.completed.is_none()).collect();
+        unfinished.sort_by_key(|u| (u.created_at, u.id.clone()));
         Ok(Usage {
             limit: self.quota,
             used,
-            uploads: uploads
-                .iter()
-                .filter(|u| u.completed.is_none())
-                .map(Progress::of)
-                .collect(),
+            uploads: unfinished.into_iter().map(Progress::of).collect(),
         })
     }
 
