@@ -529,20 +529,8 @@ impl Store for EmbeddedStore {
 
     async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
         let couple = couple.clone();
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(DEVICES)?;
-            let mut out = Vec::new();
-            for row in table.range((couple.as_str(), "")..)? {
-                let (k, v) = row?;
-                if k.value().0 != couple.as_str() {
-                    break;
-                }
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |db| couple_records(db, DEVICES, &couple))
+            .await
     }
 
     async fn put_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
@@ -778,16 +766,7 @@ impl Store for EmbeddedStore {
     async fn backups(&self, couple: &CoupleId) -> Result<Vec<BackupRecord>, StoreError> {
         let couple = couple.clone();
         self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(BACKUPS)?;
-            let mut out: Vec<BackupRecord> = Vec::new();
-            for row in table.range((couple.as_str(), "")..)? {
-                let (k, v) = row?;
-                if k.value().0 != couple.as_str() {
-                    break;
-                }
-                out.push(decode(v.value())?);
-            }
+            let mut out: Vec<BackupRecord> = couple_records(db, BACKUPS, &couple)?;
             out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
             Ok(out)
         })
@@ -807,7 +786,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StoreError> {
-        self.update_upload_where(upload.clone(), None)
+        let upload = upload.clone();
+        self.write(move |db| swap_upload(db, &upload.couple, &upload.id, None, Some(&upload)))
             .await
             .map(drop)
     }
@@ -832,48 +812,29 @@ impl Store for EmbeddedStore {
         upload: &UploadRecord,
         expected_version: u64,
     ) -> Result<bool, StoreError> {
-        self.update_upload_where(upload.clone(), Some(expected_version))
-            .await
+        let upload = upload.clone();
+        self.write(move |db| {
+            swap_upload(
+                db,
+                &upload.couple,
+                &upload.id,
+                Some(expected_version),
+                Some(&upload),
+            )
+        })
+        .await
     }
 
     async fn delete_upload(&self, upload: &UploadRecord) -> Result<bool, StoreError> {
         let (couple, id, version) = (upload.couple.clone(), upload.id.clone(), upload.version);
-        self.write(move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(UPLOADS)?;
-                let key = (couple.as_str(), id.as_str());
-                let current = match table.get(key)? {
-                    Some(v) => Some(decode::<UploadRecord>(v.value())?.version),
-                    None => None,
-                };
-                if current != Some(version) {
-                    return Ok(false);
-                }
-                table.remove(key)?;
-            }
-            txn.commit()?;
-            Ok(true)
-        })
-        .await
+        self.write(move |db| swap_upload(db, &couple, &id, Some(version), None))
+            .await
     }
 
     async fn uploads(&self, couple: &CoupleId) -> Result<Vec<UploadRecord>, StoreError> {
         let couple = couple.clone();
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(UPLOADS)?;
-            let mut out = Vec::new();
-            for row in table.range((couple.as_str(), "")..)? {
-                let (k, v) = row?;
-                if k.value().0 != couple.as_str() {
-                    break;
-                }
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |db| couple_records(db, UPLOADS, &couple))
+            .await
     }
 
     async fn expired_uploads(
@@ -901,34 +862,53 @@ impl Store for EmbeddedStore {
     }
 }
 
-impl EmbeddedStore {
-    /// Writes `upload` if the stored one's version is `expected` (`None`: create, only if
-    /// absent); whether it did.
-    async fn update_upload_where(
-        &self,
-        upload: UploadRecord,
-        expected: Option<u64>,
-    ) -> Result<bool, StoreError> {
-        self.write(move |db| {
-            let bytes = encode(&upload)?;
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(UPLOADS)?;
-                let key = (upload.couple.as_str(), upload.id.as_str());
-                let current = match table.get(key)? {
-                    Some(v) => Some(decode::<UploadRecord>(v.value())?.version),
-                    None => None,
-                };
-                if current != expected {
-                    return Ok(false);
-                }
-                table.insert(key, bytes.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(true)
-        })
-        .await
+/// Every record of `couple` in a table keyed by (couple, id), decoded.
+fn couple_records<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<(&'static str, &'static str), &'static [u8]>,
+    couple: &CoupleId,
+) -> Result<Vec<T>, Fault> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let mut out = Vec::new();
+    for row in table.range((couple.as_str(), "")..)? {
+        let (k, v) = row?;
+        if k.value().0 != couple.as_str() {
+            break;
+        }
+        out.push(decode(v.value())?);
     }
+    Ok(out)
+}
+
+/// In one write transaction: if the stored upload's version is `expected` (`None`: there is
+/// none), writes `new` in its place (`None`: removes it). Whether it did.
+fn swap_upload(
+    db: &Database,
+    couple: &CoupleId,
+    id: &UploadId,
+    expected: Option<u64>,
+    new: Option<&UploadRecord>,
+) -> Result<bool, Fault> {
+    let bytes = new.map(encode).transpose()?;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(UPLOADS)?;
+        let key = (couple.as_str(), id.as_str());
+        let current = match table.get(key)? {
+            Some(v) => Some(decode::<UploadRecord>(v.value())?.version),
+            None => None,
+        };
+        if current != expected {
+            return Ok(false);
+        }
+        match &bytes {
+            Some(b) => drop(table.insert(key, b.as_slice())?),
+            None => drop(table.remove(key)?),
+        }
+    }
+    txn.commit()?;
+    Ok(true)
 }
 
 #[cfg(test)]
