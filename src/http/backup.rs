@@ -277,10 +277,10 @@ async fn list(
 ) -> Result<warp::reply::Response, Rejection> {
     let couple = CoupleId::parse(couple).map_err(reject)?;
     require_access(&claims, &couple, None).map_err(reject)?;
+    // One read of the backups for the list and the quota.
     let usage = backups.usage(&couple).await.map_err(reject)?;
-    let backups = backups.list(&couple).await.map_err(reject)?;
     let body = BackupList {
-        backups: backups.iter().map(WireBackup::new).collect(),
+        backups: usage.backups.iter().map(WireBackup::new).collect(),
         quota: WireQuota {
             limit_bytes: usage.limit,
             used_bytes: usage.used,

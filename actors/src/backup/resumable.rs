@@ -103,7 +103,9 @@ pub struct Usage {
     pub limit: u64,
     /// Bytes of the kept backups plus the `Upload-Length` of the unfinished uploads.
     pub used: u64,
-    /// The unfinished uploads.
+    /// The kept backups, newest first.
+    pub backups: Vec<BackupRecord>,
+    /// The unfinished uploads, oldest first.
     pub uploads: Vec<Progress>,
 }
 
@@ -154,35 +156,37 @@ impl Backups {
         couple: &CoupleId,
         adding: u64,
     ) -> Result<(), BackupError> {
-        let kept = self.store.backups(couple).await.map_err(storage_failed)?;
-        let pending = pending_bytes(&self.store.uploads(couple).await.map_err(storage_failed)?);
-        let size = |b: &BackupRecord| b.size;
-        let used = kept.iter().map(size).sum::<u64>() + pending;
-        let staying: u64 = kept
+        let usage = self.usage(couple).await?;
+        let pending: u64 = usage.uploads.iter().map(|u| u.length).sum();
+        let staying: u64 = usage
+            .backups
             .iter()
             .take(self.retention.saturating_sub(1))
-            .map(size)
+            .map(|b| b.size)
             .sum();
         if staying + pending + adding > self.quota {
             return Err(BackupError::QuotaExceeded {
                 limit: self.quota,
-                used,
+                used: usage.used,
             });
         }
         Ok(())
     }
 
-    /// The couple's quota, what counts against it, and its unfinished uploads.
+    /// The couple's quota, what counts against it: its kept backups and unfinished uploads
+    /// (a complete upload's backup counts as a backup).
     pub async fn usage(&self, couple: &CoupleId) -> Result<Usage, BackupError> {
-        let kept = self.store.backups(couple).await.map_err(storage_failed)?;
+        let backups = self.store.backups(couple).await.map_err(storage_failed)?;
         let uploads = self.store.uploads(couple).await.map_err(storage_failed)?;
-        let used = kept.iter().map(|b| b.size).sum::<u64>() + pending_bytes(&uploads);
         let mut unfinished: Vec<&UploadRecord> =
             uploads.iter().filter(|u| u.completed.is_none()).collect();
         unfinished.sort_by_key(|u| (u.created_at, u.id.clone()));
+        let used = backups.iter().map(|b| b.size).sum::<u64>()
+            + unfinished.iter().map(|u| u.length).sum::<u64>();
         Ok(Usage {
             limit: self.quota,
             used,
+            backups,
             uploads: unfinished.into_iter().map(Progress::of).collect(),
         })
     }
@@ -540,16 +544,6 @@ impl Backups {
             tracing::warn!(cause = %e, "failed to delete a blob; the orphan sweep will");
         }
     }
-}
-
-/// What unfinished uploads hold against the quota: their declared length (a complete one's
-/// backup counts as a backup).
-fn pending_bytes(uploads: &[UploadRecord]) -> u64 {
-    uploads
-        .iter()
-        .filter(|u| u.completed.is_none())
-        .map(|u| u.length)
-        .sum()
 }
 
 /// Expired uploads handled per janitor round.
