@@ -206,12 +206,7 @@ async fn a_server_killed_mid_upload_keeps_the_previous_backup_and_cleans_up_on_r
     drop(tcp);
 
     let mut server = Server::start(data.path(), secret, &storage);
-    let res = http
-        .get(server.url(&format!("/api/backup/{couple}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = latest(&http, &server, &couple, &token).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.headers()["x-backup-id"],
@@ -358,12 +353,7 @@ async fn production_logs_are_json_lines_with_request_ids_and_never_hold_secrets(
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = http
-        .get(server.url(&format!("/api/backup/{couple}")))
-        .bearer_auth(&b_token)
-        .send()
-        .await
-        .unwrap();
+    let res = latest(&http, &server, &couple, &b_token).await;
     assert_eq!(res.text().await.unwrap(), "BACKUP-BYTES-MARKER");
     let res = http.get(server.url("/api/devices")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
@@ -486,6 +476,20 @@ async fn the_healthcheck_command_passes_on_a_healthy_server_and_fails_otherwise(
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
 }
 
+/// `GET /api/backup/:coupleId` (the latest backup) on `server`.
+async fn latest(
+    http: &reqwest::Client,
+    server: &Server,
+    couple: &str,
+    token: &str,
+) -> reqwest::Response {
+    http.get(server.url(&format!("/api/backup/{couple}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A tus `PATCH` of `body` at `offset` to `at` (a path) on `server`.
 async fn tus_patch(
     http: &reqwest::Client,
@@ -569,11 +573,6 @@ async fn a_server_killed_during_a_tus_patch_resumes_from_a_durable_offset() {
     );
     let res = tus_patch(&http, &server, &token, &at, MIB, backup[MIB..].to_vec()).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = http
-        .get(server.url(&format!("/api/backup/{couple}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = latest(&http, &server, &couple, &token).await;
     assert_eq!(res.bytes().await.unwrap().as_ref(), backup.as_slice());
 }

@@ -94,6 +94,15 @@ fn checksum(algorithm: &str, digest: &[u8]) -> [(&'static str, String); 1] {
     [("upload-checksum", format!("{algorithm} {}", b64(digest)))]
 }
 
+/// The couple's latest backup, downloaded by device b, is `data`.
+async fn assert_latest_is(app: &TestApp, couple: &Couple, data: &[u8]) {
+    let res = app
+        .get_auth(&format!("/api/backup/{}", couple.id), &couple.b)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), data);
+}
+
 /// `Upload-Offset` from a `HEAD`.
 async fn offset(app: &TestApp, device: &Device, at: &str) -> u64 {
     let res = tus(app, Method::HEAD, at, device).send().await.unwrap();
@@ -230,10 +239,7 @@ async fn creation_with_upload_checks_the_whole_backups_sha256() {
             assert_eq!(list["uploads"], serde_json::json!([]), "nothing kept");
         }
     }
-    let res = app
-        .get_auth(&format!("/api/backup/{}", couple.id), &couple.b)
-        .await;
-    assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_latest_is(&app, &couple, &data).await;
     app.stop().await;
 }
 
@@ -433,10 +439,7 @@ async fn a_patch_cut_off_mid_body_keeps_what_arrived_and_the_upload_resumes_ther
     assert_eq!(kept, 70_000);
     let res = patch(&app, &couple.a, &at, 70_000, &data[70_000..]).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let res = app
-        .get_auth(&format!("/api/backup/{}", couple.id), &couple.b)
-        .await;
-    assert_eq!(res.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_latest_is(&app, &couple, &data).await;
     app.stop().await;
 }
 

@@ -518,13 +518,8 @@ impl Store for EmbeddedStore {
         device: &DeviceId,
     ) -> Result<Option<DeviceRecord>, StoreError> {
         let (couple, device) = (couple.clone(), device.clone());
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(DEVICES)?;
-            let row = table.get((couple.as_str(), device.as_str()))?;
-            row.map(|v| decode(v.value())).transpose()
-        })
-        .await
+        self.read(move |db| couple_record(db, DEVICES, &couple, device.as_str()))
+            .await
     }
 
     async fn devices(&self, couple: &CoupleId) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -798,13 +793,8 @@ impl Store for EmbeddedStore {
         id: &UploadId,
     ) -> Result<Option<UploadRecord>, StoreError> {
         let (couple, id) = (couple.clone(), id.clone());
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(UPLOADS)?;
-            let row = table.get((couple.as_str(), id.as_str()))?;
-            row.map(|v| decode(v.value())).transpose()
-        })
-        .await
+        self.read(move |db| couple_record(db, UPLOADS, &couple, id.as_str()))
+            .await
     }
 
     async fn update_upload(
@@ -860,6 +850,19 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// The record `id` of `couple` in a table keyed by (couple, id), decoded, if there is one.
+fn couple_record<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<(&'static str, &'static str), &'static [u8]>,
+    couple: &CoupleId,
+    id: &str,
+) -> Result<Option<T>, Fault> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let row = table.get((couple.as_str(), id))?;
+    row.map(|v| decode(v.value())).transpose()
 }
 
 /// Every record of `couple` in a table keyed by (couple, id), decoded.
