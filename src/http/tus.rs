@@ -214,7 +214,7 @@ async fn create(
             ApiError::InvalidRequest("Upload-Length is required, at least 1".to_owned())
         })?;
     let new = parse_metadata(&req.headers, length)?;
-    let has_body = content_length(&req.headers)?.is_some_and(|n| n > 0)
+    let has_body = number(&req.headers, "content-length")?.is_some_and(|n| n > 0)
         || req.headers.contains_key(header::TRANSFER_ENCODING);
     if has_body && !is_chunk(&req.headers) {
         return Err(ApiError::UnsupportedMediaType);
@@ -339,10 +339,6 @@ fn number(h: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
                 })
         })
         .transpose()
-}
-
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    number(h, "content-length")
 }
 
 /// Whether the body is a chunk: `Content-Type: application/offset+octet-stream`.
